@@ -1,0 +1,340 @@
+//! The DRAM tier: values in one pre-allocated arena, byte-exact capacity, pluggable
+//! eviction, pins, and an eviction stream that the store demotes to NVMe.
+
+mod arena;
+mod config;
+mod eviction;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+pub use self::arena::{ALLOC_UNIT, Arena, ArenaBuf};
+pub use self::config::DramConfig;
+pub use self::eviction::{EvictionKind, EvictionPolicy, Lru, S3Fifo};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::stats::{Counters, TierStats};
+use crate::tier::{
+    Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, slice_range,
+};
+
+/// An entry that left DRAM to make room, handed to the demoter.
+#[derive(Debug)]
+pub struct Evicted {
+    /// Its key.
+    pub key: Key,
+    /// Its value (still in the arena until this is dropped).
+    pub value: Bytes,
+}
+
+struct Entry {
+    value: Bytes,
+    pins: u32,
+}
+
+struct Inner {
+    map: HashMap<Key, Entry>,
+    policy: Box<dyn EvictionPolicy>,
+}
+
+/// The DRAM tier.
+pub struct DramTier {
+    arena: Arc<Arena>,
+    inner: Mutex<Inner>,
+    stats: Arc<TierStats>,
+    demote_tx: Mutex<Option<mpsc::Sender<Evicted>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for DramTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DramTier")
+            .field("arena", &self.arena)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DramTier {
+    /// Maps the arena and builds the tier.
+    pub fn new(config: &DramConfig) -> Result<Self> {
+        Ok(Self {
+            arena: Arena::new(config.capacity)?,
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                policy: config.eviction.build(),
+            }),
+            stats: Arc::default(),
+            demote_tx: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends entries evicted from now on to `tx` (best effort: when the queue is
+    /// full, an evicted entry is dropped).
+    pub fn set_demotion(&self, tx: mpsc::Sender<Evicted>) {
+        *self.demote_tx.lock() = Some(tx);
+    }
+
+    /// The arena (for carriers that share or register it).
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+
+    /// Allocates `len` bytes in the arena, evicting unpinned entries as needed.
+    ///
+    /// Fails with [`Error::Exhausted`] when `len` exceeds the capacity or when what
+    /// is left is pinned or still held by readers.
+    pub fn reserve(&self, len: usize) -> Result<ArenaBuf> {
+        self.check_open()?;
+        if len as u64 > self.arena.capacity() {
+            return Err(self.exhausted(format!(
+                "a value of {len} bytes exceeds the DRAM capacity of {} bytes",
+                self.arena.capacity()
+            )));
+        }
+        loop {
+            if let Some(buf) = self.arena.alloc(len) {
+                return Ok(buf);
+            }
+            let evicted = {
+                let mut inner = self.inner.lock();
+                let Some(victim) = inner.policy.victim() else {
+                    return Err(self.exhausted(format!(
+                        "no room for {len} bytes: {} of {} bytes in use, the rest pinned or held by readers",
+                        self.arena.used(),
+                        self.arena.capacity()
+                    )));
+                };
+                let Some(entry) = inner.map.remove(&victim) else {
+                    continue;
+                };
+                Evicted {
+                    key: victim,
+                    value: entry.value,
+                }
+            };
+            let ns = self.stats.ns(evicted.key.namespace());
+            Counters::inc(&ns.evictions);
+            self.stats
+                .sub_resident(evicted.key.namespace(), evicted.value.len() as u64);
+            self.demote(evicted);
+        }
+    }
+
+    fn demote(&self, evicted: Evicted) {
+        let tx = self.demote_tx.lock().clone();
+        if let Some(tx) = tx
+            && let Err(err) = tx.try_send(evicted)
+        {
+            let evicted = match err {
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+            };
+            tracing::debug!(key = ?evicted.key, "demotion queue full: evicted entry dropped");
+        }
+    }
+
+    /// Inserts a value that already lives in this tier's arena (from [`Self::reserve`]),
+    /// replacing any previous value.
+    pub fn insert_frozen(&self, key: &Key, value: Bytes) -> Result<()> {
+        self.check_open()?;
+        let size = value.len() as u64;
+        let old = {
+            let mut inner = self.inner.lock();
+            let old = inner.map.insert(key.clone(), Entry { value, pins: 0 });
+            if old.is_some() {
+                inner.policy.remove(key);
+            }
+            inner.policy.insert(key, size);
+            old
+        };
+        if let Some(old) = old {
+            self.stats
+                .sub_resident(key.namespace(), old.value.len() as u64);
+        }
+        self.stats.add_resident(key.namespace(), size);
+        Ok(())
+    }
+
+    /// Pins an entry so eviction skips it; pins nest. `false` if absent.
+    pub fn pin(&self, key: &Key) -> bool {
+        let mut inner = self.inner.lock();
+        let Inner { map, policy } = &mut *inner;
+        match map.get_mut(key) {
+            Some(e) => {
+                if e.pins == 0 {
+                    policy.remove(key);
+                }
+                e.pins += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Releases one pin. `false` if the entry is absent or was not pinned.
+    pub fn unpin(&self, key: &Key) -> bool {
+        let mut inner = self.inner.lock();
+        let Inner { map, policy } = &mut *inner;
+        match map.get_mut(key) {
+            Some(e) if e.pins > 0 => {
+                e.pins -= 1;
+                if e.pins == 0 {
+                    policy.insert(key, e.value.len() as u64);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an entry is pinned.
+    pub fn is_pinned(&self, key: &Key) -> bool {
+        self.inner.lock().map.get(key).is_some_and(|e| e.pins > 0)
+    }
+
+    /// Removes every entry and returns them (for demotion at shutdown).
+    pub fn drain(&self) -> Vec<Evicted> {
+        let mut inner = self.inner.lock();
+        let map = std::mem::take(&mut inner.map);
+        while inner.policy.victim().is_some() {}
+        drop(inner);
+        map.into_iter()
+            .map(|(key, e)| {
+                self.stats
+                    .sub_resident(key.namespace(), e.value.len() as u64);
+                Evicted {
+                    key,
+                    value: e.value,
+                }
+            })
+            .collect()
+    }
+
+    fn lookup(&self, key: &Key) -> Option<Bytes> {
+        let mut inner = self.inner.lock();
+        let value = inner.map.get(key)?.value.clone();
+        inner.policy.access(key);
+        Some(value)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn exhausted(&self, detail: String) -> Error {
+        Error::Exhausted {
+            what: "dram tier".into(),
+            detail,
+            retry_after: None,
+        }
+    }
+}
+
+impl Tier for DramTier {
+    fn name(&self) -> &'static str {
+        "dram"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            bounded: true,
+            persistent: false,
+            listable: true,
+            lossy_writes: false,
+        }
+    }
+
+    fn stats(&self) -> &Arc<TierStats> {
+        &self.stats
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            capacity: self.arena.capacity(),
+            used: self.arena.used(),
+        }
+    }
+
+    async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
+        match self.lookup(key) {
+            Some(v) => Ok(Some(slice_range(v, opts.range.as_ref())?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn size(&self, key: &Key) -> Result<Option<u64>> {
+        Ok(self.inner.lock().map.get(key).map(|e| e.value.len() as u64))
+    }
+
+    async fn put(&self, key: &Key, value: Bytes, _opts: &PutOptions) -> Result<PutOutcome> {
+        let mut buf = self.reserve(value.len())?;
+        buf.as_mut_slice().copy_from_slice(&value);
+        self.insert_frozen(key, buf.freeze())?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        let removed = {
+            let mut inner = self.inner.lock();
+            let removed = inner.map.remove(key);
+            if removed.is_some() {
+                inner.policy.remove(key);
+            }
+            removed
+        };
+        match removed {
+            Some(e) => {
+                self.stats
+                    .sub_resident(key.namespace(), e.value.len() as u64);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn contains(&self, key: &Key) -> Result<bool> {
+        Ok(self.inner.lock().map.contains_key(key))
+    }
+
+    async fn list(
+        &self,
+        namespace: &str,
+        tenant: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Listed>> {
+        let inner = self.inner.lock();
+        let mut out: Vec<Listed> = inner
+            .map
+            .iter()
+            .filter(|(k, _)| {
+                !k.is_page()
+                    && k.namespace() == namespace
+                    && k.tenant() == tenant
+                    && k.body().starts_with(prefix)
+            })
+            .map(|(k, e)| Listed {
+                key: k.clone(),
+                len: e.value.len() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        *self.demote_tx.lock() = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! The storage engine's error type.
+
+use std::time::Duration;
+
+/// Result alias for the storage engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `strata-tiers`. A miss is not an error: lookups
+/// return `Ok(None)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is malformed (bad encoding, bad namespace name, …).
+    #[error("invalid key: {reason}")]
+    InvalidKey {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The namespace is not registered.
+    #[error("unknown namespace {namespace:?} (registered: {registered})")]
+    UnknownNamespace {
+        /// The namespace that was asked for.
+        namespace: String,
+        /// The registered namespaces, comma-separated.
+        registered: String,
+    },
+    /// The request breaks a rule of its namespace's policy.
+    #[error("namespace {namespace:?} policy: {rule}")]
+    PolicyViolation {
+        /// The namespace.
+        namespace: String,
+        /// The rule that was broken, in words.
+        rule: String,
+    },
+    /// A range starts past the end of the value.
+    #[error("range {offset}+{length:?} is outside the value of {size} bytes")]
+    RangeOutOfBounds {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length, if any.
+        length: Option<u64>,
+        /// Size of the value.
+        size: u64,
+    },
+    /// A tier or the store is out of space or in-flight budget; retry later.
+    #[error("{what} is exhausted: {detail}")]
+    Exhausted {
+        /// What ran out (a tier, the in-flight byte budget, …).
+        what: String,
+        /// Details for the operator.
+        detail: String,
+        /// A hint for when to retry.
+        retry_after: Option<Duration>,
+    },
+    /// A value's bytes did not match their checksum.
+    #[error("checksum mismatch for {what}: expected {expected:#010x}, got {actual:#010x}")]
+    ChecksumMismatch {
+        /// What was checked.
+        what: String,
+        /// The expected CRC-32C.
+        expected: u32,
+        /// The computed CRC-32C.
+        actual: u32,
+    },
+    /// A two-phase put was committed with the wrong number of bytes.
+    #[error("incomplete value: expected {expected} bytes, got {actual}")]
+    Incomplete {
+        /// The length declared at reserve time.
+        expected: u64,
+        /// The bytes actually written.
+        actual: u64,
+    },
+    /// A stored record failed to decode (corrupt or foreign bytes).
+    #[error("corrupt record in {tier}: {reason}")]
+    Corrupt {
+        /// The tier it came from.
+        tier: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The entry is not present (for operations that need it, like pin).
+    #[error("not found: {key}")]
+    NotFound {
+        /// The key, in text form.
+        key: String,
+    },
+    /// An I/O error from the local disk.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error from the NVMe engine (foyer).
+    #[error("nvme tier: {message}")]
+    Nvme {
+        /// The engine's message.
+        message: String,
+    },
+    /// An error from Azure Blob.
+    #[error("blob {op} {target}: HTTP {status:?}: {message}")]
+    Blob {
+        /// The operation.
+        op: &'static str,
+        /// The blob or container.
+        target: String,
+        /// The HTTP status, if a response came back.
+        status: Option<u16>,
+        /// Whether a retry may succeed.
+        retryable: bool,
+        /// The service's message.
+        message: String,
+    },
+    /// A deadline passed.
+    #[error("deadline exceeded after {elapsed:?} during {op}")]
+    DeadlineExceeded {
+        /// The operation.
+        op: &'static str,
+        /// Time spent.
+        elapsed: Duration,
+    },
+    /// The store or tier is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The failure of an operation this caller shared with others (single-flight).
+    #[error("{message}")]
+    Shared {
+        /// The original error, as text.
+        message: String,
+        /// Whether the original error was retryable.
+        retryable: bool,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid config {field}: {reason}")]
+    Config {
+        /// The field, as `section.key`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Exhausted { .. } | Error::DeadlineExceeded { .. } => true,
+            Error::Blob { retryable, .. } | Error::Shared { retryable, .. } => *retryable,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+            ),
+            _ => false,
+        }
+    }
+
+    /// Shorthand for an [`Error::Io`].
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

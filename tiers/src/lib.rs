@@ -1,0 +1,36 @@
+//! Strata's storage engine.
+//!
+//! - [`Key`]: the key space (`namespace / tenant / body`, canonical encoding).
+//! - [`Namespaces`]: the registered namespaces and their policies.
+//! - [`Tier`]: the one trait every tier implements — [`DramTier`], [`NvmeTier`],
+//!   [`LocalDirTier`] (the embedded default's origin) and the Azure Blob tier.
+//! - [`TieredStore`]: composes them — top-down reads with promotion, single-flight
+//!   read-through from the origin, demotion on eviction, checksummed pages,
+//!   two-phase puts and pins.
+//!
+//! This crate knows nothing of gRPC; the server maps its [`Error`] to statuses.
+
+mod codec;
+pub mod dram;
+mod error;
+mod key;
+pub mod localdir;
+pub mod nvme;
+mod policy;
+mod stats;
+pub mod store;
+mod tier;
+
+pub use self::dram::{DramConfig, DramTier, EvictionKind};
+pub use self::error::{Error, Result};
+pub use self::key::{KEY_VERSION, Key, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};
+pub use self::localdir::LocalDirTier;
+pub use self::nvme::{NvmeConfig, NvmeTier};
+pub use self::policy::{NamespacePolicy, Namespaces, OriginKind, TierSet, WritePolicy};
+pub use self::stats::{Counters, CountersSnapshot, TierStats};
+pub use self::store::{
+    Entry, Head, ListedValue, Origin, Receipt, Reservation, StoreConfig, TierReport, TieredStore,
+};
+pub use self::tier::{
+    ByteRange, Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage,
+};

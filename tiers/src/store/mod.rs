@@ -1,0 +1,895 @@
+//! The tiered store: DRAM → NVMe → origin, composed.
+//!
+//! - **Read path.** A value's head is looked up top-down (DRAM, NVMe, then the origin
+//!   if the namespace has one) and promoted into DRAM. Pages are read the same way.
+//!   Every record read from NVMe is verified (CRC-32C over header and payload); a bad
+//!   one is deleted, counted in `checksum_failures`, refetched from the origin if
+//!   there is one, and never served.
+//! - **Single-flight.** Concurrent misses on one head or one page share one origin read.
+//! - **Write path.** A put is two-phase: [`TieredStore::reserve`] returns a
+//!   [`Reservation`] that buffers the pages (in the DRAM arena when it can), and
+//!   [`Reservation::commit`] verifies length and checksum, writes through to the origin
+//!   when the policy says so, stores the pages, and stores the head last. Readers find
+//!   a value only through its head, so they never see a partial one.
+//! - **Demotion.** Entries evicted from DRAM are written to NVMe by a background task
+//!   when the namespace allows it; a clean [`TieredStore::close`] demotes everything.
+//! - **Pins** hold a value's head and pages in DRAM.
+//!
+//! See `docs/storage.md` for the record formats and the decisions behind them.
+
+mod origin;
+mod record;
+mod reservation;
+mod singleflight;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use self::origin::Origin;
+pub use self::record::Head;
+pub use self::reservation::Reservation;
+use self::singleflight::SingleFlight;
+use crate::dram::{DramTier, Evicted};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::nvme::NvmeTier;
+use crate::policy::{NamespacePolicy, Namespaces, OriginKind};
+use crate::stats::{Counters, CountersSnapshot};
+use crate::tier::{ByteRange, GetOptions, PutOptions, PutOutcome, Tier, Usage};
+
+/// Store-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Values larger than this are split into pages of this size. Default: 4 MiB.
+    pub page_size: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { page_size: 4 << 20 }
+    }
+}
+
+/// A value found by [`TieredStore::lookup`].
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its key.
+    pub key: Key,
+    /// Its head (length, generation, inline bytes for small values).
+    pub head: Head,
+    /// The tier the head was found in ("dram", "nvme" or the origin's name).
+    pub tier: &'static str,
+}
+
+impl Entry {
+    /// Length of the whole value.
+    pub fn len(&self) -> u64 {
+        self.head.total_len
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.head.total_len == 0
+    }
+}
+
+/// A stored value's receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Bytes stored.
+    pub len: u64,
+    /// CRC-32C of the value.
+    pub crc32c: u32,
+}
+
+/// Counters and use of one tier, for `Stats`.
+#[derive(Debug, Clone)]
+pub struct TierReport {
+    /// Tier name.
+    pub tier: &'static str,
+    /// Capacity and use.
+    pub usage: Usage,
+    /// Sum over namespaces.
+    pub total: CountersSnapshot,
+    /// Per namespace.
+    pub namespaces: std::collections::BTreeMap<String, CountersSnapshot>,
+}
+
+/// One listed value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedValue {
+    /// Its key.
+    pub key: Key,
+    /// Length of the value.
+    pub len: u64,
+    /// Highest tier it was found in.
+    pub tier: &'static str,
+}
+
+pub(crate) struct Inner {
+    namespaces: Namespaces,
+    dram: DramTier,
+    nvme: Option<NvmeTier>,
+    origin: Option<Origin>,
+    page_size: u32,
+    head_flights: SingleFlight<Key, Option<Head>>,
+    page_flights: SingleFlight<Key, Bytes>,
+}
+
+/// The tiered store. Cheap to clone.
+#[derive(Clone)]
+pub struct TieredStore {
+    inner: Arc<Inner>,
+    demoter: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredStore")
+            .field("page_size", &self.inner.page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl TieredStore {
+    /// Composes the tiers and starts the demoter. Must run inside a tokio runtime.
+    pub fn new(
+        config: &StoreConfig,
+        namespaces: Namespaces,
+        dram: DramTier,
+        nvme: Option<NvmeTier>,
+        origin: Option<Origin>,
+    ) -> Result<Self> {
+        if config.page_size < 4096 {
+            return Err(Error::Config {
+                field: "store.page_size".into(),
+                reason: "must be at least 4096".into(),
+            });
+        }
+        if let Some(n) = &nvme
+            && u64::from(config.page_size) + 64 > n.max_value_size()
+        {
+            return Err(Error::Config {
+                field: "store.page_size".into(),
+                reason: format!(
+                    "a page of {} bytes does not fit the NVMe tier's largest entry ({} bytes); raise nvme.block_size",
+                    config.page_size,
+                    n.max_value_size()
+                ),
+            });
+        }
+        let (tx, rx) = mpsc::channel(256);
+        dram.set_demotion(tx);
+        let inner = Arc::new(Inner {
+            namespaces,
+            dram,
+            nvme,
+            origin,
+            page_size: config.page_size,
+            head_flights: SingleFlight::default(),
+            page_flights: SingleFlight::default(),
+        });
+        let demoter = tokio::spawn(demote_loop(Arc::downgrade(&inner), rx));
+        Ok(Self {
+            inner,
+            demoter: Arc::new(parking_lot::Mutex::new(Some(demoter))),
+        })
+    }
+
+    /// The namespace registry.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.inner.namespaces
+    }
+
+    /// The DRAM tier (for carriers that share its arena).
+    pub fn dram(&self) -> &DramTier {
+        &self.inner.dram
+    }
+
+    /// The NVMe tier, if configured.
+    pub fn nvme(&self) -> Option<&NvmeTier> {
+        self.inner.nvme.as_ref()
+    }
+
+    /// The origin, if configured.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.inner.origin.as_ref()
+    }
+
+    /// The page size.
+    pub fn page_size(&self) -> u32 {
+        self.inner.page_size
+    }
+
+    /// Checks a key against its namespace and returns the namespace's policy.
+    pub fn policy(&self, key: &Key) -> Result<&NamespacePolicy> {
+        let p = self.inner.namespaces.policy_for(key)?;
+        p.check_key(key)?;
+        Ok(p)
+    }
+
+    /// Finds a value's head: DRAM, then NVMe (promoting), then the origin
+    /// (single-flight). `Ok(None)` is a miss.
+    pub async fn lookup(&self, key: &Key) -> Result<Option<Entry>> {
+        let policy = self.policy(key)?.clone();
+        self.inner.lookup(key, &policy, true).await
+    }
+
+    /// Reads page `index` of a value found by [`Self::lookup`].
+    pub async fn read_page(&self, entry: &Entry, index: u32) -> Result<Bytes> {
+        let policy = self.policy(&entry.key)?.clone();
+        self.inner.read_page(entry, index, &policy).await
+    }
+
+    /// Reads `range` of a value (all of it by default). Small reads are zero-copy
+    /// slices of the stored page; reads across pages are assembled.
+    pub async fn get(&self, key: &Key, range: Option<ByteRange>) -> Result<Option<(Entry, Bytes)>> {
+        let Some(entry) = self.lookup(key).await? else {
+            return Ok(None);
+        };
+        let bytes = self.read_range(&entry, range).await?;
+        Ok(Some((entry, bytes)))
+    }
+
+    /// Reads `range` of a found value.
+    pub async fn read_range(&self, entry: &Entry, range: Option<ByteRange>) -> Result<Bytes> {
+        let (start, end) = range.unwrap_or_default().resolve(entry.len())?;
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        let ps = u64::from(entry.head.page_size);
+        let (first, last) = ((start / ps) as u32, ((end - 1) / ps) as u32);
+        if first == last {
+            let page = self.read_page(entry, first).await?;
+            let base = u64::from(first) * ps;
+            return Ok(page.slice((start - base) as usize..(end - base) as usize));
+        }
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        for i in first..=last {
+            let page = self.read_page(entry, i).await?;
+            let base = u64::from(i) * ps;
+            let s = start.saturating_sub(base) as usize;
+            let e = ((end - base) as usize).min(page.len());
+            out.extend_from_slice(&page[s..e]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Starts a two-phase put of `len` bytes under `key`. Nothing is visible until
+    /// [`Reservation::commit`]; dropping the reservation abandons it.
+    pub fn reserve(&self, key: &Key, len: u64, expected_crc: Option<u32>) -> Result<Reservation> {
+        let policy = self.policy(key)?.clone();
+        policy.check_put(key, len)?;
+        Ok(Reservation::new(
+            self.inner.clone(),
+            key.clone(),
+            policy,
+            len,
+            expected_crc,
+        ))
+    }
+
+    /// Stores a whole value (reserve, write, commit).
+    pub async fn put(&self, key: &Key, value: &[u8]) -> Result<Receipt> {
+        let mut r = self.reserve(key, value.len() as u64, None)?;
+        r.write(value)?;
+        r.commit().await
+    }
+
+    /// Whether each key is cached (DRAM or NVMe), without touching the origin.
+    pub async fn contains(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            self.policy(k)?;
+            out.push(self.inner.cached(k).await);
+        }
+        Ok(out)
+    }
+
+    /// How many leading keys are cached: the answer to "how much of this prefix can
+    /// I load instead of recompute". Stops at the first absent key.
+    pub async fn match_prefix(&self, keys: &[Key]) -> Result<usize> {
+        for k in keys {
+            self.policy(k)?;
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if !self.inner.cached(k).await {
+                return Ok(i);
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// Deletes a value from the cache tiers and, for namespaces whose writes reach
+    /// the origin, from the origin too. `true` if it existed anywhere.
+    pub async fn delete(&self, key: &Key) -> Result<bool> {
+        let policy = self.policy(key)?.clone();
+        let mut found = self.evict(key).await?;
+        if policy.origin == OriginKind::Origin
+            && policy.write != crate::WritePolicy::ReadOnly
+            && let Some(o) = &self.inner.origin
+        {
+            found |= o.delete(key).await?;
+        }
+        Ok(found)
+    }
+
+    /// Drops a value from the cache tiers only (pins included). `true` if it was cached.
+    pub async fn evict(&self, key: &Key) -> Result<bool> {
+        self.policy(key)?;
+        Ok(self.inner.remove_cached(key).await)
+    }
+
+    /// Holds a value in DRAM until unpinned (pins nest). Loads it into DRAM first.
+    /// `false` if the value does not exist.
+    pub async fn pin(&self, key: &Key) -> Result<bool> {
+        let Some(entry) = self.lookup(key).await? else {
+            return Ok(false);
+        };
+        for i in 0..entry.head.page_count() {
+            if !entry.head.is_inline() {
+                self.read_page(&entry, i).await?;
+                self.inner.dram.pin(&key.page(entry.head.generation, i));
+            }
+        }
+        Ok(self.inner.dram.pin(key))
+    }
+
+    /// Releases one pin. `false` if the value was not pinned.
+    pub async fn unpin(&self, key: &Key) -> Result<bool> {
+        self.policy(key)?;
+        let Some(rec) = self.inner.dram.get(key, &GetOptions::default()).await? else {
+            return Ok(false);
+        };
+        if let Ok(head) = record::decode_head(&rec)
+            && !head.is_inline()
+        {
+            for i in 0..head.page_count() {
+                self.inner.dram.unpin(&key.page(head.generation, i));
+            }
+        }
+        Ok(self.inner.dram.unpin(key))
+    }
+
+    /// Values of `namespace`/`tenant` whose body starts with `prefix`, from every tier
+    /// (highest tier wins), sorted by key, at most `limit`.
+    pub async fn list(
+        &self,
+        namespace: &str,
+        tenant: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<ListedValue>> {
+        self.inner.namespaces.get(namespace)?;
+        let mut seen = std::collections::BTreeMap::<Key, ListedValue>::new();
+        let cached = self
+            .inner
+            .dram
+            .list(namespace, tenant, prefix, limit)
+            .await?
+            .into_iter()
+            .map(|l| (l, "dram"));
+        let nvme = match &self.inner.nvme {
+            Some(n) => n.list(namespace, tenant, prefix, limit).await?,
+            None => Vec::new(),
+        };
+        for (l, tier) in cached.chain(nvme.into_iter().map(|l| (l, "nvme"))) {
+            if seen.contains_key(&l.key) {
+                continue;
+            }
+            if let Some(head) = self.inner.cached_head(&l.key).await {
+                seen.insert(
+                    l.key.clone(),
+                    ListedValue {
+                        key: l.key,
+                        len: head.total_len,
+                        tier,
+                    },
+                );
+            }
+        }
+        if let Some(o) = &self.inner.origin {
+            for l in o.list(namespace, tenant, prefix, limit).await? {
+                seen.entry(l.key.clone()).or_insert(ListedValue {
+                    key: l.key,
+                    len: l.len,
+                    tier: o.name(),
+                });
+            }
+        }
+        Ok(seen.into_values().take(limit).collect())
+    }
+
+    /// Counters and use of every tier.
+    pub fn stats(&self) -> Vec<TierReport> {
+        let mut out = Vec::new();
+        let mut add = |tier: &'static str, usage: Usage, stats: &crate::stats::TierStats| {
+            out.push(TierReport {
+                tier,
+                usage,
+                total: stats.total(),
+                namespaces: stats.snapshot(),
+            });
+        };
+        add("dram", self.inner.dram.usage(), self.inner.dram.stats());
+        if let Some(n) = &self.inner.nvme {
+            add("nvme", n.usage(), n.stats());
+        }
+        if let Some(o) = &self.inner.origin {
+            add(
+                o.name(),
+                Usage {
+                    capacity: u64::MAX,
+                    used: 0,
+                },
+                o.stats(),
+            );
+        }
+        out
+    }
+
+    /// Shuts down: stops the demoter, demotes what DRAM holds to NVMe (as policies
+    /// allow), and closes the tiers, flushing NVMe so a restart finds the demoted
+    /// values (warm restart).
+    pub async fn close(&self) -> Result<()> {
+        self.inner.dram.close().await?;
+        let demoter = self.demoter.lock().take();
+        if let Some(d) = demoter {
+            // The channel closed with the DRAM tier; the demoter drains and exits.
+            let _ = tokio::time::timeout(Duration::from_secs(30), d).await;
+        }
+        let drained = self.inner.dram.drain();
+        let mut demoted = 0usize;
+        for e in drained {
+            if self.inner.demote(e).await {
+                demoted += 1;
+            }
+        }
+        tracing::info!(demoted, "DRAM demoted to NVMe at shutdown");
+        if let Some(n) = &self.inner.nvme {
+            n.close().await?;
+        }
+        if let Some(o) = &self.inner.origin {
+            o.close().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn demote_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Evicted>) {
+    while let Some(e) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        inner.demote(e).await;
+    }
+}
+
+impl Inner {
+    /// Writes an entry that left DRAM to NVMe, if its namespace allows. `true` if stored.
+    async fn demote(&self, e: Evicted) -> bool {
+        let Some(nvme) = &self.nvme else { return false };
+        let Ok(policy) = self.namespaces.policy_for(&e.key) else {
+            return false;
+        };
+        if !(policy.tiers.nvme && policy.demote) {
+            return false;
+        }
+        match nvme.put(&e.key, e.value, &PutOptions::default()).await {
+            Ok(PutOutcome::Stored) => {
+                Counters::inc(&self.dram.stats().ns(e.key.namespace()).demotions);
+                true
+            }
+            Ok(PutOutcome::Dropped) => false,
+            Err(err) => {
+                tracing::warn!(key = ?e.key, error = %err, "demotion to NVMe failed");
+                false
+            }
+        }
+    }
+
+    /// Whether a key's head is in DRAM or NVMe.
+    async fn cached(&self, key: &Key) -> bool {
+        if self.dram.contains(key).await.unwrap_or(false) {
+            return true;
+        }
+        match &self.nvme {
+            Some(n) => n.contains(key).await.unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// The head of a cached value (no origin access, no promotion).
+    async fn cached_head(&self, key: &Key) -> Option<Head> {
+        let opts = GetOptions::default();
+        if let Ok(Some(rec)) = self.dram.get(key, &opts).await {
+            return record::decode_head(&rec).ok();
+        }
+        let rec = self.nvme.as_ref()?.get(key, &opts).await.ok()??;
+        record::decode_head(&rec).ok()
+    }
+
+    async fn remove_cached(&self, key: &Key) -> bool {
+        let head = self.cached_head(key).await;
+        while self.dram.unpin(key) {}
+        let mut found = self.dram.delete(key).await.unwrap_or(false);
+        if let Some(n) = &self.nvme {
+            found |= n.delete(key).await.unwrap_or(false);
+        }
+        if let Some(h) = head
+            && !h.is_inline()
+        {
+            self.remove_pages(key, &h).await;
+        }
+        found
+    }
+
+    async fn remove_pages(&self, key: &Key, head: &Head) {
+        for i in 0..head.page_count() {
+            let pk = key.page(head.generation, i);
+            while self.dram.unpin(&pk) {}
+            let _ = self.dram.delete(&pk).await;
+            if let Some(n) = &self.nvme {
+                let _ = n.delete(&pk).await;
+            }
+        }
+    }
+
+    fn expired(policy: &NamespacePolicy, head: &Head) -> bool {
+        policy
+            .ttl
+            .is_some_and(|ttl| now_ms().saturating_sub(head.created_ms) > ttl.as_millis() as u64)
+    }
+
+    async fn lookup(
+        self: &Arc<Self>,
+        key: &Key,
+        policy: &NamespacePolicy,
+        count: bool,
+    ) -> Result<Option<Entry>> {
+        let opts = GetOptions::default();
+        let dram_ns = self.dram.stats().ns(key.namespace());
+        if let Some(rec) = self.dram.get(key, &opts).await? {
+            match record::decode_head(&rec) {
+                Ok(head) if Self::expired(policy, &head) => {
+                    self.remove_cached(key).await;
+                }
+                Ok(head) => {
+                    if count {
+                        Counters::inc(&dram_ns.hits);
+                    }
+                    return Ok(Some(Entry {
+                        key: key.clone(),
+                        head,
+                        tier: "dram",
+                    }));
+                }
+                Err(e) => {
+                    tracing::error!(?key, error = %e, "corrupt head in DRAM; dropped");
+                    Counters::inc(&dram_ns.checksum_failures);
+                    self.dram.delete(key).await?;
+                }
+            }
+        }
+        if count {
+            Counters::inc(&dram_ns.misses);
+        }
+        if let Some(nvme) = &self.nvme {
+            let ns = nvme.stats().ns(key.namespace());
+            match nvme.get(key, &opts).await {
+                Ok(Some(rec)) => match record::decode_head(&rec) {
+                    Ok(head) if Self::expired(policy, &head) => {
+                        self.remove_cached(key).await;
+                    }
+                    Ok(head) => {
+                        if count {
+                            Counters::inc(&ns.hits);
+                        }
+                        if policy.tiers.dram {
+                            self.promote(key, &rec);
+                        }
+                        return Ok(Some(Entry {
+                            key: key.clone(),
+                            head,
+                            tier: "nvme",
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::error!(?key, error = %e, "corrupt head on NVMe; dropped, never served");
+                        Counters::inc(&ns.checksum_failures);
+                        nvme.delete(key).await?;
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::error!(?key, error = %e, "NVMe read failed; treated as a miss"),
+            }
+            if count {
+                Counters::inc(&ns.misses);
+            }
+        }
+        if policy.origin != OriginKind::Origin || self.origin.is_none() {
+            return Ok(None);
+        }
+        let me = self.clone();
+        let (k, p) = (key.clone(), policy.clone());
+        let head = self
+            .head_flights
+            .run(key.clone(), async move { me.fill_head(&k, &p).await })
+            .await?;
+        let tier = self.origin.as_ref().map_or("origin", Origin::name);
+        Ok(head.map(|head| Entry {
+            key: key.clone(),
+            head,
+            tier,
+        }))
+    }
+
+    /// Copies a record into DRAM (best effort: a full DRAM just skips promotion).
+    fn promote(&self, key: &Key, rec: &Bytes) {
+        if let Ok(mut buf) = self.dram.reserve(rec.len()) {
+            buf.as_mut_slice().copy_from_slice(rec);
+            let _ = self.dram.insert_frozen(key, buf.freeze());
+        }
+    }
+
+    /// Reads a value's head from the origin and caches it: small values whole (one
+    /// read), large ones as a payload-less head whose pages are fetched on demand.
+    async fn fill_head(
+        self: &Arc<Self>,
+        key: &Key,
+        policy: &NamespacePolicy,
+    ) -> Result<Option<Head>> {
+        let Some(origin) = &self.origin else {
+            return Ok(None);
+        };
+        let ostats = origin.stats().ns(key.namespace());
+        let Some(size) = origin.size(key).await? else {
+            Counters::inc(&ostats.misses);
+            return Ok(None);
+        };
+        let generation = rand::random::<u64>();
+        let mut head = Head {
+            generation,
+            total_len: size,
+            page_size: self.page_size,
+            created_ms: now_ms(),
+            value_crc: None,
+            inline: None,
+        };
+        let payload = if size <= u64::from(self.page_size) {
+            Counters::inc(&ostats.origin_reads);
+            let Some(v) = origin.get(key, &GetOptions::default()).await? else {
+                return Ok(None);
+            };
+            if v.len() as u64 != size {
+                return Err(Error::Corrupt {
+                    tier: origin.name(),
+                    reason: format!(
+                        "origin value changed size while read ({size} then {})",
+                        v.len()
+                    ),
+                });
+            }
+            head.value_crc = Some(crc32c::crc32c(&v));
+            head.total_len = v.len() as u64;
+            Some(v)
+        } else {
+            None
+        };
+        Counters::inc(&ostats.hits);
+        let rec = self.encode_head(&head, payload.as_deref(), policy)?;
+        head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
+        self.store_record(key, rec, policy).await?;
+        Ok(Some(head))
+    }
+
+    fn encode_head(
+        &self,
+        head: &Head,
+        payload: Option<&[u8]>,
+        policy: &NamespacePolicy,
+    ) -> Result<Record> {
+        let payload = payload.unwrap_or_default();
+        let len = record::HEAD_LEN + payload.len();
+        let mut rec = self.alloc_record(len, policy);
+        let buf = rec.as_mut_slice();
+        buf[record::HEAD_LEN..].copy_from_slice(payload);
+        record::write_head(buf, head);
+        Ok(rec)
+    }
+
+    /// A buffer for a record: in the DRAM arena when the namespace may live there and
+    /// room can be made, on the heap otherwise.
+    fn alloc_record(&self, len: usize, policy: &NamespacePolicy) -> Record {
+        if policy.tiers.dram
+            && let Ok(buf) = self.dram.reserve(len)
+        {
+            return Record::Arena(buf);
+        }
+        Record::Heap(vec![0u8; len])
+    }
+
+    /// Stores a finished record in the highest tier the policy allows.
+    async fn store_record(&self, key: &Key, rec: Record, policy: &NamespacePolicy) -> Result<()> {
+        match rec {
+            Record::Arena(buf) => self.dram.insert_frozen(key, buf.freeze()),
+            Record::Heap(v) => {
+                let v = Bytes::from(v);
+                if policy.tiers.dram
+                    && self
+                        .dram
+                        .put(key, v.clone(), &PutOptions::default())
+                        .await
+                        .is_ok()
+                {
+                    return Ok(());
+                }
+                let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme) else {
+                    return Err(Error::Exhausted {
+                        what: "cache tiers".into(),
+                        detail: format!(
+                            "no tier of namespace {:?} has room for {} bytes",
+                            policy.name,
+                            v.len()
+                        ),
+                        retry_after: Some(Duration::from_millis(100)),
+                    });
+                };
+                match nvme.put(key, v, &PutOptions::default()).await? {
+                    PutOutcome::Stored => Ok(()),
+                    PutOutcome::Dropped => Err(Error::Exhausted {
+                        what: "nvme tier".into(),
+                        detail: "the write buffer was full; the write was dropped".into(),
+                        retry_after: Some(Duration::from_millis(100)),
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn read_page(
+        self: &Arc<Self>,
+        entry: &Entry,
+        index: u32,
+        policy: &NamespacePolicy,
+    ) -> Result<Bytes> {
+        let head = &entry.head;
+        if index >= head.page_count().max(1) {
+            return Err(Error::RangeOutOfBounds {
+                offset: u64::from(index) * u64::from(head.page_size),
+                length: None,
+                size: head.total_len,
+            });
+        }
+        if let Some(inline) = &head.inline {
+            return Ok(inline.clone());
+        }
+        let pk = entry.key.page(head.generation, index);
+        let opts = GetOptions::default();
+        if let Some(rec) = self.dram.get(&pk, &opts).await? {
+            match record::decode_page(&rec, head.generation, index) {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    tracing::error!(key = ?pk, error = %e, "corrupt page in DRAM; dropped");
+                    Counters::inc(&self.dram.stats().ns(pk.namespace()).checksum_failures);
+                    self.dram.delete(&pk).await?;
+                }
+            }
+        }
+        if let Some(nvme) = &self.nvme {
+            match nvme.get(&pk, &opts).await {
+                Ok(Some(rec)) => match record::decode_page(&rec, head.generation, index) {
+                    Ok(p) => {
+                        if policy.tiers.dram {
+                            self.promote(&pk, &rec);
+                        }
+                        return Ok(p);
+                    }
+                    Err(e) => {
+                        tracing::error!(key = ?pk, error = %e, "corrupt page on NVMe; dropped, never served");
+                        Counters::inc(&nvme.stats().ns(pk.namespace()).checksum_failures);
+                        nvme.delete(&pk).await?;
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::error!(key = ?pk, error = %e, "NVMe page read failed"),
+            }
+        }
+        if policy.origin == OriginKind::Origin && self.origin.is_some() {
+            let me = self.clone();
+            let (entry, p) = (entry.clone(), policy.clone());
+            return self
+                .page_flights
+                .run(pk, async move { me.fill_page(&entry, index, &p).await })
+                .await;
+        }
+        // A page of a cache-only value is gone: the value is incomplete; drop it.
+        self.remove_cached(&entry.key).await;
+        Err(Error::NotFound {
+            key: format!("{} (page {index} was evicted)", entry.key.display_path()),
+        })
+    }
+
+    async fn fill_page(
+        &self,
+        entry: &Entry,
+        index: u32,
+        policy: &NamespacePolicy,
+    ) -> Result<Bytes> {
+        let Some(origin) = &self.origin else {
+            return Err(Error::NotFound {
+                key: entry.key.display_path(),
+            });
+        };
+        let head = &entry.head;
+        let ps = u64::from(head.page_size);
+        let offset = u64::from(index) * ps;
+        let len = ps.min(head.total_len - offset);
+        Counters::inc(&origin.stats().ns(entry.key.namespace()).origin_reads);
+        let range = ByteRange {
+            offset,
+            length: Some(len),
+        };
+        let data = origin
+            .get(
+                &entry.key,
+                &GetOptions {
+                    range: Some(range),
+                    deadline: None,
+                },
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                key: entry.key.display_path(),
+            })?;
+        if data.len() as u64 != len {
+            return Err(Error::Corrupt {
+                tier: origin.name(),
+                reason: format!(
+                    "origin returned {} bytes for page {index}, expected {len}",
+                    data.len()
+                ),
+            });
+        }
+        let mut rec = self.alloc_record(record::PAGE_HEADER_LEN + data.len(), policy);
+        let buf = rec.as_mut_slice();
+        buf[record::PAGE_HEADER_LEN..].copy_from_slice(&data);
+        record::write_page(buf, head.generation, index);
+        self.store_record(&entry.key.page(head.generation, index), rec, policy)
+            .await?;
+        Ok(data)
+    }
+}
+
+/// A record being built: in the DRAM arena or on the heap.
+pub(crate) enum Record {
+    Arena(crate::dram::ArenaBuf),
+    Heap(Vec<u8>),
+}
+
+impl Record {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Record::Arena(b) => b.as_slice(),
+            Record::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Record::Arena(b) => b.as_mut_slice(),
+            Record::Heap(v) => v,
+        }
+    }
+}
