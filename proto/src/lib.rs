@@ -3,8 +3,6 @@
 //! Only `server/` and `transport/` depend on this crate; the storage engine
 //! (`strata-tiers`) never sees proto types.
 
-#![expect(missing_docs, unreachable_pub, reason = "generated code")]
-
 /// Version 1 of the API.
 pub mod v1 {
     tonic::include_proto!("strata.v1");

@@ -1,1 +1,224 @@
-//! placeholder
+//! The Strata daemon and the admin CLI.
+//!
+//! [`Server::start`] builds the tiers from a [`Config`], binds the gRPC listener
+//! (`strata.v1.Cache`, `grpc.health.v1.Health`, server reflection) and the
+//! Prometheus `/metrics` listener, and serves until [`Running::shutdown`] (or a
+//! signal, in the binary): in-flight requests drain, the DRAM tier demotes to NVMe,
+//! the tiers close.
+
+pub mod config;
+pub mod metrics;
+pub mod service;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use strata_proto::v1::cache_server::CacheServer;
+use strata_tiers::{
+    DramConfig, DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig,
+    TieredStore,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::{ByteSize, Config, Overrides};
+use self::metrics::Metrics;
+use self::service::CacheService;
+
+/// Largest gRPC message accepted (put chunks are far smaller).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The server, configured but not yet started.
+#[derive(Debug)]
+pub struct Server;
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound metrics address.
+    pub metrics_addr: SocketAddr,
+    /// The store (for tests and embedding).
+    pub store: TieredStore,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Builds the tiers, binds both listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Running> {
+        let store = build_store(&config).await?;
+        let listener = TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let metrics_listener = TcpListener::bind(&config.server.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding server.metrics_listen {}",
+                    config.server.metrics_listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+
+        let svc = CacheService::new(
+            store.clone(),
+            config.server.max_inflight_bytes.0,
+            config.server.get_chunk_size.0 as usize,
+            metrics.clone(),
+        );
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<CacheServer<CacheService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(strata_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+
+        let metrics_task = {
+            let store = store.clone();
+            let metrics = metrics.clone();
+            let token = shutdown.clone();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let body = metrics.render(&store);
+                    async move { ([("content-type", "text/plain; version=0.0.4")], body) }
+                }),
+            );
+            tokio::spawn(async move {
+                axum::serve(metrics_listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            })
+        };
+
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let token = shutdown.clone();
+        let store_for_close = store.clone();
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let serve = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(16 << 20)
+                .initial_connection_window_size(64 << 20)
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(
+                    CacheServer::new(svc)
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                )
+                .serve_with_incoming_shutdown(incoming, {
+                    let token = token.clone();
+                    async move {
+                        token.cancelled().await;
+                        health_reporter
+                            .set_not_serving::<CacheServer<CacheService>>()
+                            .await;
+                    }
+                });
+            let mut serve = std::pin::pin!(serve);
+            tokio::select! {
+                r = &mut serve => r.context("gRPC server")?,
+                () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(?grace, "in-flight requests did not drain in time; closing anyway");
+                }
+            }
+            let _ = metrics_task.await;
+            store_for_close.close().await.context("closing the tiers")?;
+            tracing::info!("stopped");
+            Ok(())
+        });
+        Ok(Running {
+            addr,
+            metrics_addr,
+            store,
+            shutdown,
+            task,
+        })
+    }
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, closes the tiers.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the server stops (after [`Self::shutdown_token`] is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?
+    }
+
+    /// The token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn build_store(config: &Config) -> anyhow::Result<TieredStore> {
+    let dram = DramTier::new(&DramConfig {
+        capacity: config.dram_capacity(),
+        eviction: config.dram.eviction,
+        ..DramConfig::default()
+    })
+    .context("creating the DRAM tier (dram.capacity)")?;
+    let nvme = if config.nvme.enabled {
+        let c = NvmeConfig {
+            dir: config.nvme_dir(),
+            capacity: config.nvme.capacity.0,
+            block_size: config.nvme.block_size.0,
+            buffer_pool_size: config.nvme.buffer_pool_size.0,
+            io_uring: config.nvme.io_uring,
+        };
+        Some(
+            NvmeTier::open(&c)
+                .await
+                .with_context(|| format!("opening the NVMe tier in {}", c.dir.display()))?,
+        )
+    } else {
+        None
+    };
+    let origin = match config.origin.kind {
+        config::OriginKindConfig::Localdir => {
+            let dir = config.origin_dir();
+            Some(Origin::LocalDir(LocalDirTier::open(&dir).with_context(
+                || format!("opening the local origin {}", dir.display()),
+            )?))
+        }
+        config::OriginKindConfig::Blob => {
+            let Some(b) = config.origin.blob.clone() else {
+                anyhow::bail!("origin.blob is required")
+            };
+            let tier = strata_tiers::BlobTier::open(b)
+                .await
+                .context("opening the blob origin (origin.blob)")?;
+            tier.ensure_container()
+                .await
+                .context("checking the blob origin's container")?;
+            Some(Origin::Blob(Box::new(tier)))
+        }
+        config::OriginKindConfig::None => None,
+    };
+    let store_cfg = StoreConfig {
+        page_size: config.store.page_size.0 as u32,
+    };
+    Ok(TieredStore::new(
+        &store_cfg,
+        Namespaces::default(),
+        dram,
+        nvme,
+        origin,
+    )?)
+}

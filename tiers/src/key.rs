@@ -205,7 +205,10 @@ impl fmt::Debug for Key {
     }
 }
 
-fn split_user(bytes: &[u8], version: u8) -> Result<(&[u8], &[u8], &[u8], &[u8])> {
+/// namespace, tenant, body, and what follows the body.
+type UserParts<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8]);
+
+fn split_user(bytes: &[u8], version: u8) -> Result<UserParts<'_>> {
     fn take<'a>(buf: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8]> {
         if buf.len() < n {
             return Err(Error::InvalidKey {

@@ -10,6 +10,7 @@
 //!
 //! This crate knows nothing of gRPC; the server maps its [`Error`] to statuses.
 
+pub mod blob;
 mod codec;
 pub mod dram;
 mod error;
@@ -21,6 +22,7 @@ mod stats;
 pub mod store;
 mod tier;
 
+pub use self::blob::{BlobAuth, BlobConfig, BlobTier};
 pub use self::dram::{DramConfig, DramTier, EvictionKind};
 pub use self::error::{Error, Result};
 pub use self::key::{KEY_VERSION, Key, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};

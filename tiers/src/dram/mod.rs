@@ -40,6 +40,16 @@ struct Entry {
 struct Inner {
     map: HashMap<Key, Entry>,
     policy: Box<dyn EvictionPolicy>,
+    /// Entries evicted and queued for demotion: still served until the demoter has
+    /// written them below (see [`DramTier::demoted`]), so that a value is never
+    /// invisible between leaving DRAM and reaching NVMe. Their memory is held by the
+    /// queue anyway.
+    demoting: HashMap<Key, Bytes>,
+}
+
+/// Whether two values are the same bytes in the arena (not merely equal).
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 /// The DRAM tier.
@@ -67,6 +77,7 @@ impl DramTier {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
                 policy: config.eviction.build(),
+                demoting: HashMap::new(),
             }),
             stats: Arc::default(),
             demote_tx: Mutex::new(None),
@@ -87,8 +98,10 @@ impl DramTier {
 
     /// Allocates `len` bytes in the arena, evicting unpinned entries as needed.
     ///
-    /// Fails with [`Error::Exhausted`] when `len` exceeds the capacity or when what
-    /// is left is pinned or still held by readers.
+    /// Fails with [`Error::Exhausted`] when `len` exceeds the capacity, when what
+    /// is left is pinned or still held by readers, or when the entries it evicted
+    /// for `len` bytes are still queued for demotion (their memory returns once they
+    /// are demoted; evicting everything else meanwhile would only empty the tier).
     pub fn reserve(&self, len: usize) -> Result<ArenaBuf> {
         self.check_open()?;
         if len as u64 > self.arena.capacity() {
@@ -97,9 +110,19 @@ impl DramTier {
                 self.arena.capacity()
             )));
         }
+        let mut queued = 0u64;
         loop {
             if let Some(buf) = self.arena.alloc(len) {
                 return Ok(buf);
+            }
+            if queued >= len as u64 {
+                return Err(Error::Exhausted {
+                    what: "dram tier".into(),
+                    detail: format!(
+                        "no room for {len} bytes yet: {queued} bytes evicted for it are being demoted"
+                    ),
+                    retry_after: Some(std::time::Duration::from_millis(10)),
+                });
             }
             let evicted = {
                 let mut inner = self.inner.lock();
@@ -113,6 +136,7 @@ impl DramTier {
                 let Some(entry) = inner.map.remove(&victim) else {
                     continue;
                 };
+                inner.demoting.insert(victim.clone(), entry.value.clone());
                 Evicted {
                     key: victim,
                     value: entry.value,
@@ -122,19 +146,48 @@ impl DramTier {
             Counters::inc(&ns.evictions);
             self.stats
                 .sub_resident(evicted.key.namespace(), evicted.value.len() as u64);
-            self.demote(evicted);
+            let size = evicted.value.len() as u64;
+            if self.demote(evicted) {
+                queued += size;
+            }
         }
     }
 
-    fn demote(&self, evicted: Evicted) {
+    /// Queues an evicted entry for demotion; `true` if queued (its memory is then
+    /// held until the demoter is done with it).
+    fn demote(&self, evicted: Evicted) -> bool {
         let tx = self.demote_tx.lock().clone();
-        if let Some(tx) = tx
-            && let Err(err) = tx.try_send(evicted)
-        {
+        let Some(tx) = tx else {
+            self.demoted(&evicted.key, &evicted.value);
+            return false;
+        };
+        if let Err(err) = tx.try_send(evicted) {
             let evicted = match err {
                 mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
             };
+            self.demoted(&evicted.key, &evicted.value);
             tracing::debug!(key = ?evicted.key, "demotion queue full: evicted entry dropped");
+            return false;
+        }
+        true
+    }
+
+    /// Whether `value` is still the evicted entry of `key` awaiting demotion (not
+    /// deleted, taken back or replaced since).
+    pub fn is_demoting(&self, key: &Key, value: &Bytes) -> bool {
+        self.inner
+            .lock()
+            .demoting
+            .get(key)
+            .is_some_and(|v| same(v, value))
+    }
+
+    /// Stops serving an evicted entry: its demotion is over (done, refused or
+    /// failed). A newer value evicted since under the same key is left alone.
+    pub fn demoted(&self, key: &Key, value: &Bytes) {
+        let mut inner = self.inner.lock();
+        if inner.demoting.get(key).is_some_and(|v| same(v, value)) {
+            inner.demoting.remove(key);
         }
     }
 
@@ -145,6 +198,7 @@ impl DramTier {
         let size = value.len() as u64;
         let old = {
             let mut inner = self.inner.lock();
+            inner.demoting.remove(key);
             let old = inner.map.insert(key.clone(), Entry { value, pins: 0 });
             if old.is_some() {
                 inner.policy.remove(key);
@@ -160,10 +214,28 @@ impl DramTier {
         Ok(())
     }
 
-    /// Pins an entry so eviction skips it; pins nest. `false` if absent.
+    /// Pins an entry so eviction skips it; pins nest. `false` if absent. An entry
+    /// evicted but still being demoted is taken back.
     pub fn pin(&self, key: &Key) -> bool {
         let mut inner = self.inner.lock();
-        let Inner { map, policy } = &mut *inner;
+        let Inner {
+            map,
+            policy,
+            demoting,
+        } = &mut *inner;
+        if !map.contains_key(key)
+            && let Some(value) = demoting.get(key)
+        {
+            self.stats.add_resident(key.namespace(), value.len() as u64);
+            map.insert(
+                key.clone(),
+                Entry {
+                    value: value.clone(),
+                    pins: 1,
+                },
+            );
+            return true;
+        }
         match map.get_mut(key) {
             Some(e) => {
                 if e.pins == 0 {
@@ -179,7 +251,7 @@ impl DramTier {
     /// Releases one pin. `false` if the entry is absent or was not pinned.
     pub fn unpin(&self, key: &Key) -> bool {
         let mut inner = self.inner.lock();
-        let Inner { map, policy } = &mut *inner;
+        let Inner { map, policy, .. } = &mut *inner;
         match map.get_mut(key) {
             Some(e) if e.pins > 0 => {
                 e.pins -= 1;
@@ -197,29 +269,49 @@ impl DramTier {
         self.inner.lock().map.get(key).is_some_and(|e| e.pins > 0)
     }
 
-    /// Removes every entry and returns them (for demotion at shutdown).
+    /// Removes every entry and returns them (for demotion at shutdown), with the
+    /// evicted entries whose demotion has not finished.
     pub fn drain(&self) -> Vec<Evicted> {
         let mut inner = self.inner.lock();
         let map = std::mem::take(&mut inner.map);
+        let demoting = std::mem::take(&mut inner.demoting);
         while inner.policy.victim().is_some() {}
         drop(inner);
-        map.into_iter()
-            .map(|(key, e)| {
-                self.stats
-                    .sub_resident(key.namespace(), e.value.len() as u64);
-                Evicted {
-                    key,
-                    value: e.value,
-                }
-            })
+        let resident = map.into_iter().map(|(key, e)| {
+            self.stats
+                .sub_resident(key.namespace(), e.value.len() as u64);
+            Evicted {
+                key,
+                value: e.value,
+            }
+        });
+        resident
+            .chain(
+                demoting
+                    .into_iter()
+                    .map(|(key, value)| Evicted { key, value }),
+            )
             .collect()
     }
 
     fn lookup(&self, key: &Key) -> Option<Bytes> {
         let mut inner = self.inner.lock();
-        let value = inner.map.get(key)?.value.clone();
-        inner.policy.access(key);
-        Some(value)
+        if let Some(e) = inner.map.get(key) {
+            let value = e.value.clone();
+            inner.policy.access(key);
+            return Some(value);
+        }
+        inner.demoting.get(key).cloned()
+    }
+
+    fn find_len(&self, key: &Key) -> Option<u64> {
+        let inner = self.inner.lock();
+        inner
+            .map
+            .get(key)
+            .map(|e| &e.value)
+            .or_else(|| inner.demoting.get(key))
+            .map(|v| v.len() as u64)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -272,7 +364,7 @@ impl Tier for DramTier {
     }
 
     async fn size(&self, key: &Key) -> Result<Option<u64>> {
-        Ok(self.inner.lock().map.get(key).map(|e| e.value.len() as u64))
+        Ok(self.find_len(key))
     }
 
     async fn put(&self, key: &Key, value: Bytes, _opts: &PutOptions) -> Result<PutOutcome> {
@@ -289,20 +381,20 @@ impl Tier for DramTier {
             if removed.is_some() {
                 inner.policy.remove(key);
             }
-            removed
+            (removed, inner.demoting.remove(key).is_some())
         };
         match removed {
-            Some(e) => {
+            (Some(e), _) => {
                 self.stats
                     .sub_resident(key.namespace(), e.value.len() as u64);
                 Ok(true)
             }
-            None => Ok(false),
+            (None, demoting) => Ok(demoting),
         }
     }
 
     async fn contains(&self, key: &Key) -> Result<bool> {
-        Ok(self.inner.lock().map.contains_key(key))
+        Ok(self.find_len(key).is_some())
     }
 
     async fn list(
@@ -313,18 +405,24 @@ impl Tier for DramTier {
         limit: usize,
     ) -> Result<Vec<Listed>> {
         let inner = self.inner.lock();
+        let demoting = inner
+            .demoting
+            .iter()
+            .filter(|(k, _)| !inner.map.contains_key(*k));
         let mut out: Vec<Listed> = inner
             .map
             .iter()
+            .map(|(k, e)| (k, &e.value))
+            .chain(demoting)
             .filter(|(k, _)| {
                 !k.is_page()
                     && k.namespace() == namespace
                     && k.tenant() == tenant
                     && k.body().starts_with(prefix)
             })
-            .map(|(k, e)| Listed {
+            .map(|(k, v)| Listed {
                 key: k.clone(),
-                len: e.value.len() as u64,
+                len: v.len() as u64,
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -82,7 +82,7 @@ impl LocalDirTier {
     }
 }
 
-fn encode_segment(s: &[u8]) -> String {
+pub(crate) fn encode_segment(s: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s {
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
@@ -98,7 +98,7 @@ fn encode_segment(s: &[u8]) -> String {
     out
 }
 
-fn decode_segment(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_segment(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bytes::Bytes;
-
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -86,7 +84,6 @@ mod tests {
         c.insert(k.page(1, 2), 7);
         save(&p, &c).unwrap();
         assert_eq!(load(&p), c);
-        let _ = Bytes::new();
     }
 
     proptest::proptest! {

@@ -2,16 +2,20 @@
 //! kernel allows it.
 //!
 //! foyer writes asynchronously and may drop a write when its buffers are full. A
-//! put therefore waits for the flush and then asks the engine whether the key
-//! reached disk; a dropped write returns [`PutOutcome::Dropped`] and is counted,
-//! never reported as stored.
+//! put therefore removes the previous value first, waits for the flush and then asks
+//! the engine whether the key reached disk; a dropped write returns
+//! [`PutOutcome::Dropped`] and is counted, never reported as stored, and leaves the
+//! key absent (never the older value).
 //!
 //! foyer cannot list its keys, so the tier keeps a catalog (key → length) that is
-//! saved on a clean close and loaded at open; it backs `list`, the resident gauges
-//! and `contains`. foyer checksums every entry (xxhash64) and answers a corrupt
-//! entry as a miss; when the catalog says a key is present and the engine returns
-//! nothing, the entry was lost to corruption or to block reclaim — it is counted in
-//! `checksum_failures` and dropped from the catalog.
+//! saved on a clean close and loaded at open; it backs `list`, the resident gauges,
+//! `size` and `contains`. An entry whose block the engine reclaimed to make room
+//! leaves the engine's index; the catalog drops it when it next looks (`usage`,
+//! `list`, `size`, `contains`) and counts an eviction. foyer checksums every entry
+//! (xxhash64) and answers a corrupt entry as a miss; when a `get` finds the key in
+//! the catalog and the engine returns nothing, the entry was lost to corruption (or
+//! to a reclaim not yet noticed) — it is counted in `checksum_failures` and dropped
+//! from the catalog.
 
 mod catalog;
 mod config;
@@ -218,6 +222,37 @@ impl NvmeTier {
         }
     }
 
+    /// Drops the catalog entries whose engine entry is gone because the engine
+    /// reclaimed its block to make room (counted as evictions), so that `usage`,
+    /// `list`, `size` and `contains` describe what the engine still holds.
+    fn prune_reclaimed(&self) {
+        let storage = self.cache.storage();
+        let mut gone = Vec::new();
+        self.catalog.lock().retain(|k, len| {
+            let present = storage.may_contains(&DiskKey(k.clone()));
+            if !present {
+                gone.push((k.clone(), *len));
+            }
+            present
+        });
+        for (k, len) in gone {
+            self.stats.sub_resident(k.namespace(), len);
+            Counters::inc(&self.stats.ns(k.namespace()).evictions);
+        }
+    }
+
+    /// The catalogued length of `key`, if the engine still holds it.
+    fn catalogued(&self, key: &Key) -> Option<u64> {
+        let len = self.catalog.lock().get(key).copied()?;
+        if self.cache.storage().may_contains(&DiskKey(key.clone())) {
+            return Some(len);
+        }
+        if self.forget(key).is_some() {
+            Counters::inc(&self.stats.ns(key.namespace()).evictions);
+        }
+        None
+    }
+
     fn forget(&self, key: &Key) -> Option<u64> {
         let len = self.catalog.lock().remove(key)?;
         self.stats.sub_resident(key.namespace(), len);
@@ -244,6 +279,7 @@ impl Tier for NvmeTier {
     }
 
     fn usage(&self) -> Usage {
+        self.prune_reclaimed();
         let used = self
             .catalog
             .lock()
@@ -284,20 +320,29 @@ impl Tier for NvmeTier {
     }
 
     async fn size(&self, key: &Key) -> Result<Option<u64>> {
-        Ok(self.catalog.lock().get(key).copied())
+        Ok(self.catalogued(key))
     }
 
     async fn put(&self, key: &Key, value: Bytes, _opts: &PutOptions) -> Result<PutOutcome> {
         self.check_open()?;
         let len = value.len() as u64;
         let dk = DiskKey(key.clone());
+        // The previous value goes first: the engine indexes entries by hash, so if
+        // this write is dropped, `may_contains` must not find the previous one and
+        // report the drop as stored; and a dropped overwrite must never leave the
+        // older value to be served in place of the newer.
+        if self.cache.storage().may_contains(&dk) {
+            self.cache.remove(&dk);
+        }
         if len > self.max_value_size() {
+            self.forget(key);
             Counters::inc(&self.stats.ns(key.namespace()).dropped_writes);
             return Ok(PutOutcome::Dropped);
         }
         self.cache.insert(dk.clone(), DiskValue(value));
         self.cache.storage().wait().await;
         if !self.cache.storage().may_contains(&dk) {
+            self.forget(key);
             Counters::inc(&self.stats.ns(key.namespace()).dropped_writes);
             return Ok(PutOutcome::Dropped);
         }
@@ -316,7 +361,7 @@ impl Tier for NvmeTier {
     }
 
     async fn contains(&self, key: &Key) -> Result<bool> {
-        Ok(self.catalog.lock().contains_key(key))
+        Ok(self.catalogued(key).is_some())
     }
 
     async fn list(
@@ -326,6 +371,7 @@ impl Tier for NvmeTier {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Listed>> {
+        self.prune_reclaimed();
         let catalog = self.catalog.lock();
         let mut out: Vec<Listed> = catalog
             .iter()

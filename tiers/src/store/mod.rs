@@ -236,12 +236,26 @@ impl TieredStore {
 
     /// Reads `range` of a value (all of it by default). Small reads are zero-copy
     /// slices of the stored page; reads across pages are assembled.
+    ///
+    /// A value replaced while it is read (its pages go with its old head) is looked
+    /// up again, a few times at most: the caller gets the old value or the new one,
+    /// whole, or the error of the last attempt.
     pub async fn get(&self, key: &Key, range: Option<ByteRange>) -> Result<Option<(Entry, Bytes)>> {
-        let Some(entry) = self.lookup(key).await? else {
-            return Ok(None);
-        };
-        let bytes = self.read_range(&entry, range).await?;
-        Ok(Some((entry, bytes)))
+        let mut attempt = 0;
+        loop {
+            let Some(entry) = self.lookup(key).await? else {
+                return Ok(None);
+            };
+            match self.read_range(&entry, range).await {
+                Ok(bytes) => return Ok(Some((entry, bytes))),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= 8 || !self.inner.replaced(&entry).await {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     /// Reads `range` of a found value.
@@ -454,7 +468,7 @@ impl TieredStore {
         let drained = self.inner.dram.drain();
         let mut demoted = 0usize;
         for e in drained {
-            if self.inner.demote(e).await {
+            if self.inner.demote_to_nvme(e).await {
                 demoted += 1;
             }
         }
@@ -477,8 +491,18 @@ async fn demote_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Evict
 }
 
 impl Inner {
-    /// Writes an entry that left DRAM to NVMe, if its namespace allows. `true` if stored.
+    /// Writes an entry that left DRAM to NVMe, if its namespace allows. `true` if
+    /// stored. DRAM serves the entry until this is over.
     async fn demote(&self, e: Evicted) -> bool {
+        let (key, value) = (e.key.clone(), e.value.clone());
+        // Deleted, or replaced by a newer value, while queued: writing it below
+        // would bring the old value back.
+        let stored = self.dram.is_demoting(&key, &value) && self.demote_to_nvme(e).await;
+        self.dram.demoted(&key, &value);
+        stored
+    }
+
+    async fn demote_to_nvme(&self, e: Evicted) -> bool {
         let Some(nvme) = &self.nvme else { return false };
         let Ok(policy) = self.namespaces.policy_for(&e.key) else {
             return false;
@@ -518,6 +542,26 @@ impl Inner {
         }
         let rec = self.nvme.as_ref()?.get(key, &opts).await.ok()??;
         record::decode_head(&rec).ok()
+    }
+
+    /// Whether the value `entry` was read from has since been replaced or removed
+    /// from the cache tiers (its cached head is gone or of another generation).
+    async fn replaced(&self, entry: &Entry) -> bool {
+        self.cached_head(&entry.key)
+            .await
+            .is_none_or(|h| h.generation != entry.head.generation)
+    }
+
+    /// A cached page (no origin access, no promotion, no counters).
+    async fn cached_page(&self, pk: &Key, generation: u64, index: u32) -> Option<Bytes> {
+        let opts = GetOptions::default();
+        if let Ok(Some(rec)) = self.dram.get(pk, &opts).await
+            && let Ok(page) = record::decode_page(&rec, generation, index)
+        {
+            return Some(page);
+        }
+        let rec = self.nvme.as_ref()?.get(pk, &opts).await.ok()??;
+        record::decode_page(&rec, generation, index).ok()
     }
 
     async fn remove_cached(&self, key: &Key) -> bool {
@@ -625,7 +669,15 @@ impl Inner {
         let (k, p) = (key.clone(), policy.clone());
         let head = self
             .head_flights
-            .run(key.clone(), async move { me.fill_head(&k, &p).await })
+            .run(key.clone(), async move {
+                // A flight that ended between our miss and this one has filled it.
+                if let Some(head) = me.cached_head(&k).await
+                    && !Self::expired(&p, &head)
+                {
+                    return Ok(Some(head));
+                }
+                me.fill_head(&k, &p).await
+            })
             .await?;
         let tier = self.origin.as_ref().map_or("origin", Origin::name);
         Ok(head.map(|head| Entry {
@@ -720,41 +772,61 @@ impl Inner {
         Record::Heap(vec![0u8; len])
     }
 
-    /// Stores a finished record in the highest tier the policy allows.
+    /// Stores a finished record in the highest tier the policy allows, and drops any
+    /// older record of the key from the other tier, so that the older value is never
+    /// served in place of this one (a pinned copy in a full DRAM, or a copy on NVMe
+    /// that would resurface once this one leaves DRAM without being demoted).
     async fn store_record(&self, key: &Key, rec: Record, policy: &NamespacePolicy) -> Result<()> {
-        match rec {
-            Record::Arena(buf) => self.dram.insert_frozen(key, buf.freeze()),
-            Record::Heap(v) => {
-                let v = Bytes::from(v);
-                if policy.tiers.dram
-                    && self
-                        .dram
-                        .put(key, v.clone(), &PutOptions::default())
-                        .await
-                        .is_ok()
-                {
-                    return Ok(());
-                }
-                let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme) else {
-                    return Err(Error::Exhausted {
-                        what: "cache tiers".into(),
-                        detail: format!(
-                            "no tier of namespace {:?} has room for {} bytes",
-                            policy.name,
-                            v.len()
-                        ),
-                        retry_after: Some(Duration::from_millis(100)),
-                    });
-                };
-                match nvme.put(key, v, &PutOptions::default()).await? {
-                    PutOutcome::Stored => Ok(()),
-                    PutOutcome::Dropped => Err(Error::Exhausted {
-                        what: "nvme tier".into(),
-                        detail: "the write buffer was full; the write was dropped".into(),
-                        retry_after: Some(Duration::from_millis(100)),
-                    }),
-                }
+        let v = match rec {
+            Record::Arena(buf) => {
+                self.dram.insert_frozen(key, buf.freeze())?;
+                self.drop_from_nvme(key).await;
+                return Ok(());
             }
+            Record::Heap(v) => Bytes::from(v),
+        };
+        if policy.tiers.dram
+            && self
+                .dram
+                .put(key, v.clone(), &PutOptions::default())
+                .await
+                .is_ok()
+        {
+            self.drop_from_nvme(key).await;
+            return Ok(());
+        }
+        // Not in DRAM: an older copy there (pinned, say) must go, whatever happens
+        // below (a write-through origin already has the new value).
+        while self.dram.unpin(key) {}
+        self.dram.delete(key).await?;
+        let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme) else {
+            return Err(Error::Exhausted {
+                what: "cache tiers".into(),
+                detail: format!(
+                    "no tier of namespace {:?} has room for {} bytes",
+                    policy.name,
+                    v.len()
+                ),
+                retry_after: Some(Duration::from_millis(100)),
+            });
+        };
+        match nvme.put(key, v, &PutOptions::default()).await? {
+            PutOutcome::Stored => Ok(()),
+            PutOutcome::Dropped => Err(Error::Exhausted {
+                what: "nvme tier".into(),
+                detail: "the write buffer was full; the write was dropped".into(),
+                retry_after: Some(Duration::from_millis(100)),
+            }),
+        }
+    }
+
+    /// Drops an older record of `key` from NVMe (after a newer one went to DRAM).
+    async fn drop_from_nvme(&self, key: &Key) {
+        if let Some(n) = &self.nvme
+            && n.contains(key).await.unwrap_or(false)
+            && let Err(e) = n.delete(key).await
+        {
+            tracing::warn!(?key, error = %e, "dropping an older record from NVMe failed");
         }
     }
 
@@ -809,13 +881,24 @@ impl Inner {
         if policy.origin == OriginKind::Origin && self.origin.is_some() {
             let me = self.clone();
             let (entry, p) = (entry.clone(), policy.clone());
+            let (pk2, generation) = (pk.clone(), head.generation);
             return self
                 .page_flights
-                .run(pk, async move { me.fill_page(&entry, index, &p).await })
+                .run(pk, async move {
+                    // A flight that ended between our miss and this one has filled it.
+                    if let Some(page) = me.cached_page(&pk2, generation, index).await {
+                        return Ok(page);
+                    }
+                    me.fill_page(&entry, index, &p).await
+                })
                 .await;
         }
-        // A page of a cache-only value is gone: the value is incomplete; drop it.
-        self.remove_cached(&entry.key).await;
+        // A page of a cache-only value is gone. If the value was replaced meanwhile
+        // (its old pages go with its old head), the caller looks it up again;
+        // otherwise the value is incomplete: drop it.
+        if !self.replaced(entry).await {
+            self.remove_cached(&entry.key).await;
+        }
         Err(Error::NotFound {
             key: format!("{} (page {index} was evicted)", entry.key.display_path()),
         })
@@ -859,6 +942,17 @@ impl Inner {
                 reason: format!(
                     "origin returned {} bytes for page {index}, expected {len}",
                     data.len()
+                ),
+            });
+        }
+        // A write-through put writes the origin, then the new pages and head, then
+        // drops the old pages. If the head changed, these bytes may be the new
+        // value's: never serve (or cache) them as a page of the old one.
+        if self.replaced(entry).await {
+            return Err(Error::NotFound {
+                key: format!(
+                    "{} (replaced while page {index} was read)",
+                    entry.key.display_path()
                 ),
             });
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::blob::BlobTier;
 use crate::error::Result;
 use crate::key::Key;
 use crate::localdir::LocalDirTier;
@@ -17,12 +18,15 @@ use crate::tier::{GetOptions, Listed, PutOptions, PutOutcome, Tier};
 pub enum Origin {
     /// A local directory (the embedded default).
     LocalDir(LocalDirTier),
+    /// An Azure Blob container.
+    Blob(Box<BlobTier>),
 }
 
 macro_rules! delegate {
     ($self:ident, $t:ident => $e:expr) => {
         match $self {
             Origin::LocalDir($t) => $e,
+            Origin::Blob($t) => $e,
         }
     };
 }

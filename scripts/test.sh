@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing what the tests need on a fresh
+# Debian machine: apt packages (Node.js for Azurite, redis-server for the
+# benches), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
+# Azurite itself on a free port. Then fmt, clippy and `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing ${need_apt[*]} (apt)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  echo "==> installing azurite@3.35.0 into .tools"
+  npm install --prefix .tools --no-audit --no-fund --loglevel=error azurite@3.35.0
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked

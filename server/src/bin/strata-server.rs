@@ -1,0 +1,91 @@
+//! `strata-server`: the Strata daemon.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use strata_server::{Config, Overrides, Server};
+use tracing_subscriber::EnvFilter;
+
+/// Strata cache server. Configuration layers: defaults, then --config FILE, then
+/// STRATA__SECTION__KEY environment variables, then these flags.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Prometheus /metrics listen address [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// Data directory (NVMe files, local origin) [default: ./strata-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// DRAM tier size, e.g. 2GiB [default: a quarter of available memory, at most 8 GiB].
+    #[arg(long, value_name = "SIZE")]
+    dram_capacity: Option<String>,
+    /// NVMe tier size, e.g. 100GiB [default: 4GiB].
+    #[arg(long, value_name = "SIZE")]
+    nvme_capacity: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let overrides = Overrides {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        data_dir: args.data_dir,
+        dram_capacity: args.dram_capacity,
+        nvme_capacity: args.nvme_capacity,
+    };
+    match run(args.config, overrides).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-server: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref(), &overrides)?;
+    let running = Server::start(config.clone()).await?;
+    println!(
+        "strata-server listening: grpc {} (metrics http://{}/metrics), data {}, dram {}, nvme {}",
+        running.addr,
+        running.metrics_addr,
+        config.data_dir.display(),
+        strata_server::ByteSize(config.dram_capacity()),
+        if config.nvme.enabled {
+            config.nvme.capacity.to_string()
+        } else {
+            "off".into()
+        },
+    );
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received: draining");
+        token.cancel();
+    });
+    running.wait().await
+}

@@ -1,0 +1,290 @@
+//! `strata`: the admin CLI.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use strata_tiers::Key;
+use strata_transport::{Client, ClientOptions, proto};
+
+/// Strata admin CLI. Keys are written NAMESPACE/KEY or NAMESPACE/TENANT/KEY.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server address.
+    #[arg(
+        long,
+        env = "STRATA_ADDR",
+        default_value = "127.0.0.1:7070",
+        global = true
+    )]
+    addr: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Is the server up? Version, uptime and tier use.
+    Status,
+    /// Per-tier, per-namespace counters.
+    Stats {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a value from FILE or standard input ("-", the default).
+    Put {
+        /// NAMESPACE/[TENANT/]KEY
+        key: String,
+        /// Input file, or - for standard input.
+        file: Option<PathBuf>,
+        /// Pin the value in DRAM.
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Read a value to standard output or a file.
+    Get {
+        /// NAMESPACE/[TENANT/]KEY
+        key: String,
+        /// Output file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Delete a value (from the origin too, for write-through namespaces).
+    Rm {
+        /// NAMESPACE/[TENANT/]KEY
+        key: String,
+    },
+    /// List values of a namespace (NS or NS/TENANT) by key prefix.
+    Ls {
+        /// NAMESPACE or NAMESPACE/TENANT
+        namespace: String,
+        /// Key prefix.
+        prefix: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Hold a value in DRAM.
+    Pin {
+        /// NAMESPACE/[TENANT/]KEY
+        key: String,
+    },
+    /// Release a pin.
+    Unpin {
+        /// NAMESPACE/[TENANT/]KEY
+        key: String,
+    },
+    /// Drop a value from the cache tiers (the origin keeps it).
+    Evict {
+        /// NAMESPACE/[TENANT/]KEY
+        key: String,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("strata: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn human(n: u64) -> String {
+    strata_server::ByteSize(n).to_string()
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(&args.addr, ClientOptions::default()).await?;
+    let key = |s: &str| Key::parse_path(s);
+    match args.cmd {
+        Cmd::Status => {
+            let s = client.stats().await?;
+            println!(
+                "strata {} at {}: up {}s",
+                s.version, args.addr, s.uptime_secs
+            );
+            for t in &s.tiers {
+                let total = t.total.unwrap_or_default();
+                let cap = if t.capacity_bytes == u64::MAX {
+                    "unbounded".into()
+                } else {
+                    human(t.capacity_bytes)
+                };
+                println!(
+                    "  {:<9} {:>10} used of {:>10}, {} entries",
+                    t.tier,
+                    human(t.used_bytes),
+                    cap,
+                    total.entries
+                );
+            }
+        }
+        Cmd::Stats { json } => {
+            let s = client.stats().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats_json(&s))?);
+            } else {
+                print_stats(&s);
+            }
+        }
+        Cmd::Put { key: k, file, pin } => {
+            let k = key(&k)?;
+            let data = match file {
+                Some(p) if p.as_os_str() != "-" => std::fs::read(&p)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+                _ => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+            };
+            let r = client.put_with(&k, Bytes::from(data), pin).await?;
+            eprintln!(
+                "stored {} ({} bytes, crc32c {:08x})",
+                k.display_path(),
+                r.length,
+                r.crc32c
+            );
+        }
+        Cmd::Get { key: k, output } => {
+            let k = key(&k)?;
+            let Some((_, data)) = client.get(&k, 0, None).await? else {
+                anyhow::bail!("{} not found", k.display_path());
+            };
+            match output {
+                Some(p) => std::fs::write(&p, &data)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?,
+                None => std::io::stdout().write_all(&data)?,
+            }
+        }
+        Cmd::Rm { key: k } => {
+            let k = key(&k)?;
+            if !client.delete(&k).await? {
+                anyhow::bail!("{} not found", k.display_path());
+            }
+        }
+        Cmd::Ls {
+            namespace,
+            prefix,
+            limit,
+        } => {
+            let (ns, tenant) = namespace.split_once('/').unwrap_or((&namespace, ""));
+            let r = client
+                .list(ns, tenant, prefix.unwrap_or_default().as_bytes(), limit)
+                .await?;
+            for e in &r.entries {
+                let k = e.key.clone().unwrap_or_default();
+                let t = if k.tenant.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", k.tenant)
+                };
+                println!(
+                    "{:>10}  {:<6}  {}/{t}{}",
+                    e.length,
+                    e.tier,
+                    k.namespace,
+                    String::from_utf8_lossy(&k.body)
+                );
+            }
+            if r.truncated {
+                eprintln!("(truncated at {limit}; use --limit)");
+            }
+        }
+        Cmd::Pin { key: k } => {
+            let k = key(&k)?;
+            if !client.pin(&k).await? {
+                anyhow::bail!("{} not found", k.display_path());
+            }
+        }
+        Cmd::Unpin { key: k } => {
+            let k = key(&k)?;
+            if !client.unpin(&k).await? {
+                anyhow::bail!("{} is not pinned", k.display_path());
+            }
+        }
+        Cmd::Evict { key: k } => {
+            let k = key(&k)?;
+            if !client.evict(&k).await? {
+                anyhow::bail!("{} is not cached", k.display_path());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn counters_json(c: &proto::Counters) -> serde_json::Value {
+    serde_json::json!({
+        "entries": c.entries, "bytes": c.bytes, "hits": c.hits, "misses": c.misses,
+        "evictions": c.evictions, "demotions": c.demotions, "origin_reads": c.origin_reads,
+        "dropped_writes": c.dropped_writes, "checksum_failures": c.checksum_failures,
+    })
+}
+
+fn stats_json(s: &proto::StatsResponse) -> serde_json::Value {
+    let tiers: Vec<_> = s
+        .tiers
+        .iter()
+        .map(|t| {
+            let ns: serde_json::Map<_, _> = t
+                .namespaces
+                .iter()
+                .map(|(k, v)| (k.clone(), counters_json(v)))
+                .collect();
+            serde_json::json!({
+                "tier": t.tier,
+                "capacity_bytes": (t.capacity_bytes != u64::MAX).then_some(t.capacity_bytes),
+                "used_bytes": t.used_bytes,
+                "total": counters_json(&t.total.unwrap_or_default()),
+                "namespaces": ns,
+            })
+        })
+        .collect();
+    serde_json::json!({ "version": s.version, "uptime_secs": s.uptime_secs, "tiers": tiers })
+}
+
+fn print_stats(s: &proto::StatsResponse) {
+    println!(
+        "{:<9} {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "TIER",
+        "NS",
+        "ENTRIES",
+        "BYTES",
+        "HITS",
+        "MISSES",
+        "EVICT",
+        "DEMOTE",
+        "ORIGIN",
+        "DROPPED",
+        "BADSUM"
+    );
+    for t in &s.tiers {
+        let mut rows: Vec<(String, proto::Counters)> =
+            t.namespaces.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        rows.push(("*".into(), t.total.unwrap_or_default()));
+        for (ns, c) in rows {
+            println!(
+                "{:<9} {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+                t.tier,
+                ns,
+                c.entries,
+                human(c.bytes),
+                c.hits,
+                c.misses,
+                c.evictions,
+                c.demotions,
+                c.origin_reads,
+                c.dropped_writes,
+                c.checksum_failures
+            );
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The `strata.v1.Cache` gRPC service over a [`TieredStore`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use strata_proto::v1 as pb;
+use strata_proto::v1::cache_server::Cache;
+use strata_tiers::{ByteRange, Key, TieredStore};
+use strata_transport::{key_from_proto, key_to_proto};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::status::to_status;
+
+/// Keys per batch request (MatchPrefix, Contains), at most.
+const MAX_BATCH_KEYS: usize = 65_536;
+
+/// The service state.
+#[derive(Clone)]
+pub struct CacheService {
+    store: TieredStore,
+    inflight: Arc<Semaphore>,
+    max_inflight: u64,
+    chunk_size: usize,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+impl CacheService {
+    /// A service over `store`, bounding uploads in flight to `max_inflight_bytes`.
+    pub fn new(
+        store: TieredStore,
+        max_inflight_bytes: u64,
+        chunk_size: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            inflight: Arc::new(Semaphore::new(
+                max_inflight_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
+            )),
+            max_inflight: max_inflight_bytes,
+            chunk_size,
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+fn key(k: Option<&pb::Key>) -> Result<Key, Status> {
+    key_from_proto(k).map_err(to_status)
+}
+
+fn keys(ks: &[pb::Key]) -> Result<Vec<Key>, Status> {
+    if ks.len() > MAX_BATCH_KEYS {
+        return Err(Status::invalid_argument(format!(
+            "{} keys in one request; the limit is {MAX_BATCH_KEYS}",
+            ks.len()
+        )));
+    }
+    ks.iter().map(|k| key(Some(k))).collect()
+}
+
+fn counters(c: &strata_tiers::CountersSnapshot) -> pb::Counters {
+    pb::Counters {
+        entries: c.entries,
+        bytes: c.bytes,
+        hits: c.hits,
+        misses: c.misses,
+        evictions: c.evictions,
+        demotions: c.demotions,
+        origin_reads: c.origin_reads,
+        dropped_writes: c.dropped_writes,
+        checksum_failures: c.checksum_failures,
+    }
+}
+
+#[tonic::async_trait]
+impl Cache for CacheService {
+    async fn put(
+        &self,
+        request: Request<Streaming<pb::PutRequest>>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        self.metrics.request("put");
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::PutRequest {
+                msg: Some(pb::put_request::Msg::Header(h)),
+            }) => h,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a put must be its header",
+                ));
+            }
+            None => return Err(Status::invalid_argument("empty put stream")),
+        };
+        let key = key(header.key.as_ref())?;
+        if header.length > self.max_inflight {
+            return Err(Status::resource_exhausted(format!(
+                "a value of {} bytes exceeds the server's in-flight upload limit of {} bytes",
+                header.length, self.max_inflight
+            )));
+        }
+        let mut reservation = self
+            .store
+            .reserve(&key, header.length, header.crc32c)
+            .map_err(to_status)?;
+        let _permit = self
+            .inflight
+            .try_acquire_many(header.length.min(u64::from(u32::MAX)) as u32)
+            .map_err(|_| {
+                let mut s = Status::resource_exhausted(
+                    "too many bytes of uploads in flight; retry shortly",
+                );
+                s.metadata_mut().insert(
+                    "retry-after-ms",
+                    tonic::metadata::MetadataValue::from_static("100"),
+                );
+                s
+            })?;
+        while let Some(msg) = stream.message().await? {
+            match msg.msg {
+                Some(pb::put_request::Msg::Chunk(c)) => reservation.write(&c).map_err(to_status)?,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "a put stream carries one header, then chunks",
+                    ));
+                }
+            }
+        }
+        if reservation.written() != header.length {
+            return Err(Status::invalid_argument(format!(
+                "truncated upload: the header declared {} bytes, the stream carried {}",
+                header.length,
+                reservation.written()
+            )));
+        }
+        let receipt = reservation.commit().await.map_err(to_status)?;
+        if header.pin {
+            self.store.pin(&key).await.map_err(to_status)?;
+        }
+        self.metrics
+            .bytes_in
+            .fetch_add(receipt.len, Ordering::Relaxed);
+        Ok(Response::new(pb::PutResponse {
+            length: receipt.len,
+            crc32c: receipt.crc32c,
+        }))
+    }
+
+    type GetStream = ReceiverStream<Result<pb::GetResponse, Status>>;
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        self.metrics.request("get");
+        let req = request.into_inner();
+        let key = key(req.key.as_ref())?;
+        let Some(entry) = self.store.lookup(&key).await.map_err(to_status)? else {
+            return Err(Status::not_found(format!(
+                "{} is not cached and not in its origin",
+                key.display_path()
+            )));
+        };
+        let range = ByteRange {
+            offset: req.offset,
+            length: req.length,
+        };
+        let (start, end) = range.resolve(entry.len()).map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.store.clone();
+        let chunk = self.chunk_size as u64;
+        let bytes_out = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut info = Some(pb::ValueInfo {
+                total_length: entry.len(),
+                offset: start,
+                length: end - start,
+                tier: entry.tier.to_owned(),
+            });
+            if start == end {
+                let _ = tx
+                    .send(Ok(pb::GetResponse {
+                        info: info.take(),
+                        chunk: Bytes::new(),
+                    }))
+                    .await;
+                return;
+            }
+            let ps = u64::from(entry.head.page_size);
+            let mut pos = start;
+            while pos < end {
+                let index = (pos / ps) as u32;
+                let page = match store.read_page(&entry, index).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                };
+                let base = u64::from(index) * ps;
+                let page_end = (base + page.len() as u64).min(end);
+                while pos < page_end {
+                    let n = chunk.min(page_end - pos);
+                    let c = page.slice((pos - base) as usize..(pos - base + n) as usize);
+                    pos += n;
+                    bytes_out.bytes_out.fetch_add(n, Ordering::Relaxed);
+                    if tx
+                        .send(Ok(pb::GetResponse {
+                            info: info.take(),
+                            chunk: c,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return; // the client went away
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn match_prefix(
+        &self,
+        request: Request<pb::MatchPrefixRequest>,
+    ) -> Result<Response<pb::MatchPrefixResponse>, Status> {
+        self.metrics.request("match_prefix");
+        let ks = keys(&request.into_inner().keys)?;
+        let n = self.store.match_prefix(&ks).await.map_err(to_status)?;
+        Ok(Response::new(pb::MatchPrefixResponse { matched: n as u32 }))
+    }
+
+    async fn contains(
+        &self,
+        request: Request<pb::ContainsRequest>,
+    ) -> Result<Response<pb::ContainsResponse>, Status> {
+        self.metrics.request("contains");
+        let ks = keys(&request.into_inner().keys)?;
+        let present = self.store.contains(&ks).await.map_err(to_status)?;
+        Ok(Response::new(pb::ContainsResponse { present }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::KeyRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.metrics.request("delete");
+        let k = key(request.into_inner().key.as_ref())?;
+        let deleted = self.store.delete(&k).await.map_err(to_status)?;
+        Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn pin(
+        &self,
+        request: Request<pb::KeyRequest>,
+    ) -> Result<Response<pb::PinResponse>, Status> {
+        self.metrics.request("pin");
+        let k = key(request.into_inner().key.as_ref())?;
+        let found = self.store.pin(&k).await.map_err(to_status)?;
+        Ok(Response::new(pb::PinResponse { found }))
+    }
+
+    async fn unpin(
+        &self,
+        request: Request<pb::KeyRequest>,
+    ) -> Result<Response<pb::PinResponse>, Status> {
+        self.metrics.request("unpin");
+        let k = key(request.into_inner().key.as_ref())?;
+        let found = self.store.unpin(&k).await.map_err(to_status)?;
+        Ok(Response::new(pb::PinResponse { found }))
+    }
+
+    async fn evict(
+        &self,
+        request: Request<pb::KeyRequest>,
+    ) -> Result<Response<pb::EvictResponse>, Status> {
+        self.metrics.request("evict");
+        let k = key(request.into_inner().key.as_ref())?;
+        let evicted = self.store.evict(&k).await.map_err(to_status)?;
+        Ok(Response::new(pb::EvictResponse { evicted }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.metrics.request("list");
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            1000
+        } else {
+            req.limit.min(100_000)
+        } as usize;
+        let mut listed = self
+            .store
+            .list(&req.namespace, &req.tenant, &req.prefix, limit + 1)
+            .await
+            .map_err(to_status)?;
+        let truncated = listed.len() > limit;
+        listed.truncate(limit);
+        let entries = listed
+            .into_iter()
+            .map(|l| pb::ListEntry {
+                key: Some(key_to_proto(&l.key)),
+                length: l.len,
+                tier: l.tier.to_owned(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListResponse { entries, truncated }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.metrics.request("stats");
+        let tiers = self
+            .store
+            .stats()
+            .into_iter()
+            .map(|t| pb::TierStats {
+                tier: t.tier.to_owned(),
+                capacity_bytes: t.usage.capacity,
+                used_bytes: t.usage.used,
+                total: Some(counters(&t.total)),
+                namespaces: t
+                    .namespaces
+                    .iter()
+                    .map(|(k, v)| (k.clone(), counters(v)))
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::StatsResponse {
+            tiers,
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }))
+    }
+}

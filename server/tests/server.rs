@@ -1,0 +1,387 @@
+//! The real server on 127.0.0.1:0, driven by the real client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_server::config::{ByteSize, Config};
+use strata_server::{Running, Server};
+use strata_tiers::Key;
+use strata_transport::{Client, ClientOptions, key_to_proto, proto};
+use tonic::Code;
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.metrics_listen = "127.0.0.1:0".into();
+    c.server.max_inflight_bytes = ByteSize(64 << 20);
+    c.data_dir = dir.to_path_buf();
+    c.dram.capacity = Some(ByteSize(32 << 20));
+    c.nvme.capacity = ByteSize(64 << 20);
+    c.nvme.block_size = ByteSize(2 << 20);
+    c.nvme.buffer_pool_size = ByteSize(8 << 20);
+    c.store.page_size = ByteSize(1 << 20);
+    c
+}
+
+async fn start(dir: &std::path::Path) -> (Running, Client) {
+    let running = Server::start(config(dir)).await.unwrap();
+    let client = Client::connect(&running.addr.to_string(), ClientOptions::default())
+        .await
+        .unwrap();
+    (running, client)
+}
+
+fn k(path: &str) -> Key {
+    Key::parse_path(path).unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+async fn still_serves(c: &Client) {
+    c.put(&k("kv/alive"), Bytes::from_static(b"yes"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(&k("kv/alive"), 0, None).await.unwrap().unwrap().1,
+        "yes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_get_range_and_admin_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, c) = start(dir.path()).await;
+
+    let big = pattern(5 << 20 | 123, 7);
+    let r = c.put(&k("obj/t1/big.bin"), big.clone()).await.unwrap();
+    assert_eq!(r.length, big.len() as u64);
+    assert_eq!(r.crc32c, crc32c::crc32c(&big));
+    let (info, got) = c.get(&k("obj/t1/big.bin"), 0, None).await.unwrap().unwrap();
+    assert_eq!(info.total_length, big.len() as u64);
+    assert_eq!(got, big);
+    let (_, part) = c
+        .get(&k("obj/t1/big.bin"), (1 << 20) - 10, Some(2 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(part, big.slice((1 << 20) - 10..(3 << 20) - 10));
+    let (_, tail) = c
+        .get(&k("obj/t1/big.bin"), big.len() as u64 - 5, Some(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tail,
+        big.slice(big.len() - 5..),
+        "a range past the end is clipped"
+    );
+
+    let blocks: Vec<Key> = (0..8).map(|i| k(&format!("kv/m/blk{i}"))).collect();
+    for b in &blocks[..5] {
+        c.put(b, pattern(1000, 1)).await.unwrap();
+    }
+    assert_eq!(c.match_prefix(&blocks).await.unwrap(), 5);
+    assert_eq!(
+        c.contains(&blocks[3..7]).await.unwrap(),
+        vec![true, true, false, false]
+    );
+
+    assert!(c.pin(&blocks[0]).await.unwrap());
+    assert!(c.unpin(&blocks[0]).await.unwrap());
+    assert!(!c.unpin(&blocks[0]).await.unwrap());
+    assert!(c.evict(&blocks[0]).await.unwrap());
+    assert_eq!(c.match_prefix(&blocks).await.unwrap(), 0);
+
+    let listed = c.list("kv", "m", b"blk", 100).await.unwrap();
+    assert_eq!(listed.entries.len(), 4);
+    assert!(c.delete(&blocks[1]).await.unwrap());
+    assert!(!c.delete(&blocks[1]).await.unwrap());
+
+    // obj is write-through: evict keeps the origin copy, so a get refetches it.
+    assert!(c.evict(&k("obj/t1/big.bin")).await.unwrap());
+    let (info, got) = c.get(&k("obj/t1/big.bin"), 0, None).await.unwrap().unwrap();
+    assert_eq!(info.tier, "localdir");
+    assert_eq!(got, big);
+
+    let stats = c.stats().await.unwrap();
+    let dram = stats.tiers.iter().find(|t| t.tier == "dram").unwrap();
+    assert!(dram.total.as_ref().unwrap().hits > 0);
+    assert!(
+        stats
+            .tiers
+            .iter()
+            .any(|t| t.tier == "localdir" && t.total.as_ref().unwrap().origin_reads > 0)
+    );
+
+    let body = metrics(running.metrics_addr).await;
+    assert!(
+        body.contains("strata_tier_hits_total{tier=\"dram\",namespace=\"kv\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("strata_grpc_requests_total{method=\"put\"}"),
+        "{body}"
+    );
+
+    running.shutdown().await.unwrap();
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, c) = start(dir.path()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(c.channel().clone());
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "strata.v1.Cache".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    running.shutdown().await.unwrap();
+}
+
+fn code(e: strata_transport::ClientError) -> (Code, String) {
+    (e.code().unwrap_or(Code::Unknown), e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, c) = start(dir.path()).await;
+    let mut raw = proto::cache_client::CacheClient::new(c.channel().clone());
+
+    // Malformed key and unknown namespace.
+    let bad = proto::Key {
+        namespace: "Not A Namespace".into(),
+        tenant: "".into(),
+        body: Bytes::from_static(b"x"),
+    };
+    let e = raw
+        .contains(proto::ContainsRequest { keys: vec![bad] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("namespace"), "{}", e.message());
+    let (code_, msg) = code(
+        c.put(&k("nope/x"), Bytes::from_static(b"1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("unknown namespace"), "{msg}");
+    still_serves(&c).await;
+
+    // Oversized: past the in-flight budget, and past the namespace's limit.
+    let huge = proto::PutHeader {
+        key: Some(key_to_proto(&k("kv/huge"))),
+        length: 1 << 40,
+        crc32c: None,
+        pin: false,
+    };
+    let e = raw
+        .put(futures::stream::iter(vec![proto::PutRequest {
+            msg: Some(proto::put_request::Msg::Header(huge)),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    still_serves(&c).await;
+
+    // A range past the end.
+    c.put(&k("kv/small"), Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    let (code_, msg) = code(c.get(&k("kv/small"), 11, None).await.unwrap_err());
+    assert_eq!(code_, Code::OutOfRange, "{msg}");
+
+    // A truncated upload: nothing becomes visible.
+    let h = proto::PutHeader {
+        key: Some(key_to_proto(&k("kv/trunc"))),
+        length: 100,
+        crc32c: None,
+        pin: false,
+    };
+    let msgs = vec![
+        proto::PutRequest {
+            msg: Some(proto::put_request::Msg::Header(h)),
+        },
+        proto::PutRequest {
+            msg: Some(proto::put_request::Msg::Chunk(Bytes::from(vec![1u8; 50]))),
+        },
+    ];
+    let e = raw.put(futures::stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("truncated"), "{}", e.message());
+    assert!(c.get(&k("kv/trunc"), 0, None).await.unwrap().is_none());
+
+    // A wrong checksum: refused, nothing visible.
+    let h = proto::PutHeader {
+        key: Some(key_to_proto(&k("kv/crc"))),
+        length: 3,
+        crc32c: Some(1),
+        pin: false,
+    };
+    let msgs = vec![
+        proto::PutRequest {
+            msg: Some(proto::put_request::Msg::Header(h)),
+        },
+        proto::PutRequest {
+            msg: Some(proto::put_request::Msg::Chunk(Bytes::from_static(b"abc"))),
+        },
+    ];
+    let e = raw.put(futures::stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(c.get(&k("kv/crc"), 0, None).await.unwrap().is_none());
+
+    // A stream whose first message is not a header.
+    let msgs = vec![proto::PutRequest {
+        msg: Some(proto::put_request::Msg::Chunk(Bytes::from_static(b"abc"))),
+    }];
+    assert_eq!(
+        raw.put(futures::stream::iter(msgs))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // A client that disconnects mid-stream: the upload is abandoned.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let h = proto::PutHeader {
+        key: Some(key_to_proto(&k("kv/gone"))),
+        length: 1 << 20,
+        crc32c: None,
+        pin: false,
+    };
+    tx.send(proto::PutRequest {
+        msg: Some(proto::put_request::Msg::Header(h)),
+    })
+    .await
+    .unwrap();
+    tx.send(proto::PutRequest {
+        msg: Some(proto::put_request::Msg::Chunk(Bytes::from(vec![0u8; 1000]))),
+    })
+    .await
+    .unwrap();
+    let mut raw2 = raw.clone();
+    let call = tokio::spawn(async move {
+        raw2.put(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    call.abort();
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(c.get(&k("kv/gone"), 0, None).await.unwrap().is_none());
+    still_serves(&c).await;
+
+    // Read-only namespace.
+    let (code_, msg) = code(
+        c.put(&k("shard/ds/x"), Bytes::from_static(b"1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, Code::InvalidArgument);
+    assert!(msg.contains("read-only"), "{msg}");
+
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_then_warm_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, c) = start(dir.path()).await;
+    let v = pattern(300_000, 3);
+    c.put(&k("kv/warm"), v.clone()).await.unwrap();
+    let big = pattern(3 << 20, 4);
+    c.put(&k("kv/warm-big"), big.clone()).await.unwrap();
+    running.shutdown().await.unwrap();
+
+    let (running, c) = start(dir.path()).await;
+    let (info, got) = c.get(&k("kv/warm"), 0, None).await.unwrap().unwrap();
+    assert_eq!(info.tier, "nvme");
+    assert_eq!(got, v);
+    assert_eq!(
+        c.get(&k("kv/warm-big"), 0, None).await.unwrap().unwrap().1,
+        big
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_put_get_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _c) = start(dir.path()).await;
+    let addr = running.addr.to_string();
+    let cli = env!("CARGO_BIN_EXE_strata");
+    let file = dir.path().join("in.bin");
+    std::fs::write(&file, b"from a file").unwrap();
+    let run = |args: &[&str]| {
+        let addr = addr.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(cli)
+                    .env("STRATA_ADDR", addr)
+                    .args(&args)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run(&["put", "obj/cli/x", file.to_str().unwrap()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["get", "obj/cli/x"]).await;
+    assert_eq!(out.stdout, b"from a file");
+    let out = run(&["ls", "obj/cli"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("obj/cli/x"));
+    let out = run(&["stats", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["tier"] == "dram")
+    );
+    let out = run(&["get", "obj/cli/missing"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("strata: error:") && err.contains("not found"),
+        "{err}"
+    );
+    let out = run(&["put", "BAD/x", file.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("namespace"));
+    assert!(run(&["rm", "obj/cli/x"]).await.status.success());
+    running.shutdown().await.unwrap();
+}

@@ -1,0 +1,640 @@
+//! Azure Blob Storage as a tier: the origin of a deployment whose truth lives in a
+//! storage account (or Azurite, in tests).
+//!
+//! Layout: blob `[prefix/]<namespace>/@<tenant>/<body>`, with the body's segments
+//! percent-encoded exactly as the local-directory tier encodes them (so a dataset
+//! copied with `azcopy` from a local origin reads the same), or, with
+//! [`BlobConfig::raw_names`], the body verbatim (to read an existing dataset
+//! container). A value is one block blob written with a single Put Blob, so a
+//! reader sees the old value or the new one. A read longer than
+//! [`BlobConfig::range_chunk_size`] is split into ranged GETs that run in parallel
+//! (at most [`BlobConfig::max_concurrency`] requests per tier) and are pinned to
+//! the first response's ETag; if the blob changes mid-read, the read starts over.
+//! Every request goes through one retry loop (see `core.rs`), and every error
+//! through one mapping (see `error.rs`).
+
+mod config;
+mod core;
+mod error;
+pub mod sas;
+
+use std::num::NonZero;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use azure_core::http::Etag;
+use azure_core::http::headers::HeaderName;
+use azure_storage_blob::BlobClient;
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders as _, BlobClientUploadOptions,
+    BlobContainerClientListBlobsOptions, HttpRange, ListBlobsResponse,
+};
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt as _, TryStreamExt as _};
+
+pub use self::config::{BlobAuth, BlobConfig};
+use self::core::Core;
+use self::error::{Failure, Kind};
+pub use self::sas::AccountSas;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::localdir::{decode_segment, encode_segment};
+use crate::stats::TierStats;
+use crate::tier::{
+    ByteRange, Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage,
+};
+
+/// How many times a chunked read starts over because the blob changed under it.
+const MAX_READ_RESTARTS: usize = 3;
+/// Largest page a listing asks for (the service's maximum).
+const MAX_LIST_PAGE: usize = 5000;
+
+/// A tier on an Azure Blob container (unbounded, persistent, listable).
+pub struct BlobTier {
+    core: Core,
+    stats: Arc<TierStats>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for BlobTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobTier")
+            .field("config", &self.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one pass of a read.
+enum Read {
+    Value(Option<Bytes>),
+    /// The blob changed (or vanished) between two ranged GETs.
+    Changed,
+}
+
+/// One ranged GET's answer.
+struct Chunk {
+    bytes: Bytes,
+    /// The blob's total length.
+    total: u64,
+    etag: Option<Etag>,
+}
+
+impl BlobTier {
+    /// Opens the tier: validates `config` and builds the clients. Does no I/O, so a
+    /// missing container shows on the first request (or call
+    /// [`ensure_container`](Self::ensure_container)). Must run inside a tokio runtime.
+    pub async fn open(config: BlobConfig) -> Result<Self> {
+        let core = Core::new(config)?;
+        tracing::info!(
+            endpoint = %core.config.endpoint,
+            container = %core.config.container,
+            raw_names = core.config.raw_names,
+            "blob tier open"
+        );
+        Ok(Self {
+            core,
+            stats: Arc::default(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration the tier runs with.
+    pub fn config(&self) -> &BlobConfig {
+        &self.core.config
+    }
+
+    /// Creates the container if it does not exist (an existing one is fine), for
+    /// deployments and tests that own their container.
+    pub async fn ensure_container(&self) -> Result<()> {
+        let container = &self.core.container;
+        match self
+            .core
+            .call(
+                "create_container",
+                &self.core.config.container,
+                None,
+                || container.create(None),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) if f.kind == Kind::Conflict => Ok(()),
+            Err(f) => Err(f.into()),
+        }
+    }
+
+    /// The blob name a key is stored under.
+    pub fn blob_name(&self, key: &Key) -> Result<String> {
+        if key.is_page() {
+            return Err(Error::InvalidKey {
+                reason: "page keys are not stored in the origin".into(),
+            });
+        }
+        let mut name = self.name_base();
+        if self.core.config.raw_names {
+            let body = std::str::from_utf8(key.body()).map_err(|_| Error::InvalidKey {
+                reason: "with blob.raw_names the key body must be UTF-8".into(),
+            })?;
+            if body == "." || body == ".." {
+                return Err(Error::InvalidKey {
+                    reason: format!("{body:?} is not a blob name"),
+                });
+            }
+            name.push_str(body);
+            return Ok(name);
+        }
+        name.push_str(&self.tenant_base(key.namespace(), key.tenant()));
+        let body = key.body();
+        let segments: Vec<&[u8]> = body.split(|b| *b == b'/').collect();
+        if segments
+            .iter()
+            .all(|s| !s.is_empty() && *s != b"." && *s != b"..")
+        {
+            let encoded: Vec<String> = segments.iter().map(|s| encode_segment(s)).collect();
+            name.push_str(&encoded.join("/"));
+        } else {
+            name.push_str(&encode_segment(body));
+        }
+        Ok(name)
+    }
+
+    /// `prefix/`, or nothing.
+    fn name_base(&self) -> String {
+        self.core
+            .config
+            .prefix
+            .as_ref()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default()
+    }
+
+    /// `<namespace>/@<tenant>/` (encoded layout only).
+    fn tenant_base(&self, namespace: &str, tenant: &str) -> String {
+        format!("{namespace}/@{}/", encode_segment(tenant.as_bytes()))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// One ranged GET of `len > 0` bytes at `offset`, pinned to `etag` if given.
+    async fn fetch(
+        &self,
+        blob: &BlobClient,
+        target: &str,
+        offset: u64,
+        len: u64,
+        etag: Option<Etag>,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<Chunk, Failure> {
+        let part = NonZero::new(usize::try_from(len).unwrap_or(usize::MAX))
+            .unwrap_or(NonZero::<usize>::MIN);
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::new(offset, len)),
+            partition_size: Some(part),
+            parallel: Some(NonZero::<usize>::MIN),
+            if_match: etag,
+            ..Default::default()
+        };
+        let options = &options;
+        self.core
+            .call("get", target, deadline, move || async move {
+                let rsp = blob.download(Some(options.clone())).await?;
+                let etag = rsp.properties.etag.clone();
+                let range = rsp
+                    .headers
+                    .get_optional_str(&HeaderName::from_static("content-range"))
+                    .and_then(parse_content_range);
+                let bytes = rsp.body.collect().await?;
+                Ok(match range {
+                    Some(total) => Chunk { bytes, total, etag },
+                    // A whole-blob answer (the SDK re-asks without a range for an empty blob).
+                    None => {
+                        let total = bytes.len() as u64;
+                        let start = offset.min(total) as usize;
+                        let end = offset.saturating_add(len).min(total) as usize;
+                        Chunk {
+                            bytes: bytes.slice(start..end),
+                            total,
+                            etag,
+                        }
+                    }
+                })
+            })
+            .await
+    }
+
+    /// One pass of a read: the first chunk tells the size and the ETag, the rest
+    /// are fetched in parallel, pinned to that ETag.
+    async fn read(&self, name: &str, range: ByteRange, deadline: Option<Instant>) -> Result<Read> {
+        let blob = self.core.container.blob_client(name);
+        let target = self.core.target(name);
+        let chunk_size = self.core.config.range_chunk_size;
+        // Clamped so that `offset + len` cannot overflow (the SDK adds them).
+        let first_len = range
+            .length
+            .unwrap_or(u64::MAX)
+            .min(chunk_size)
+            .min(u64::MAX - range.offset);
+        if first_len == 0 {
+            return self.read_nothing(&blob, &target, range, deadline).await;
+        }
+        let first = match self
+            .fetch(&blob, &target, range.offset, first_len, None, deadline)
+            .await
+        {
+            Ok(c) => c,
+            Err(f) if f.kind == Kind::NotFound => return Ok(Read::Value(None)),
+            // The range starts at or past the end: the size says which.
+            Err(f) if f.kind == Kind::RangeNotSatisfiable => {
+                return self.read_nothing(&blob, &target, range, deadline).await;
+            }
+            Err(f) => return Err(f.into()),
+        };
+        let (start, end) = range.resolve(first.total)?;
+        let first_end = start + first.bytes.len() as u64;
+        if first.bytes.len() as u64 != first_len.min(end - start) {
+            return Err(short_read(
+                &target,
+                start,
+                first_len.min(end - start),
+                first.bytes.len(),
+            ));
+        }
+        if first_end >= end {
+            return Ok(Read::Value(Some(first.bytes)));
+        }
+        let ranges: Vec<(u64, u64)> = (first_end..end)
+            .step_by(usize::try_from(chunk_size).unwrap_or(usize::MAX))
+            .map(|o| (o, chunk_size.min(end - o)))
+            .collect();
+        let (blob, target, etag) = (&blob, &target, &first.etag);
+        let rest: std::result::Result<Vec<Bytes>, Failure> = futures::stream::iter(ranges)
+            .map(|(offset, len)| async move {
+                let c = self
+                    .fetch(blob, target, offset, len, etag.clone(), deadline)
+                    .await?;
+                if c.bytes.len() as u64 != len {
+                    return Err(Failure {
+                        kind: Kind::Other,
+                        retry_after: None,
+                        error: short_read(target, offset, len, c.bytes.len()),
+                    });
+                }
+                Ok(c.bytes)
+            })
+            .buffered(self.core.config.max_concurrency)
+            .try_collect()
+            .await;
+        let rest = match rest {
+            Ok(r) => r,
+            Err(f) if matches!(f.kind, Kind::PreconditionFailed | Kind::NotFound) => {
+                return Ok(Read::Changed);
+            }
+            Err(f) => return Err(f.into()),
+        };
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        out.extend_from_slice(&first.bytes);
+        for part in rest {
+            out.extend_from_slice(&part);
+        }
+        Ok(Read::Value(Some(out.freeze())))
+    }
+
+    /// A read that returns no bytes if the blob exists: an empty range, or one that
+    /// starts at or past the end (an error unless it starts exactly at the end).
+    async fn read_nothing(
+        &self,
+        blob: &BlobClient,
+        target: &str,
+        range: ByteRange,
+        deadline: Option<Instant>,
+    ) -> Result<Read> {
+        Ok(Read::Value(
+            match self.properties_size(blob, target, deadline).await? {
+                None => None,
+                Some(size) => {
+                    range.resolve(size)?;
+                    Some(Bytes::new())
+                }
+            },
+        ))
+    }
+
+    /// The blob's length from its properties; `None` if it does not exist.
+    async fn properties_size(
+        &self,
+        blob: &BlobClient,
+        target: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<u64>> {
+        match self
+            .core
+            .call("size", target, deadline, || blob.get_properties(None))
+            .await
+        {
+            Ok(p) => {
+                let len = p.content_length().map_err(|e| Error::Blob {
+                    op: "size",
+                    target: target.to_owned(),
+                    status: None,
+                    retryable: false,
+                    message: format!("bad Content-Length: {e}"),
+                })?;
+                Ok(Some(len.unwrap_or(0)))
+            }
+            Err(f) if f.kind == Kind::NotFound => Ok(None),
+            Err(f) => Err(f.into()),
+        }
+    }
+
+    /// The key stored under `name`, if `name` is one this tier writes for
+    /// `namespace`/`tenant`.
+    fn key_of(&self, name: &str, base: &str, namespace: &str, tenant: &str) -> Option<Key> {
+        let rest = name.strip_prefix(base)?;
+        let body = if self.core.config.raw_names {
+            rest.as_bytes().to_vec()
+        } else {
+            let mut body = Vec::with_capacity(rest.len());
+            for (i, seg) in rest.split('/').enumerate() {
+                if i > 0 {
+                    body.push(b'/');
+                }
+                body.extend_from_slice(&decode_segment(seg)?);
+            }
+            body
+        };
+        let key = Key::new(namespace, tenant, body).ok()?;
+        // Only canonical names: a foreign blob that decodes to a key must not alias it.
+        (self.blob_name(&key).ok()? == name).then_some(key)
+    }
+}
+
+/// The total length from `Content-Range: bytes a-b/total`.
+fn parse_content_range(v: &str) -> Option<u64> {
+    v.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+fn short_read(target: &str, offset: u64, expected: u64, got: usize) -> Error {
+    Error::Blob {
+        op: "get",
+        target: target.to_owned(),
+        status: None,
+        retryable: true,
+        message: format!("short read at {offset}: expected {expected} bytes, got {got}"),
+    }
+}
+
+impl Tier for BlobTier {
+    fn name(&self) -> &'static str {
+        "blob"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            bounded: false,
+            persistent: true,
+            listable: true,
+            lossy_writes: false,
+        }
+    }
+
+    fn stats(&self) -> &Arc<TierStats> {
+        &self.stats
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            capacity: u64::MAX,
+            used: 0,
+        }
+    }
+
+    async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
+        self.check_open()?;
+        let name = self.blob_name(key)?;
+        let range = opts.range.unwrap_or_default();
+        for _ in 0..MAX_READ_RESTARTS {
+            match self.read(&name, range, opts.deadline).await? {
+                Read::Value(v) => return Ok(v),
+                Read::Changed => {
+                    tracing::debug!(blob = %name, "blob changed during a chunked read; restarting")
+                }
+            }
+        }
+        Err(Error::Blob {
+            op: "get",
+            target: self.core.target(&name),
+            status: Some(412),
+            retryable: true,
+            message: format!("the blob changed during {MAX_READ_RESTARTS} chunked reads in a row"),
+        })
+    }
+
+    async fn size(&self, key: &Key) -> Result<Option<u64>> {
+        self.check_open()?;
+        let name = self.blob_name(key)?;
+        self.properties_size(
+            &self.core.container.blob_client(&name),
+            &self.core.target(&name),
+            None,
+        )
+        .await
+    }
+
+    async fn put(&self, key: &Key, value: Bytes, opts: &PutOptions) -> Result<PutOutcome> {
+        self.check_open()?;
+        let name = self.blob_name(key)?;
+        let blob = self.core.container.blob_client(&name);
+        let options = BlobClientUploadOptions {
+            // One Put Blob (up to the service's 5000 MiB), never staged blocks: atomic.
+            partition_size: NonZero::new((value.len() as u64).max(1)),
+            parallel: Some(NonZero::<usize>::MIN),
+            ..Default::default()
+        };
+        let (blob, options, value) = (&blob, &options, &value);
+        self.core
+            .call(
+                "put",
+                &self.core.target(&name),
+                opts.deadline,
+                move || async move {
+                    blob.upload(value.clone().into(), Some(options.clone()))
+                        .await
+                },
+            )
+            .await?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        self.check_open()?;
+        let name = self.blob_name(key)?;
+        let blob = self.core.container.blob_client(&name);
+        match self
+            .core
+            .call("delete", &self.core.target(&name), None, || {
+                blob.delete(None)
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(f) if f.kind == Kind::NotFound => Ok(false),
+            Err(f) => Err(f.into()),
+        }
+    }
+
+    async fn list(
+        &self,
+        namespace: &str,
+        tenant: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Listed>> {
+        self.check_open()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut base = self.name_base();
+        if !self.core.config.raw_names {
+            base.push_str(&self.tenant_base(namespace, tenant));
+        }
+        // The longest name prefix every matching body shares: encoding is per byte
+        // up to the first '/' or '.', whose encoding depends on the whole body.
+        let name_prefix = if self.core.config.raw_names {
+            let valid = std::str::from_utf8(prefix).map_or_else(|e| e.valid_up_to(), str::len);
+            format!("{base}{}", String::from_utf8_lossy(&prefix[..valid]))
+        } else {
+            let cut = prefix
+                .iter()
+                .position(|b| matches!(b, b'/' | b'.'))
+                .unwrap_or(prefix.len());
+            format!("{base}{}", encode_segment(&prefix[..cut]))
+        };
+        let target = self.core.target(&name_prefix);
+        let container = &self.core.container;
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let options = BlobContainerClientListBlobsOptions {
+                prefix: Some(name_prefix.clone()),
+                marker: marker.clone(),
+                maxresults: i32::try_from(limit.min(MAX_LIST_PAGE)).ok(),
+                ..Default::default()
+            };
+            let options = &options;
+            let page: ListBlobsResponse = self
+                .core
+                .call("list", &target, None, move || async move {
+                    let mut pages = container.list_blobs(Some(options.clone()))?.into_pages();
+                    match pages.try_next().await? {
+                        Some(page) => page.into_model(),
+                        None => Ok(ListBlobsResponse::default()),
+                    }
+                })
+                .await?;
+            for item in page.blob_items {
+                let Some(name) = item.name else { continue };
+                let Some(key) = self.key_of(&name, &base, namespace, tenant) else {
+                    continue;
+                };
+                if key.body().starts_with(prefix) {
+                    let len = item.properties.and_then(|p| p.content_length).unwrap_or(0);
+                    out.push(Listed { key, len });
+                }
+            }
+            marker = page.next_marker.filter(|m| !m.is_empty());
+            if marker.is_none() || out.len() >= limit {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn tier(prefix: Option<&str>, raw_names: bool) -> BlobTier {
+        let mut config = BlobConfig::new(
+            "http://127.0.0.1:9/devstoreaccount1",
+            "data",
+            BlobAuth::Anonymous,
+        );
+        config.prefix = prefix.map(str::to_owned);
+        config.raw_names = raw_names;
+        BlobTier::open(config).await.expect("tier")
+    }
+
+    #[tokio::test]
+    async fn names_match_the_local_directory_layout() {
+        let t = tier(None, false).await;
+        let n = |tenant: &str, body: &[u8]| {
+            t.blob_name(&Key::new("obj", tenant, body).expect("valid key"))
+                .expect("blob name")
+        };
+        assert_eq!(n("", b"a/b/c.tar"), "obj/@/a/b/c.tar");
+        assert_eq!(n("acme", b"a b"), "obj/@acme/a%20b");
+        assert_eq!(n("", b"../etc/passwd"), "obj/@/..%2Fetc%2Fpasswd");
+        assert_eq!(n("", b"a//b"), "obj/@/a%2F%2Fb");
+        assert_eq!(n("", b".."), "obj/@/%2E%2E");
+        let t = tier(Some("deploy/one"), false).await;
+        assert_eq!(
+            t.blob_name(&Key::new("obj", "", "x").expect("valid key"))
+                .expect("blob name"),
+            "deploy/one/obj/@/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn names_decode_back_only_when_canonical() {
+        let t = tier(Some("p"), false).await;
+        for body in [&b"a/b/c"[..], b"a b", b"../x", b"a//b", b".", b"\xff\x00"] {
+            let key = Key::new("obj", "t", body).expect("valid key");
+            let name = t.blob_name(&key).expect("blob name");
+            assert_eq!(
+                t.key_of(&name, "p/obj/@t/", "obj", "t"),
+                Some(key),
+                "{name}"
+            );
+        }
+        assert_eq!(t.key_of("p/obj/@t/a%2Fb", "p/obj/@t/", "obj", "t"), None);
+        assert_eq!(t.key_of("p/obj/@t/a b", "p/obj/@t/", "obj", "t"), None);
+        assert_eq!(t.key_of("p/obj/@t/%zz", "p/obj/@t/", "obj", "t"), None);
+    }
+
+    #[tokio::test]
+    async fn raw_names_use_the_body_verbatim() {
+        let t = tier(Some("datasets"), true).await;
+        let key = Key::new("shard", "", "imagenet/train-0001.tar").expect("valid key");
+        assert_eq!(
+            t.blob_name(&key).expect("blob name"),
+            "datasets/imagenet/train-0001.tar"
+        );
+        assert!(
+            t.blob_name(&Key::new("shard", "", b"\xff").expect("valid key"))
+                .is_err()
+        );
+        assert!(t.blob_name(&key.page(1, 0)).is_err());
+    }
+
+    #[test]
+    fn content_range_totals() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some(100));
+        assert_eq!(parse_content_range("bytes */0"), Some(0));
+        assert_eq!(parse_content_range("bytes 0-9/*"), None);
+    }
+}

@@ -1,0 +1,602 @@
+//! The Azure Blob tier against a real Azurite, including fault injection through a
+//! small HTTP proxy that answers the first requests with `503 Server Busy`.
+
+#[path = "common/azurite.rs"]
+mod azurite;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_tiers::{
+    BlobConfig, BlobTier, ByteRange, Error, GetOptions, Key, PutOptions, PutOutcome, Tier,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use self::azurite::Azurite;
+
+fn key(body: impl AsRef<[u8]>) -> Key {
+    Key::new("obj", "", body).expect("valid key")
+}
+
+fn range(offset: u64, length: Option<u64>) -> GetOptions {
+    GetOptions {
+        range: Some(ByteRange { offset, length }),
+        ..GetOptions::default()
+    }
+}
+
+async fn put(t: &BlobTier, k: &Key, v: impl Into<Bytes>) {
+    assert_eq!(
+        t.put(k, v.into(), &PutOptions::default())
+            .await
+            .expect("request"),
+        PutOutcome::Stored
+    );
+}
+
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 11)) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_size_contains_delete() {
+    let az = Azurite::start();
+    let t = az.tier("basics").await;
+    assert_eq!(t.name(), "blob");
+    let k = key("a/b/c.bin");
+    assert_eq!(
+        t.get(&k, &GetOptions::default()).await.expect("request"),
+        None
+    );
+    assert_eq!(t.size(&k).await.expect("request"), None);
+    assert!(!t.contains(&k).await.expect("request"));
+    assert!(!t.delete(&k).await.expect("request"));
+
+    put(&t, &k, "hello, blob").await;
+    assert_eq!(
+        t.get(&k, &GetOptions::default())
+            .await
+            .expect("request")
+            .expect("value present"),
+        "hello, blob"
+    );
+    assert_eq!(t.size(&k).await.expect("request"), Some(11));
+    assert!(t.contains(&k).await.expect("request"));
+
+    put(&t, &k, "replaced").await;
+    assert_eq!(
+        t.get(&k, &GetOptions::default())
+            .await
+            .expect("request")
+            .expect("value present"),
+        "replaced"
+    );
+
+    assert!(t.delete(&k).await.expect("request"));
+    assert_eq!(
+        t.get(&k, &GetOptions::default()).await.expect("request"),
+        None
+    );
+    assert!(!t.delete(&k).await.expect("request"));
+
+    // Awkward bodies survive the name encoding.
+    for body in [
+        &b"../up"[..],
+        b"a//b",
+        b".",
+        b"sp ace%",
+        b"\xff\x00bin",
+        b"trailing/",
+    ] {
+        let k = key(body);
+        put(&t, &k, Bytes::copy_from_slice(body)).await;
+        assert_eq!(
+            t.get(&k, &GetOptions::default())
+                .await
+                .expect("request")
+                .expect("value present"),
+            body,
+            "{body:?}"
+        );
+    }
+    t.close().await.expect("request");
+    assert!(matches!(
+        t.get(&k, &GetOptions::default()).await,
+        Err(Error::ShuttingDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_resolve_like_http() {
+    let az = Azurite::start();
+    let t = az.tier("ranges").await;
+    let k = key("r");
+    put(&t, &k, "0123456789").await;
+    let get = |o: GetOptions| {
+        let (t, k) = (&t, &k);
+        async move { t.get(k, &o).await }
+    };
+    assert_eq!(
+        get(range(2, Some(3)))
+            .await
+            .expect("request")
+            .expect("value present"),
+        "234"
+    );
+    assert_eq!(
+        get(range(7, None))
+            .await
+            .expect("request")
+            .expect("value present"),
+        "789"
+    );
+    assert_eq!(
+        get(range(8, Some(100)))
+            .await
+            .expect("request")
+            .expect("value present"),
+        "89",
+        "clipped at the end"
+    );
+    assert_eq!(
+        get(range(10, None))
+            .await
+            .expect("request")
+            .expect("value present"),
+        "",
+        "empty at the end"
+    );
+    assert_eq!(
+        get(range(4, Some(0)))
+            .await
+            .expect("request")
+            .expect("value present"),
+        ""
+    );
+    match get(range(11, Some(1))).await {
+        Err(Error::RangeOutOfBounds {
+            offset: 11,
+            size: 10,
+            ..
+        }) => {}
+        other => panic!("expected RangeOutOfBounds, got {other:?}"),
+    }
+    assert!(matches!(
+        get(range(11, Some(0))).await,
+        Err(Error::RangeOutOfBounds { .. })
+    ));
+    // A range of a missing key is a miss, not an error.
+    assert_eq!(
+        t.get(&key("nope"), &range(5, Some(1)))
+            .await
+            .expect("request"),
+        None
+    );
+
+    // The empty value.
+    let e = key("empty");
+    put(&t, &e, Bytes::new()).await;
+    assert_eq!(
+        t.get(&e, &GetOptions::default())
+            .await
+            .expect("request")
+            .expect("value present"),
+        ""
+    );
+    assert_eq!(t.size(&e).await.expect("request"), Some(0));
+    assert_eq!(
+        t.get(&e, &range(0, Some(4)))
+            .await
+            .expect("request")
+            .expect("value present"),
+        ""
+    );
+    assert!(matches!(
+        t.get(&e, &range(1, None)).await,
+        Err(Error::RangeOutOfBounds { size: 0, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_read_with_parallel_ranged_gets() {
+    let az = Azurite::start();
+    let writer = az.tier("large").await;
+    let value = pattern(20 << 20);
+    let k = key("big/20MiB.bin");
+    put(&writer, &k, value.clone()).await;
+
+    let proxy = FaultProxy::start(az.port, 0, "").await;
+    let mut config = proxy.config(&az, "large");
+    config.range_chunk_size = 1 << 20;
+    config.max_concurrency = 4;
+    let t = BlobTier::open(config).await.expect("request");
+
+    let got = t
+        .get(&k, &GetOptions::default())
+        .await
+        .expect("request")
+        .expect("value present");
+    assert_eq!(got.len(), value.len());
+    assert!(got == value, "the 20 MiB value came back different");
+    assert_eq!(proxy.seen(), 20, "one GET per 1 MiB chunk");
+    assert!(
+        proxy.max_in_flight() >= 2,
+        "the chunks were fetched one at a time"
+    );
+
+    // A range across chunk boundaries, not aligned to them.
+    let (off, len) = ((1 << 20) + 12_345, 5 << 20);
+    let got = t
+        .get(&k, &range(off, Some(len)))
+        .await
+        .expect("request")
+        .expect("value present");
+    assert!(
+        got == value.slice(off as usize..(off + len) as usize),
+        "the ranged read came back different"
+    );
+    let got = t
+        .get(&k, &range((20 << 20) - 7, None))
+        .await
+        .expect("request")
+        .expect("value present");
+    assert_eq!(got, value.slice((20 << 20) - 7..));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_by_prefix_with_limit() {
+    let az = Azurite::start();
+    let t = az.tier("listing").await;
+    for body in [
+        "img/a.jpg",
+        "img/b.jpg",
+        "img/c.jpg",
+        "txt/readme",
+        "img.tar",
+        "i m g",
+    ] {
+        put(&t, &key(body), body.to_owned()).await;
+    }
+    put(
+        &t,
+        &Key::new("obj", "acme", "img/other-tenant").expect("valid key"),
+        "x",
+    )
+    .await;
+    put(
+        &t,
+        &Key::new("kv", "", "img/other-namespace").expect("valid key"),
+        "x",
+    )
+    .await;
+
+    let bodies = |l: Vec<strata_tiers::Listed>| {
+        l.into_iter()
+            .map(|e| String::from_utf8(e.key.body().to_vec()).expect("UTF-8 body"))
+            .collect::<Vec<_>>()
+    };
+    let all = t.list("obj", "", b"", 100).await.expect("request");
+    assert_eq!(all.len(), 6);
+    assert!(all.iter().all(|e| e.len == e.key.body().len() as u64));
+    assert_eq!(
+        bodies(t.list("obj", "", b"img/", 100).await.expect("request")),
+        ["img/a.jpg", "img/b.jpg", "img/c.jpg"]
+    );
+    assert_eq!(
+        bodies(t.list("obj", "", b"img", 100).await.expect("request")).len(),
+        4
+    );
+    assert_eq!(
+        bodies(t.list("obj", "", b"i m", 100).await.expect("request")),
+        ["i m g"]
+    );
+    assert_eq!(
+        t.list("obj", "", b"img/", 2).await.expect("request").len(),
+        2
+    );
+    assert_eq!(
+        bodies(t.list("obj", "acme", b"", 100).await.expect("request")),
+        ["img/other-tenant"]
+    );
+    assert_eq!(
+        bodies(t.list("kv", "", b"img/", 100).await.expect("request")),
+        ["img/other-namespace"]
+    );
+    assert!(
+        t.list("obj", "", b"zzz", 100)
+            .await
+            .expect("request")
+            .is_empty()
+    );
+    assert!(t.list("obj", "", b"", 0).await.expect("request").is_empty());
+
+    // Blobs that are not canonical names of keys are skipped.
+    let mut raw = az.config("listing");
+    raw.raw_names = true;
+    let raw = BlobTier::open(raw).await.expect("request");
+    put(&raw, &key("obj/@/not%2Fcanonical"), "x").await;
+    put(&raw, &key("obj/@/bad%zz"), "x").await;
+    assert_eq!(t.list("obj", "", b"", 100).await.expect("request").len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_names_read_an_existing_dataset() {
+    let az = Azurite::start();
+    let mut config = az.config("datasets");
+    config.raw_names = true;
+    config.prefix = Some("corpus".into());
+    let t = BlobTier::open(config).await.expect("request");
+    t.ensure_container().await.expect("request");
+    t.ensure_container().await.expect("request");
+    let k = Key::new("shard", "", "train/shard-000.tar").expect("valid key");
+    assert_eq!(
+        t.blob_name(&k).expect("blob name"),
+        "corpus/train/shard-000.tar"
+    );
+    put(&t, &k, "tar bytes").await;
+    // Any namespace and tenant see the same blob.
+    let other = Key::new("obj", "t1", "train/shard-000.tar").expect("valid key");
+    assert_eq!(
+        t.get(&other, &GetOptions::default())
+            .await
+            .expect("request")
+            .expect("value present"),
+        "tar bytes"
+    );
+    let listed = t.list("shard", "", b"train/", 10).await.expect("request");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, k);
+    assert_eq!(listed[0].len, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_container_is_a_clear_error() {
+    let az = Azurite::start();
+    let t = BlobTier::open(az.config("does-not-exist"))
+        .await
+        .expect("request");
+    let k = key("x");
+    for result in [
+        t.get(&k, &GetOptions::default()).await.map(|_| ()),
+        t.size(&k).await.map(|_| ()),
+        t.put(&k, Bytes::from_static(b"x"), &PutOptions::default())
+            .await
+            .map(|_| ()),
+        t.delete(&k).await.map(|_| ()),
+        t.list("obj", "", b"", 10).await.map(|_| ()),
+    ] {
+        match result {
+            Err(
+                e @ Error::Blob {
+                    status: Some(404),
+                    retryable: false,
+                    ..
+                },
+            ) => {
+                assert!(e.to_string().contains("ContainerNotFound"), "{e}");
+                assert!(e.to_string().contains("ensure_container"), "{e}");
+            }
+            other => panic!("expected a 404 ContainerNotFound error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_sas_is_denied_not_missed() {
+    let az = Azurite::start();
+    az.tier("denied").await;
+    let mut config = az.config("denied");
+    config.auth = strata_tiers::BlobAuth::Sas {
+        token: az.sas().replace("sig=", "sig=AAAA"),
+    };
+    let t = BlobTier::open(config).await.expect("request");
+    match t.get(&key("x"), &GetOptions::default()).await {
+        Err(
+            e @ Error::Blob {
+                status: Some(403),
+                retryable: false,
+                ..
+            },
+        ) => assert!(!e.to_string().contains("sig="), "{e}"),
+        other => panic!("expected a 403, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_busy_is_retried_until_it_succeeds() {
+    let az = Azurite::start();
+    let k = key("busy");
+    put(&az.tier("faults").await, &k, "survived").await;
+
+    const FAULTS: usize = 3;
+    let proxy = FaultProxy::start(az.port, FAULTS, "Retry-After: 0\r\n").await;
+    let t = BlobTier::open(proxy.config(&az, "faults"))
+        .await
+        .expect("request");
+    assert_eq!(
+        t.get(&k, &GetOptions::default())
+            .await
+            .expect("request")
+            .expect("value present"),
+        "survived"
+    );
+    assert_eq!(proxy.seen(), FAULTS + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_retry_hint_is_honoured() {
+    let az = Azurite::start();
+    let k = key("hint");
+    put(&az.tier("faults").await, &k, "x").await;
+
+    let proxy = FaultProxy::start(az.port, 2, "x-ms-retry-after-ms: 300\r\n").await;
+    let mut config = proxy.config(&az, "faults");
+    (config.retry_base_delay_ms, config.retry_max_delay_ms) = (1, 5000);
+    let t = BlobTier::open(config).await.expect("request");
+    let started = Instant::now();
+    assert_eq!(
+        t.get(&k, &GetOptions::default())
+            .await
+            .expect("request")
+            .expect("value present"),
+        "x"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.seen(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_surface_a_retryable_503() {
+    let az = Azurite::start();
+    let proxy = FaultProxy::start(az.port, usize::MAX, "Retry-After: 0\r\n").await;
+    let mut config = proxy.config(&az, "faults");
+    config.max_retries = 2;
+    let t = BlobTier::open(config).await.expect("request");
+    match t.get(&key("x"), &GetOptions::default()).await {
+        Err(
+            e @ Error::Blob {
+                status: Some(503), ..
+            },
+        ) => {
+            assert!(e.is_retryable());
+            assert!(e.to_string().contains("ServerBusy"), "{e}");
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    assert_eq!(proxy.seen(), 3, "one try and two retries");
+
+    // With a deadline, retries stop at the deadline.
+    let mut config = proxy.config(&az, "faults");
+    (config.max_retries, config.retry_base_delay_ms) = (1000, 20);
+    let t = BlobTier::open(config).await.expect("request");
+    let opts = GetOptions {
+        deadline: Some(Instant::now() + Duration::from_millis(300)),
+        ..GetOptions::default()
+    };
+    let started = Instant::now();
+    assert!(matches!(
+        t.get(&key("x"), &opts).await,
+        Err(Error::DeadlineExceeded { .. })
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// An HTTP/1.1 proxy in front of Azurite: it answers the first `faults` requests
+/// with `503 Server Busy` (plus `hint`, a header line) and forwards the rest. Every
+/// request gets its own connections (`Connection: close`), so requests are counted
+/// exactly.
+struct FaultProxy {
+    port: u16,
+    seen: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    async fn start(upstream: u16, faults: usize, hint: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
+        let port = listener.local_addr().expect("local addr").port();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let counters = (seen.clone(), in_flight, max_in_flight.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, in_flight, max_in_flight) = counters.clone();
+                tokio::spawn(async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    let _ = serve(client, upstream, &seen, faults, hint).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            port,
+            seen,
+            max_in_flight,
+            task,
+        }
+    }
+
+    /// The emulator's tier configuration, pointed at the proxy.
+    fn config(&self, az: &Azurite, container: &str) -> BlobConfig {
+        let mut config = az.config(container);
+        config.endpoint = format!("http://127.0.0.1:{}/{}", self.port, azurite::ACCOUNT);
+        config
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn serve(
+    mut client: TcpStream,
+    upstream: u16,
+    seen: &AtomicUsize,
+    faults: usize,
+    hint: &str,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while find(&buf, b"\r\n\r\n").is_none() {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    if seen.fetch_add(1, Ordering::SeqCst) < faults {
+        let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code>\
+                    <Message>Injected by the test proxy.\nRequestId:0</Message></Error>";
+        let rsp = format!(
+            "HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\n{hint}Content-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(rsp.as_bytes()).await?;
+        return client.shutdown().await;
+    }
+    let line_end = find(&buf, b"\r\n").unwrap_or(0) + 2;
+    let mut out = buf[..line_end].to_vec();
+    out.extend_from_slice(b"Connection: close\r\n");
+    out.extend_from_slice(&buf[line_end..]);
+    let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
+    up.write_all(&out).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+    Ok(())
+}

@@ -1,0 +1,772 @@
+//! The tiered store through its public API: DRAM over NVMe (on a tempdir) over a
+//! local-directory origin, with 64 KiB pages so multi-page values are cheap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use strata_tiers::{
+    ByteRange, CountersSnapshot, DramConfig, DramTier, Error, EvictionKind, Key, LocalDirTier,
+    Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig, Tier, TieredStore,
+};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const PAGE: usize = 64 * 1024;
+
+/// `len` deterministic bytes, different for every seed and offset.
+fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+fn key(ns: &str, body: &str) -> Key {
+    Key::new(ns, "", body).expect("valid key")
+}
+
+/// Bytes described for assertion messages, never printed whole.
+fn describe(b: &[u8]) -> String {
+    format!("{} bytes, crc {:#010x}", b.len(), crc32c::crc32c(b))
+}
+
+/// Asserts that a read returned exactly `want` (describing, not dumping, the bytes).
+#[track_caller]
+fn assert_value(got: Option<Bytes>, want: &[u8], what: &str) {
+    match got {
+        Some(got) if got[..] == *want => {}
+        Some(got) => panic!("{what}: read {}, want {}", describe(&got), describe(want)),
+        None => panic!("{what}: read nothing, want {}", describe(want)),
+    }
+}
+
+fn nvme_dir(dir: &Path) -> PathBuf {
+    dir.join("nvme")
+}
+
+fn origin_dir(dir: &Path) -> PathBuf {
+    dir.join("origin")
+}
+
+/// Opens a store on `dir` (NVMe in `dir/nvme`, origin in `dir/origin`).
+async fn open(dir: &Path, dram_capacity: u64) -> TieredStore {
+    open_with(dir, dram_capacity, EvictionKind::default()).await
+}
+
+async fn open_with(dir: &Path, dram_capacity: u64, eviction: EvictionKind) -> TieredStore {
+    let dram = DramTier::new(&DramConfig {
+        capacity: dram_capacity,
+        eviction,
+        ..DramConfig::default()
+    })
+    .expect("DRAM tier");
+    let nvme = NvmeTier::open(&NvmeConfig {
+        dir: nvme_dir(dir),
+        capacity: 64 * MIB,
+        block_size: MIB,
+        buffer_pool_size: 4 * MIB,
+        io_uring: true,
+    })
+    .await
+    .expect("NVMe tier");
+    let origin = LocalDirTier::open(origin_dir(dir)).expect("origin");
+    TieredStore::new(
+        &StoreConfig {
+            page_size: PAGE as u32,
+        },
+        Namespaces::default(),
+        dram,
+        Some(nvme),
+        Some(Origin::LocalDir(origin)),
+    )
+    .expect("store")
+}
+
+/// Where the origin keeps `key`'s file.
+fn origin_path(dir: &Path, key: &Key) -> PathBuf {
+    LocalDirTier::open(origin_dir(dir))
+        .expect("origin")
+        .path_of(key)
+        .expect("origin path")
+}
+
+/// Places a value in the origin directly, as a dataset copied there would be.
+fn place_in_origin(dir: &Path, key: &Key, value: &[u8]) {
+    let path = origin_path(dir, key);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, value).expect("write origin file");
+}
+
+fn totals(store: &TieredStore, tier: &str) -> CountersSnapshot {
+    store
+        .stats()
+        .into_iter()
+        .find(|r| r.tier == tier)
+        .unwrap_or_else(|| panic!("no tier {tier:?} in the stats"))
+        .total
+}
+
+async fn read(store: &TieredStore, key: &Key) -> Option<Bytes> {
+    store
+        .get(key, None)
+        .await
+        .unwrap_or_else(|e| panic!("get {key:?}: {e}"))
+        .map(|(_, b)| b)
+}
+
+/// Runs `n` concurrent whole-value gets of `key`, released together.
+async fn concurrent_gets(store: &TieredStore, key: &Key, n: usize) -> Vec<Bytes> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (store, key, barrier) = (store.clone(), key.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.get(&key, None).await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        let got = t.await.expect("task").expect("get").expect("present");
+        out.push(got.1);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_flight_reads_each_page_from_the_origin_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+
+    let big = key("shard", "ds/v1/part-0000.tar");
+    let value = pattern(1, MIB as usize);
+    place_in_origin(dir.path(), &big, &value);
+    let before = totals(&store, "localdir").origin_reads;
+    for got in concurrent_gets(&store, &big, 32).await {
+        assert!(got == value, "a concurrent get returned {}", describe(&got));
+    }
+    let pages = MIB / PAGE as u64;
+    assert_eq!(
+        totals(&store, "localdir").origin_reads - before,
+        pages,
+        "each of the {pages} pages is read from the origin exactly once"
+    );
+
+    let small = key("shard", "ds/v1/small.json");
+    let value = pattern(2, 10_000);
+    place_in_origin(dir.path(), &small, &value);
+    let before = totals(&store, "localdir").origin_reads;
+    for got in concurrent_gets(&store, &small, 32).await {
+        assert!(got == value, "a concurrent get returned {}", describe(&got));
+    }
+    assert_eq!(
+        totals(&store, "localdir").origin_reads - before,
+        1,
+        "a value smaller than a page is one origin read"
+    );
+
+    // Later reads are served from the cache.
+    let before = totals(&store, "localdir").origin_reads;
+    assert_value(
+        read(&store, &big).await,
+        &pattern(1, MIB as usize),
+        "cached read",
+    );
+    assert_eq!(totals(&store, "localdir").origin_reads, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_phase_puts_are_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    for ns in ["kv", "obj"] {
+        let value = pattern(3, 3 * PAGE + 100);
+        let len = value.len() as u64;
+
+        // Abandoned (dropped) after a partial write.
+        let k = key(ns, "abandoned");
+        let mut r = store.reserve(&k, len, None).expect("reserve");
+        r.write(&value[..2 * PAGE + 5]).expect("write");
+        drop(r);
+        assert_eq!(
+            read(&store, &k).await,
+            None,
+            "{ns}: an abandoned put is invisible"
+        );
+        assert!(
+            !origin_path(dir.path(), &k).exists(),
+            "{ns}: nor in the origin"
+        );
+
+        // Committed short.
+        let k = key(ns, "short");
+        let mut r = store.reserve(&k, len, None).expect("reserve");
+        r.write(&value[..PAGE]).expect("write");
+        match r.commit().await {
+            Err(Error::Incomplete { expected, actual }) => {
+                assert_eq!((expected, actual), (len, PAGE as u64));
+            }
+            other => panic!("{ns}: commit of a short value: {other:?}"),
+        }
+        assert_eq!(
+            read(&store, &k).await,
+            None,
+            "{ns}: a short put is invisible"
+        );
+        assert!(
+            !origin_path(dir.path(), &k).exists(),
+            "{ns}: nor in the origin"
+        );
+
+        // Wrong checksum.
+        let k = key(ns, "bad-crc");
+        let crc = crc32c::crc32c(&value);
+        let mut r = store.reserve(&k, len, Some(crc ^ 1)).expect("reserve");
+        r.write(&value).expect("write");
+        match r.commit().await {
+            Err(Error::ChecksumMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!((expected, actual), (crc ^ 1, crc));
+            }
+            other => panic!("{ns}: commit with a wrong checksum: {other:?}"),
+        }
+        assert_eq!(
+            read(&store, &k).await,
+            None,
+            "{ns}: a mismatched put is invisible"
+        );
+        assert!(
+            !origin_path(dir.path(), &k).exists(),
+            "{ns}: nor in the origin"
+        );
+
+        // Writing past the reserved length is refused; the reservation stays usable.
+        let k = key(ns, "exact");
+        let mut r = store.reserve(&k, len, Some(crc)).expect("reserve");
+        r.write(&value[..PAGE]).expect("write");
+        assert!(
+            r.write(&pattern(4, 3 * PAGE)).is_err(),
+            "{ns}: a write past the length"
+        );
+        assert_eq!(
+            r.written(),
+            PAGE as u64,
+            "{ns}: a refused write writes nothing"
+        );
+        r.write(&value[PAGE..]).expect("write the rest");
+        let receipt = r.commit().await.expect("commit");
+        assert_eq!((receipt.len, receipt.crc32c), (len, crc));
+        assert_value(
+            read(&store, &k).await,
+            &value,
+            &format!("{ns}: committed value"),
+        );
+        let mut r = store.reserve(&k, 1, None).expect("reserve");
+        assert!(
+            r.write(b"ab").is_err(),
+            "{ns}: a single-page value refuses extra bytes too"
+        );
+    }
+}
+
+/// A reader racing a writer that alternates two multi-page values under one key sees
+/// one of them, whole, every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_never_see_a_mix_of_two_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    for ns in ["kv", "obj"] {
+        let k = key(ns, "contended");
+        let a = pattern(5, 10 * PAGE);
+        let b = pattern(6, 8 * PAGE + 1234);
+        store.put(&k, &a).await.expect("put a");
+        for round in 0..4 {
+            let done = Arc::new(AtomicBool::new(false));
+            let reads = Arc::new(AtomicUsize::new(0));
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (store, k, a, b) = (store.clone(), k.clone(), a.clone(), b.clone());
+                    let (done, reads) = (done.clone(), reads.clone());
+                    tokio::spawn(async move {
+                        while !done.load(Ordering::Acquire) {
+                            match store.get(&k, None).await {
+                                Ok(Some((_, v))) if v == a || v == b => {}
+                                Ok(Some((_, v))) => {
+                                    panic!("{ns} round {round}: read a mix: {}", describe(&v))
+                                }
+                                Ok(None) => panic!("{ns} round {round}: the value vanished"),
+                                Err(e) => panic!("{ns} round {round}: read failed: {e}"),
+                            }
+                            reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for i in 0..10 {
+                while reads.load(Ordering::Relaxed) < i {
+                    tokio::task::yield_now().await;
+                }
+                let v = if i % 2 == 0 { &b } else { &a };
+                store.put(&k, v).await.expect("overwrite");
+            }
+            done.store(true, Ordering::Release);
+            for r in readers {
+                r.await.expect("reader");
+            }
+            assert_value(
+                read(&store, &k).await,
+                &a,
+                &format!("{ns}: the last write wins"),
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_across_pages_are_byte_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    let len = 5 * PAGE + 100;
+    let value = pattern(7, len);
+    let put = key("kv", "ranged");
+    store.put(&put, &value).await.expect("put");
+    // The same value, filled from the origin page by page.
+    let filled = key("obj", "ranged");
+    place_in_origin(dir.path(), &filled, &value);
+    let p = PAGE as u64;
+    let size = len as u64;
+    let cases: Vec<(u64, Option<u64>)> = vec![
+        (0, None),
+        (p - 6, Some(20)),
+        (p, Some(p)),
+        (p - 1, Some(p + 2)),
+        (100, Some(3 * p)),
+        (4 * p + 3, None),
+        (size - 10, Some(100)),
+        (size - 1, Some(1)),
+        (size, None),
+        (size, Some(10)),
+    ];
+    for k in [&put, &filled] {
+        for &(offset, length) in &cases {
+            let range = ByteRange { offset, length };
+            let (_, got) = store
+                .get(k, Some(range))
+                .await
+                .unwrap_or_else(|e| panic!("{k:?} {range:?}: {e}"))
+                .expect("present");
+            let end = length.map_or(size, |l| (offset + l).min(size));
+            assert!(
+                got[..] == value[offset as usize..end as usize],
+                "{k:?} {range:?}: got {}",
+                describe(&got)
+            );
+        }
+        for offset in [size + 1, size + p, u64::MAX] {
+            let range = ByteRange {
+                offset,
+                length: None,
+            };
+            assert!(
+                matches!(
+                    store.get(k, Some(range)).await,
+                    Err(Error::RangeOutOfBounds { .. })
+                ),
+                "{k:?}: a range starting at {offset} of {size} bytes"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_demotes_to_nvme() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), MIB).await;
+    let n = 64;
+    let len = 60 * KIB as usize;
+    for i in 0..n {
+        store
+            .put(&key("kv", &format!("e{i}")), &pattern(100 + i, len))
+            .await
+            .unwrap_or_else(|e| panic!("put e{i}: {e}"));
+    }
+    let mut from_nvme = 0;
+    for i in 0..n {
+        let (entry, got) = store
+            .get(&key("kv", &format!("e{i}")), None)
+            .await
+            .unwrap_or_else(|e| panic!("get e{i}: {e}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "e{i} was lost; dram {:?}; nvme {:?}",
+                    totals(&store, "dram"),
+                    totals(&store, "nvme")
+                )
+            });
+        assert!(got == pattern(100 + i, len), "e{i}: {}", describe(&got));
+        if entry.tier == "nvme" {
+            from_nvme += 1;
+        }
+    }
+    assert!(from_nvme > 0, "nothing was read from NVMe");
+    let dram = totals(&store, "dram");
+    assert!(dram.evictions > 0, "DRAM evicted nothing: {dram:?}");
+    assert!(dram.demotions > 0, "DRAM demoted nothing: {dram:?}");
+    let u = store.dram().arena().used();
+    assert!(u <= store.dram().arena().capacity());
+}
+
+/// Flips one byte in every `stride` of every NVMe block file (not the catalog).
+fn corrupt_nvme(dir: &Path, stride: usize) -> usize {
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(nvme_dir(dir)).expect("nvme dir") {
+        let path = entry.expect("entry").path();
+        if !path.is_file() || path.file_name().is_some_and(|n| n == "strata-catalog.bin") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read block file");
+        let mut at = stride / 2;
+        while at < bytes.len() {
+            if bytes[at] != 0 {
+                flipped += 1;
+            }
+            bytes[at] ^= 0x5a;
+            at += stride;
+        }
+        std::fs::write(&path, bytes).expect("write block file");
+    }
+    flipped
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_nvme_bytes_are_never_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    let sizes = [1000usize, PAGE - 100, 3 * PAGE + 7];
+    for (i, &len) in sizes.iter().enumerate() {
+        for ns in ["obj", "kv"] {
+            store
+                .put(&key(ns, &format!("c{i}")), &pattern(200 + i as u64, len))
+                .await
+                .expect("put");
+        }
+    }
+    // A clean close demotes everything to NVMe.
+    store.close().await.expect("close");
+    drop(store);
+    let flipped = corrupt_nvme(dir.path(), 1999);
+    assert!(flipped > 100, "only {flipped} non-zero bytes flipped");
+
+    let store = open(dir.path(), 64 * MIB).await;
+    for (i, &len) in sizes.iter().enumerate() {
+        let want = pattern(200 + i as u64, len);
+        let k = key("obj", &format!("c{i}"));
+        let got = read(&store, &k)
+            .await
+            .unwrap_or_else(|| panic!("{k:?} lost"));
+        assert!(got == want, "{k:?}: served {}", describe(&got));
+        let k = key("kv", &format!("c{i}"));
+        match store.get(&k, None).await {
+            Ok(None) | Err(_) => {}
+            Ok(Some((_, got))) => {
+                assert!(got == want, "{k:?}: served wrong bytes {}", describe(&got))
+            }
+        }
+    }
+    let nvme = totals(&store, "nvme");
+    assert!(
+        nvme.checksum_failures > 0,
+        "no checksum failure counted: {nvme:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_restart_serves_from_nvme() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    let sizes = [0usize, 10, PAGE, PAGE + 1, 4 * PAGE + 99];
+    for (i, &len) in sizes.iter().enumerate() {
+        store
+            .put(&key("kv", &format!("w{i}")), &pattern(300 + i as u64, len))
+            .await
+            .expect("put");
+    }
+    store.close().await.expect("close");
+    drop(store);
+
+    let store = open(dir.path(), 64 * MIB).await;
+    for (i, &len) in sizes.iter().enumerate() {
+        let k = key("kv", &format!("w{i}"));
+        let (entry, got) = store
+            .get(&k, None)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{k:?} lost across the restart"));
+        assert_eq!(entry.tier, "nvme", "{k:?}");
+        assert!(
+            got == pattern(300 + i as u64, len),
+            "{k:?}: {}",
+            describe(&got)
+        );
+    }
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_hold_values_in_dram() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // LRU: S3-FIFO would rightly keep the (recently read) value over a scan of
+    // one-hit values; the point here is the pin, not the policy.
+    let store = open_with(dir.path(), MIB, EvictionKind::Lru).await;
+    let pinned = key("kv", "pinned");
+    let value = pattern(400, PAGE + 5000);
+    store.put(&pinned, &value).await.expect("put");
+    assert!(
+        store.pin(&pinned).await.expect("pin"),
+        "pin a present value"
+    );
+    assert!(
+        !store.pin(&key("kv", "absent")).await.expect("pin"),
+        "pin an absent value"
+    );
+
+    let flood = |seed: u64| {
+        let store = store.clone();
+        async move {
+            for i in 0..40 {
+                store
+                    .put(
+                        &key("kv", &format!("flood{seed}-{i}")),
+                        &pattern(seed + i, 60 * KIB as usize),
+                    )
+                    .await
+                    .expect("flood put");
+            }
+        }
+    };
+    flood(1000).await;
+    let entry = store
+        .lookup(&pinned)
+        .await
+        .expect("lookup")
+        .expect("present");
+    assert_eq!(entry.tier, "dram", "a pinned value stays in DRAM");
+    assert_value(read(&store, &pinned).await, &value, "pinned");
+    assert_eq!(
+        store
+            .lookup(&key("kv", "flood1000-0"))
+            .await
+            .expect("lookup")
+            .map(|e| e.tier),
+        Some("nvme")
+    );
+
+    assert!(store.unpin(&pinned).await.expect("unpin"));
+    assert!(
+        !store.unpin(&pinned).await.expect("unpin"),
+        "pins do not go negative"
+    );
+    flood(2000).await;
+    // Evicted entries stay readable from DRAM until their demotion is over.
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.dram().contains(&pinned).await.expect("contains") {
+        assert!(
+            std::time::Instant::now() < patience,
+            "the unpinned value never left DRAM: pinned {} dram {:?} used {}",
+            store.dram().is_pinned(&pinned),
+            totals(&store, "dram"),
+            store.dram().arena().used()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let entry = store
+        .lookup(&pinned)
+        .await
+        .expect("lookup")
+        .expect("present");
+    assert_ne!(entry.tier, "dram", "an unpinned value leaves DRAM");
+    assert_value(read(&store, &pinned).await, &value, "unpinned");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_are_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    match store.get(&key("nope", "x"), None).await {
+        Err(Error::UnknownNamespace { namespace, .. }) => assert_eq!(namespace, "nope"),
+        other => panic!("unknown namespace: {other:?}"),
+    }
+    match store.put(&key("nope", "x"), b"v").await {
+        Err(Error::UnknownNamespace { .. }) => {}
+        other => panic!("put to an unknown namespace: {other:?}"),
+    }
+    match store.put(&key("shard", "x"), b"v").await {
+        Err(e @ Error::PolicyViolation { .. }) => {
+            assert!(e.to_string().contains("read-only"), "{e}");
+        }
+        other => panic!("put to shard: {other:?}"),
+    }
+    match store.reserve(&key("kv", "huge"), 256 * MIB + 1, None) {
+        Err(e @ Error::PolicyViolation { .. }) => {
+            assert!(e.to_string().contains("max_value_size"), "{e}");
+        }
+        other => panic!("oversized value: {other:?}"),
+    }
+    assert_eq!(read(&store, &key("kv", "huge")).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_reaches_the_origin_and_evict_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    for len in [500, 3 * PAGE + 1] {
+        let value = pattern(500 + len as u64, len);
+
+        let k = key("obj", &format!("deleted-{len}"));
+        store.put(&k, &value).await.expect("put");
+        let path = origin_path(dir.path(), &k);
+        assert_eq!(
+            std::fs::read(&path).ok().as_deref(),
+            Some(&value[..]),
+            "written through"
+        );
+        assert!(store.delete(&k).await.expect("delete"));
+        assert!(!path.exists(), "delete removes the origin's copy");
+        assert_eq!(read(&store, &k).await, None);
+        assert!(!store.delete(&k).await.expect("delete"), "second delete");
+
+        let k = key("obj", &format!("evicted-{len}"));
+        store.put(&k, &value).await.expect("put");
+        assert!(store.evict(&k).await.expect("evict"));
+        assert_eq!(
+            store
+                .contains(std::slice::from_ref(&k))
+                .await
+                .expect("contains"),
+            vec![false]
+        );
+        assert!(
+            origin_path(dir.path(), &k).exists(),
+            "evict keeps the origin's copy"
+        );
+        let before = totals(&store, "localdir").origin_reads;
+        let (entry, got) = store.get(&k, None).await.expect("get").expect("refetched");
+        assert_eq!(entry.tier, "localdir");
+        assert!(got == value, "refetched {}", describe(&got));
+        assert!(
+            totals(&store, "localdir").origin_reads > before,
+            "refetched from the origin"
+        );
+    }
+}
+
+/// A put that completes replaces the older value in every tier: neither an older
+/// copy left in DRAM (when the new one had to go to NVMe) nor one left on NVMe (when
+/// the new one went to DRAM and later left it without demotion) is ever served.
+#[tokio::test(flavor = "multi_thread")]
+async fn overwrites_never_resurface_older_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut namespaces = Namespaces::default();
+    let mut nodemote = namespaces.get("kv").expect("kv").clone();
+    nodemote.name = "nodemote".into();
+    nodemote.demote = false;
+    namespaces.register(nodemote);
+    let store = {
+        let base = open(dir.path(), MIB).await;
+        base.close().await.expect("close");
+        drop(base);
+        TieredStore::new(
+            &StoreConfig {
+                page_size: PAGE as u32,
+            },
+            namespaces,
+            DramTier::new(&DramConfig {
+                capacity: MIB,
+                ..DramConfig::default()
+            })
+            .expect("DRAM"),
+            Some(
+                NvmeTier::open(&NvmeConfig {
+                    dir: nvme_dir(dir.path()),
+                    capacity: 64 * MIB,
+                    block_size: MIB,
+                    buffer_pool_size: 4 * MIB,
+                    io_uring: true,
+                })
+                .await
+                .expect("NVMe"),
+            ),
+            None,
+        )
+        .expect("store")
+    };
+    let big = PAGE - 1000;
+    let in_dram = key("kv", "pinned-then-replaced");
+    let below = key("nodemote", "replaced-in-dram");
+    let (old, new) = (pattern(600, 1000), pattern(601, big));
+    store.put(&in_dram, &old).await.expect("put");
+    assert!(store.pin(&in_dram).await.expect("pin"));
+
+    // Fill DRAM with pinned values until a record of `big` bytes cannot fit.
+    let mut fillers = Vec::new();
+    let arena = store.dram().arena().clone();
+    while arena.capacity() - arena.used() > big as u64 + 1024 {
+        let k = key("kv", &format!("filler{}", fillers.len()));
+        store
+            .put(&k, &pattern(700, 60 * KIB as usize))
+            .await
+            .expect("filler");
+        assert!(store.pin(&k).await.expect("pin filler"));
+        fillers.push(k);
+    }
+
+    // DRAM is full of pins: these puts go to NVMe.
+    store
+        .put(&in_dram, &new)
+        .await
+        .expect("replace a pinned value");
+    assert_value(
+        read(&store, &in_dram).await,
+        &new,
+        "a value replaced while pinned in a full DRAM",
+    );
+    let older = pattern(602, big);
+    store.put(&below, &older).await.expect("put below");
+    assert_eq!(
+        store.lookup(&below).await.expect("lookup").map(|e| e.tier),
+        Some("nvme")
+    );
+
+    // Room again: the replacement goes to DRAM, then leaves it without demotion.
+    for k in &fillers {
+        assert!(store.evict(k).await.expect("evict filler"));
+    }
+    store.put(&below, &new).await.expect("replace");
+    assert_eq!(
+        store.lookup(&below).await.expect("lookup").map(|e| e.tier),
+        Some("dram")
+    );
+    for i in 0..40 {
+        store
+            .put(
+                &key("kv", &format!("flood{i}")),
+                &pattern(800 + i, 60 * KIB as usize),
+            )
+            .await
+            .expect("flood");
+    }
+    match read(&store, &below).await {
+        None => {}
+        Some(v) => assert!(v == new, "a replaced value came back: {}", describe(&v)),
+    }
+}

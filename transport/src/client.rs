@@ -1,0 +1,321 @@
+//! The gRPC client.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use strata_proto::v1 as pb;
+use strata_proto::v1::cache_client::CacheClient;
+use strata_tiers::Key;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::convert::key_to_proto;
+use crate::error::{ClientError, Result};
+
+/// Largest message the client accepts or sends.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of each call. Default: 30 s.
+    pub timeout: Duration,
+    /// Connect timeout. Default: 5 s.
+    pub connect_timeout: Duration,
+    /// Attempts for idempotent calls (1 = no retry). Default: 3.
+    pub attempts: u32,
+    /// First backoff between attempts (doubled each time, with jitter). Default: 50 ms.
+    pub backoff: Duration,
+    /// Chunk size of streamed puts. Default: 1 MiB.
+    pub chunk_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            attempts: 3,
+            backoff: Duration::from_millis(50),
+            chunk_size: 1 << 20,
+        }
+    }
+}
+
+/// What a get returned besides the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueInfo {
+    /// Length of the whole value.
+    pub total_length: u64,
+    /// Offset of the returned bytes.
+    pub offset: u64,
+    /// The tier that served it.
+    pub tier: String,
+}
+
+/// A Strata client. Cheap to clone; clones share one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: CacheClient<Channel>,
+    channel: Channel,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// Connects to `addr` (`HOST:PORT` or a URL).
+    pub async fn connect(addr: &str, options: ClientOptions) -> Result<Self> {
+        let url = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let connect_err = |e: &dyn std::fmt::Display| ClientError::Connect {
+            addr: addr.to_owned(),
+            message: e.to_string(),
+        };
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|e| connect_err(&e))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20);
+        let channel = endpoint.connect().await.map_err(|e| {
+            connect_err(&std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()))
+        })?;
+        let inner = CacheClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(Self {
+            inner,
+            channel,
+            options,
+        })
+    }
+
+    /// The underlying channel (for health checks and other services).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.options.timeout);
+        r
+    }
+
+    /// Runs an idempotent call with retries on transient errors.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(CacheClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut delay = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match call(self.inner.clone()).await {
+                Err(e) if e.is_retryable() && attempt < self.options.attempts => {
+                    let jitter = rand::random_range(0..=delay.as_millis() as u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stores a value (streamed in chunks, checksummed end to end). Not retried.
+    pub async fn put(&self, key: &Key, value: Bytes) -> Result<pb::PutResponse> {
+        self.put_with(key, value, false).await
+    }
+
+    /// Stores a value, optionally pinning it.
+    pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
+        let header = pb::PutHeader {
+            key: Some(key_to_proto(key)),
+            length: value.len() as u64,
+            crc32c: Some(crc32c::crc32c(&value)),
+            pin,
+        };
+        let chunk = self.options.chunk_size.max(1);
+        let mut msgs = vec![pb::PutRequest {
+            msg: Some(pb::put_request::Msg::Header(header)),
+        }];
+        let mut off = 0;
+        while off < value.len() {
+            let end = (off + chunk).min(value.len());
+            msgs.push(pb::PutRequest {
+                msg: Some(pb::put_request::Msg::Chunk(value.slice(off..end))),
+            });
+            off = end;
+        }
+        let req = self.request(tokio_stream::iter(msgs));
+        Ok(self.inner.clone().put(req).await?.into_inner())
+    }
+
+    /// Reads a value, or `range` of it. `Ok(None)` if absent.
+    pub async fn get(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Option<(ValueInfo, Bytes)>> {
+        let req = pb::GetRequest {
+            key: Some(key_to_proto(key)),
+            offset,
+            length,
+        };
+        let this = self.clone();
+        self.retry(move |mut c| {
+            let req = this.request(req.clone());
+            async move {
+                let mut stream = match c.get(req).await {
+                    Ok(s) => s.into_inner(),
+                    Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+                    Err(s) => return Err(s.into()),
+                };
+                let mut info = None;
+                let mut buf = BytesMut::new();
+                let mut single: Option<Bytes> = None;
+                while let Some(msg) = stream.next().await {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(s) if s.code() == tonic::Code::NotFound && info.is_none() => {
+                            return Ok(None);
+                        }
+                        Err(s) => return Err(s.into()),
+                    };
+                    if let Some(i) = msg.info {
+                        buf.reserve(i.length as usize);
+                        info = Some(i);
+                    }
+                    if single.is_none() && buf.is_empty() {
+                        single = Some(msg.chunk);
+                    } else {
+                        if let Some(s) = single.take() {
+                            buf.extend_from_slice(&s);
+                        }
+                        buf.extend_from_slice(&msg.chunk);
+                    }
+                }
+                let info = info
+                    .ok_or_else(|| ClientError::Protocol("get stream without value info".into()))?;
+                let data = match single {
+                    Some(s) if buf.is_empty() => s,
+                    _ => buf.freeze(),
+                };
+                if data.len() as u64 != info.length {
+                    return Err(ClientError::Protocol(format!(
+                        "get returned {} bytes, the server announced {}",
+                        data.len(),
+                        info.length
+                    )));
+                }
+                Ok(Some((
+                    ValueInfo {
+                        total_length: info.total_length,
+                        offset: info.offset,
+                        tier: info.tier,
+                    },
+                    data,
+                )))
+            }
+        })
+        .await
+    }
+
+    /// How many leading keys are cached, in one round trip.
+    pub async fn match_prefix(&self, keys: &[Key]) -> Result<u32> {
+        let req = pb::MatchPrefixRequest {
+            keys: keys.iter().map(key_to_proto).collect(),
+        };
+        self.retry(|mut c| {
+            let req = self.request(req.clone());
+            async move { Ok(c.match_prefix(req).await?.into_inner().matched) }
+        })
+        .await
+    }
+
+    /// Whether each key is cached.
+    pub async fn contains(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        let req = pb::ContainsRequest {
+            keys: keys.iter().map(key_to_proto).collect(),
+        };
+        self.retry(|mut c| {
+            let req = self.request(req.clone());
+            async move { Ok(c.contains(req).await?.into_inner().present) }
+        })
+        .await
+    }
+
+    /// Deletes a value (idempotent, so retried). `true` if it existed.
+    pub async fn delete(&self, key: &Key) -> Result<bool> {
+        let req = pb::KeyRequest {
+            key: Some(key_to_proto(key)),
+        };
+        self.retry(|mut c| {
+            let req = self.request(req.clone());
+            async move { Ok(c.delete(req).await?.into_inner().deleted) }
+        })
+        .await
+    }
+
+    /// Pins a value in DRAM (pins nest, so never retried). `false` if absent.
+    pub async fn pin(&self, key: &Key) -> Result<bool> {
+        let req = self.request(pb::KeyRequest {
+            key: Some(key_to_proto(key)),
+        });
+        Ok(self.inner.clone().pin(req).await?.into_inner().found)
+    }
+
+    /// Releases one pin. `false` if it was not pinned.
+    pub async fn unpin(&self, key: &Key) -> Result<bool> {
+        let req = self.request(pb::KeyRequest {
+            key: Some(key_to_proto(key)),
+        });
+        Ok(self.inner.clone().unpin(req).await?.into_inner().found)
+    }
+
+    /// Drops a value from the cache tiers (not the origin). Idempotent.
+    pub async fn evict(&self, key: &Key) -> Result<bool> {
+        let req = pb::KeyRequest {
+            key: Some(key_to_proto(key)),
+        };
+        self.retry(|mut c| {
+            let req = self.request(req.clone());
+            async move { Ok(c.evict(req).await?.into_inner().evicted) }
+        })
+        .await
+    }
+
+    /// Lists values of a namespace/tenant by body prefix.
+    pub async fn list(
+        &self,
+        namespace: &str,
+        tenant: &str,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<pb::ListResponse> {
+        let req = pb::ListRequest {
+            namespace: namespace.into(),
+            tenant: tenant.into(),
+            prefix: prefix.to_vec().into(),
+            limit,
+        };
+        self.retry(|mut c| {
+            let req = self.request(req.clone());
+            async move { Ok(c.list(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Per-tier, per-namespace counters.
+    pub async fn stats(&self) -> Result<pb::StatsResponse> {
+        self.retry(|mut c| {
+            let req = self.request(pb::StatsRequest {});
+            async move { Ok(c.stats(req).await?.into_inner()) }
+        })
+        .await
+    }
+}

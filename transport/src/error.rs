@@ -1,0 +1,75 @@
+//! The client's error type.
+
+/// Result alias for the client.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Could not reach the server.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The server answered with an error status.
+    #[error("{}: {}", code_name(.status.code()), .status.message())]
+    Status {
+        /// The gRPC status.
+        status: tonic::Status,
+    },
+    /// The key is malformed (checked before sending).
+    #[error(transparent)]
+    Key(#[from] strata_tiers::Error),
+    /// The server's answer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::OutOfRange => "out of range",
+        tonic::Code::ResourceExhausted => "resource exhausted",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DeadlineExceeded => "deadline exceeded",
+        tonic::Code::DataLoss => "data loss",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::Cancelled => "cancelled",
+        _ => "error",
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::Status { status }
+    }
+}
+
+impl ClientError {
+    /// The gRPC code, if the server answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status { status } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Status { status } => {
+                matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                )
+            }
+            _ => false,
+        }
+    }
+}
