@@ -11,11 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GRPC_SIZES="${GRPC_SIZES:-1MiB}"
+GRPC_SIZES="${GRPC_SIZES:-256KiB,1MiB,4MiB}"
 CLIENTS="${CLIENTS:-2}"
 DURATION="${DURATION:-5}"
 ROUNDS="${ROUNDS:-3}"
 NVME_TOTAL="${NVME_TOTAL:-256MiB}"
+NVME_ROUNDS="${NVME_ROUNDS:-9}"
 NVME_DIR="${NVME_DIR:-./strata-bench-data}"
 
 SUDO=""
@@ -52,5 +53,9 @@ echo "==> strata-bench grpc-vs-redis"
 "$BIN" grpc-vs-redis --sizes "$GRPC_SIZES" --clients "$CLIENTS" --duration "$DURATION" --rounds "$ROUNDS"
 
 echo
-echo "==> strata-bench nvme-vs-odirect"
-"$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$ROUNDS"
+echo "==> strata-bench nvme-vs-odirect (the tier as configured by default: io_uring)"
+"$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS"
+
+echo
+echo "==> strata-bench nvme-vs-odirect --no-io-uring (diagnostic: the tier on psync)"
+"$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS" --no-io-uring

@@ -106,7 +106,11 @@ impl Server {
         let token = shutdown.clone();
         let store_for_close = store.clone();
         let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
+            // stream must set it, or Nagle holds each response's trailing frames until
+            // the client's delayed ACK (~40 ms per small Get).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let serve = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .initial_stream_window_size(16 << 20)
