@@ -158,6 +158,15 @@ impl Key {
         self.enc.first() == Some(&PAGE_KEY_VERSION)
     }
 
+    /// Whether a listing of `namespace`/`tenant` by body `prefix` includes this key
+    /// (page keys are never listed).
+    pub fn is_listed_under(&self, namespace: &str, tenant: &str, prefix: &[u8]) -> bool {
+        !self.is_page()
+            && self.namespace() == namespace
+            && self.tenant() == tenant
+            && self.body().starts_with(prefix)
+    }
+
     /// The key of page `index` of generation `generation` of this value.
     pub fn page(&self, generation: u64, index: u32) -> Self {
         let mut enc = BytesMut::with_capacity(self.enc.len() + 12);

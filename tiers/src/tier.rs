@@ -157,6 +157,13 @@ pub trait Tier: Send + Sync + 'static {
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// Sorts a listing by key and keeps the first `limit` entries.
+pub(crate) fn sorted_up_to(mut out: Vec<Listed>, limit: usize) -> Vec<Listed> {
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.truncate(limit);
+    out
+}
+
 /// Applies a range to a whole value held in memory.
 pub(crate) fn slice_range(value: Bytes, range: Option<&ByteRange>) -> Result<Bytes> {
     match range {

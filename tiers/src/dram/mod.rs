@@ -21,6 +21,7 @@ use crate::key::Key;
 use crate::stats::{Counters, TierStats};
 use crate::tier::{
     Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, slice_range,
+    sorted_up_to,
 };
 
 /// An entry that left DRAM to make room, handed to the demoter.
@@ -58,6 +59,7 @@ pub struct DramTier {
     inner: Mutex<Inner>,
     stats: Arc<TierStats>,
     demote_tx: Mutex<Option<mpsc::Sender<Evicted>>>,
+    demotion_queue: usize,
     closed: AtomicBool,
 }
 
@@ -81,6 +83,7 @@ impl DramTier {
             }),
             stats: Arc::default(),
             demote_tx: Mutex::new(None),
+            demotion_queue: config.demotion_queue.max(1),
             closed: AtomicBool::new(false),
         })
     }
@@ -89,6 +92,11 @@ impl DramTier {
     /// full, an evicted entry is dropped).
     pub fn set_demotion(&self, tx: mpsc::Sender<Evicted>) {
         *self.demote_tx.lock() = Some(tx);
+    }
+
+    /// How many evicted entries may wait for demotion (`dram.demotion_queue`).
+    pub fn demotion_queue(&self) -> usize {
+        self.demotion_queue
     }
 
     /// The arena (for carriers that share or register it).
@@ -409,25 +417,18 @@ impl Tier for DramTier {
             .demoting
             .iter()
             .filter(|(k, _)| !inner.map.contains_key(*k));
-        let mut out: Vec<Listed> = inner
+        let out: Vec<Listed> = inner
             .map
             .iter()
             .map(|(k, e)| (k, &e.value))
             .chain(demoting)
-            .filter(|(k, _)| {
-                !k.is_page()
-                    && k.namespace() == namespace
-                    && k.tenant() == tenant
-                    && k.body().starts_with(prefix)
-            })
+            .filter(|(k, _)| k.is_listed_under(namespace, tenant, prefix))
             .map(|(k, v)| Listed {
                 key: k.clone(),
                 len: v.len() as u64,
             })
             .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out.truncate(limit);
-        Ok(out)
+        Ok(sorted_up_to(out, limit))
     }
 
     async fn close(&self) -> Result<()> {

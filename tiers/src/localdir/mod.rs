@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::stats::TierStats;
-use crate::tier::{Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage};
+use crate::tier::{
+    Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, sorted_up_to,
+};
 
 const MAX_SEGMENT: usize = 240;
 
@@ -250,9 +252,7 @@ impl Tier for LocalDirTier {
                     }
                 }
             }
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            out.truncate(limit);
-            out
+            sorted_up_to(out, limit)
         })
         .await
         .map_err(|e| Error::io("listing", std::io::Error::other(e)))

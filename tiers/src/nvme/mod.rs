@@ -37,6 +37,7 @@ use crate::key::Key;
 use crate::stats::{Counters, TierStats};
 use crate::tier::{
     Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, slice_range,
+    sorted_up_to,
 };
 
 const CATALOG_FILE: &str = "strata-catalog.bin";
@@ -373,22 +374,15 @@ impl Tier for NvmeTier {
     ) -> Result<Vec<Listed>> {
         self.prune_reclaimed();
         let catalog = self.catalog.lock();
-        let mut out: Vec<Listed> = catalog
+        let out: Vec<Listed> = catalog
             .iter()
-            .filter(|(k, _)| {
-                !k.is_page()
-                    && k.namespace() == namespace
-                    && k.tenant() == tenant
-                    && k.body().starts_with(prefix)
-            })
+            .filter(|(k, _)| k.is_listed_under(namespace, tenant, prefix))
             .map(|(k, len)| Listed {
                 key: k.clone(),
                 len: *len,
             })
             .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out.truncate(limit);
-        Ok(out)
+        Ok(sorted_up_to(out, limit))
     }
 
     async fn close(&self) -> Result<()> {

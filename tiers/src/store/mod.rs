@@ -171,7 +171,7 @@ impl TieredStore {
                 ),
             });
         }
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(dram.demotion_queue());
         dram.set_demotion(tx);
         let inner = Arc::new(Inner {
             namespaces,
