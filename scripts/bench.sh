@@ -53,9 +53,9 @@ echo "==> strata-bench grpc-vs-redis"
 "$BIN" grpc-vs-redis --sizes "$GRPC_SIZES" --clients "$CLIENTS" --duration "$DURATION" --rounds "$ROUNDS"
 
 echo
-echo "==> strata-bench nvme-vs-odirect (the tier as configured by default: io_uring)"
+echo "==> strata-bench nvme-vs-odirect (the tier as configured by default: psync, O_DIRECT)"
 "$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS"
 
 echo
-echo "==> strata-bench nvme-vs-odirect --no-io-uring (diagnostic: the tier on psync)"
-"$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS" --no-io-uring
+echo "==> strata-bench nvme-vs-odirect --io-uring (diagnostic: the tier on io_uring)"
+"$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS" --io-uring

@@ -169,8 +169,11 @@ pub struct NvmeSection {
     pub block_size: ByteSize,
     /// Engine write buffers. Default: 64 MiB.
     pub buffer_pool_size: ByteSize,
-    /// Use io_uring when available. Default: true.
+    /// Use foyer's io_uring engine when available. Default: false: its engine thread
+    /// polls without sleeping and costs a core even when idle (see `NvmeConfig`).
     pub io_uring: bool,
+    /// Bypass the page cache with O_DIRECT where the filesystem allows it. Default: true.
+    pub direct_io: bool,
 }
 
 impl Default for NvmeSection {
@@ -181,7 +184,8 @@ impl Default for NvmeSection {
             capacity: ByteSize(4 << 30),
             block_size: ByteSize(16 << 20),
             buffer_pool_size: ByteSize(64 << 20),
-            io_uring: true,
+            io_uring: false,
+            direct_io: true,
         }
     }
 }

@@ -185,6 +185,7 @@ async fn build_store(config: &Config) -> anyhow::Result<TieredStore> {
             block_size: config.nvme.block_size.0,
             buffer_pool_size: config.nvme.buffer_pool_size.0,
             io_uring: config.nvme.io_uring,
+            direct_io: config.nvme.direct_io,
         };
         Some(
             NvmeTier::open(&c)

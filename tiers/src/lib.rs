@@ -11,7 +11,7 @@
 //! This crate knows nothing of gRPC; the server maps its [`Error`] to statuses.
 
 pub mod blob;
-mod codec;
+pub mod codec;
 pub mod dram;
 mod error;
 mod key;

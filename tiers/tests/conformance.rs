@@ -26,6 +26,7 @@ async fn nvme(dir: &std::path::Path) -> NvmeTier {
         block_size: MIB,
         buffer_pool_size: 4 * MIB,
         io_uring: true,
+        direct_io: true,
     })
     .await
     .expect("NVMe tier")

@@ -74,6 +74,7 @@ async fn open_with(dir: &Path, dram_capacity: u64, eviction: EvictionKind) -> Ti
         block_size: MIB,
         buffer_pool_size: 4 * MIB,
         io_uring: true,
+        direct_io: true,
     })
     .await
     .expect("NVMe tier");
@@ -702,6 +703,7 @@ async fn overwrites_never_resurface_older_values() {
                     block_size: MIB,
                     buffer_pool_size: 4 * MIB,
                     io_uring: true,
+                    direct_io: true,
                 })
                 .await
                 .expect("NVMe"),

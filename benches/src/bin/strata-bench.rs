@@ -27,6 +27,10 @@ use strata_server::{ByteSize, Config, Server};
 use strata_tiers::{GetOptions, Key, NvmeConfig, NvmeTier, PutOptions, PutOutcome, Tier};
 use strata_transport::{Client, ClientOptions};
 
+/// The same allocator as `strata-server`, for the in-process server and the clients.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "strata-bench",
@@ -99,9 +103,12 @@ struct NvmeArgs {
     /// Read rounds (page cache dropped before each pass when permitted).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Use psync instead of io_uring in the NVMe tier.
+    /// Use foyer's io_uring engine in the NVMe tier (default: psync, as the server).
     #[arg(long)]
-    no_io_uring: bool,
+    io_uring: bool,
+    /// Use buffered I/O (the page cache) instead of O_DIRECT in the NVMe tier.
+    #[arg(long)]
+    buffered: bool,
     /// Keep the working directory.
     #[arg(long)]
     keep: bool,
@@ -444,7 +451,8 @@ fn nvme_vs_odirect(a: &NvmeArgs) -> anyhow::Result<()> {
         capacity: (count as u64).div_ceil(3).max(8) * block * 2,
         block_size: block,
         buffer_pool_size: 64 << 20,
-        io_uring: !a.no_io_uring,
+        io_uring: a.io_uring,
+        direct_io: !a.buffered,
     };
     let rt = runtime(2, "bench-nvme")?;
     let key = |i: usize| Key::new("kv", "bench", format!("nvme-{i:05}"));
@@ -473,7 +481,7 @@ fn nvme_vs_odirect(a: &NvmeArgs) -> anyhow::Result<()> {
         }
         syncfs(&tier_dir)?;
         let secs = start.elapsed().as_secs_f64();
-        let engine = tier.io_engine();
+        let engine = (tier.io_engine(), tier.direct_io());
         tier.close().await?;
         anyhow::Ok((Measure::with_latency(gbps(a.total, secs), &hist), engine))
     })?;
@@ -490,14 +498,19 @@ fn nvme_vs_odirect(a: &NvmeArgs) -> anyhow::Result<()> {
     drop(chunks);
     println!(
         "nvme-vs-odirect: {} in {} × {} values; dir {} on {}; NVMe tier: foyer block engine, \
-         {} I/O engine, buffered (foyer's FsDevice is opened without O_DIRECT); limit: one file, \
+         {} I/O engine, {}; limit: one file, \
          O_DIRECT, pread of {} at a time; both sequential, one request at a time (QD1); {} rounds",
         size_label(count as u64 * a.value_size),
         count,
         size_label(a.value_size),
         a.dir.display(),
         fs,
-        io_engine,
+        io_engine.0,
+        if io_engine.1 {
+            "O_DIRECT"
+        } else {
+            "buffered (page cache)"
+        },
         size_label(a.value_size),
         a.rounds
     );

@@ -6,6 +6,12 @@ use clap::Parser;
 use strata_server::{Config, Overrides, Server};
 use tracing_subscriber::EnvFilter;
 
+// glibc malloc serves the large, short-lived buffers of the data path (values of
+// 256 KiB and up, gRPC frames) with mmap/munmap: a page fault per 4 KiB and a TLB
+// shootdown per free. mimalloc keeps them in its heaps (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Strata cache server. Configuration layers: defaults, then --config FILE, then
 /// STRATA__SECTION__KEY environment variables, then these flags.
 #[derive(Debug, Parser)]

@@ -162,6 +162,15 @@ impl Arena {
         self.fd
     }
 
+    /// The offset in the arena of `bytes`, if they lie wholly inside it (a value
+    /// or a slice of one; for the shared-memory and RDMA carriers).
+    pub fn offset_of(&self, bytes: &[u8]) -> Option<u64> {
+        let base = self.base.as_ptr() as usize;
+        let p = bytes.as_ptr() as usize;
+        let off = p.checked_sub(base)? as u64;
+        (off.checked_add(bytes.len() as u64)? <= self.capacity).then_some(off)
+    }
+
     /// Allocates `len` bytes, or `None` when no free extent is large enough.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Option<ArenaBuf> {
         let units = (len as u64).max(1).div_ceil(ALLOC_UNIT) * ALLOC_UNIT;
@@ -316,6 +325,18 @@ mod tests {
             a.alloc(4 * ALLOC_UNIT as usize).is_some(),
             "all extents coalesced"
         );
+    }
+
+    #[test]
+    fn offset_of_finds_arena_slices_only() {
+        let a = Arena::new(4 * ALLOC_UNIT).unwrap();
+        let _skip = a.alloc(ALLOC_UNIT as usize).unwrap();
+        let mut b = a.alloc(10).unwrap();
+        b.as_mut_slice().copy_from_slice(b"0123456789");
+        let v = b.freeze();
+        assert_eq!(a.offset_of(&v), Some(ALLOC_UNIT));
+        assert_eq!(a.offset_of(&v.slice(3..5)), Some(ALLOC_UNIT + 3));
+        assert_eq!(a.offset_of(b"elsewhere"), None);
     }
 
     #[test]

@@ -17,8 +17,15 @@ pub struct NvmeConfig {
     /// Bytes of write buffers (the engine drops writes when they are full, which we
     /// count). Default: 64 MiB.
     pub buffer_pool_size: u64,
-    /// Use io_uring when the kernel allows it (falls back to psync). Default: true.
+    /// Use foyer's io_uring engine when the kernel allows it (falls back to psync).
+    /// Default: false. foyer 0.22 runs each io_uring shard on a thread that polls
+    /// without sleeping, so it costs a whole core even when idle; on the 2-vCPU
+    /// bench machine it read at 0.48× O_DIRECT against psync's 0.80×
+    /// (BENCHMARKS.md). Turn it on for nodes with cores to spare.
     pub io_uring: bool,
+    /// Open the block files with O_DIRECT, bypassing the page cache (falls back to
+    /// buffered I/O where the filesystem refuses it, e.g. tmpfs). Default: true.
+    pub direct_io: bool,
 }
 
 impl Default for NvmeConfig {
@@ -28,7 +35,8 @@ impl Default for NvmeConfig {
             capacity: 8 << 30,
             block_size: 16 << 20,
             buffer_pool_size: 64 << 20,
-            io_uring: true,
+            io_uring: false,
+            direct_io: true,
         }
     }
 }

@@ -116,6 +116,7 @@ pub struct NvmeTier {
     stats: Arc<TierStats>,
     closed: AtomicBool,
     io_engine: &'static str,
+    direct_io: bool,
 }
 
 impl std::fmt::Debug for NvmeTier {
@@ -123,6 +124,7 @@ impl std::fmt::Debug for NvmeTier {
         f.debug_struct("NvmeTier")
             .field("config", &self.config)
             .field("io_engine", &self.io_engine)
+            .field("direct_io", &self.direct_io)
             .finish()
     }
 }
@@ -142,23 +144,42 @@ impl NvmeTier {
         }
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
-        let (cache, io_engine) = if config.io_uring {
-            match Self::build(config, true).await {
-                Ok(c) => (c, "io_uring"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "io_uring unavailable for the NVMe tier; using psync");
-                    (Self::build(config, false).await?, "psync")
+        let mut attempts = Vec::with_capacity(4);
+        for uring in [true, false] {
+            for direct in [true, false] {
+                if (uring && !config.io_uring) || (direct && !config.direct_io) {
+                    continue;
                 }
+                attempts.push((uring, direct));
             }
-        } else {
-            (Self::build(config, false).await?, "psync")
+        }
+        let mut built = None;
+        for (uring, direct) in attempts {
+            match Self::build(config, uring, direct).await {
+                Ok(c) => {
+                    built = Some((c, if uring { "io_uring" } else { "psync" }, direct));
+                    break;
+                }
+                Err(e) if !(uring || direct) => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    io_uring = uring,
+                    direct_io = direct,
+                    "NVMe tier engine unavailable; trying the next one"
+                ),
+            }
+        }
+        let Some((cache, io_engine, direct_io)) = built else {
+            return Err(Error::Nvme {
+                message: "no I/O engine could open the NVMe tier".into(),
+            });
         };
         let stats = Arc::new(TierStats::default());
         let catalog = catalog::load(&config.dir.join(CATALOG_FILE));
         for (k, len) in &catalog {
             stats.add_resident(k.namespace(), *len);
         }
-        tracing::info!(dir = %config.dir.display(), io_engine, recovered = catalog.len(), "NVMe tier open");
+        tracing::info!(dir = %config.dir.display(), io_engine, direct_io, recovered = catalog.len(), "NVMe tier open");
         Ok(Self {
             cache,
             config: config.clone(),
@@ -166,15 +187,21 @@ impl NvmeTier {
             stats,
             closed: AtomicBool::new(false),
             io_engine,
+            direct_io,
         })
     }
 
-    async fn build(config: &NvmeConfig, uring: bool) -> Result<HybridCache<DiskKey, DiskValue>> {
+    async fn build(
+        config: &NvmeConfig,
+        uring: bool,
+        direct: bool,
+    ) -> Result<HybridCache<DiskKey, DiskValue>> {
         let nvme_err = |e: foyer::Error| Error::Nvme {
             message: e.to_string(),
         };
         let device = FsDeviceBuilder::new(&config.dir)
             .with_capacity(config.capacity as usize)
+            .with_direct(direct)
             .build()
             .map_err(nvme_err)?;
         let io: Box<dyn IoEngineConfig> = if uring {
@@ -207,6 +234,11 @@ impl NvmeTier {
     /// Which I/O engine is in use ("io_uring" or "psync").
     pub fn io_engine(&self) -> &'static str {
         self.io_engine
+    }
+
+    /// Whether the block files are open with O_DIRECT.
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
     }
 
     /// The largest value this tier can store (an engine block less its index and

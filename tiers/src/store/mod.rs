@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 pub use self::origin::Origin;
 pub use self::record::Head;
+use self::record::Payload;
 pub use self::reservation::Reservation;
 use self::singleflight::SingleFlight;
 use crate::dram::{DramTier, Evicted};
@@ -368,7 +369,7 @@ impl TieredStore {
         let Some(rec) = self.inner.dram.get(key, &GetOptions::default()).await? else {
             return Ok(false);
         };
-        if let Ok(head) = record::decode_head(&rec)
+        if let Ok(head) = record::decode_head(&rec, Payload::Trust)
             && !head.is_inline()
         {
             for i in 0..head.page_count() {
@@ -538,10 +539,10 @@ impl Inner {
     async fn cached_head(&self, key: &Key) -> Option<Head> {
         let opts = GetOptions::default();
         if let Ok(Some(rec)) = self.dram.get(key, &opts).await {
-            return record::decode_head(&rec).ok();
+            return record::decode_head(&rec, Payload::Trust).ok();
         }
         let rec = self.nvme.as_ref()?.get(key, &opts).await.ok()??;
-        record::decode_head(&rec).ok()
+        record::decode_head(&rec, Payload::Verify).ok()
     }
 
     /// Whether the value `entry` was read from has since been replaced or removed
@@ -556,12 +557,12 @@ impl Inner {
     async fn cached_page(&self, pk: &Key, generation: u64, index: u32) -> Option<Bytes> {
         let opts = GetOptions::default();
         if let Ok(Some(rec)) = self.dram.get(pk, &opts).await
-            && let Ok(page) = record::decode_page(&rec, generation, index)
+            && let Ok(page) = record::decode_page(&rec, generation, index, Payload::Trust)
         {
             return Some(page);
         }
         let rec = self.nvme.as_ref()?.get(pk, &opts).await.ok()??;
-        record::decode_page(&rec, generation, index).ok()
+        record::decode_page(&rec, generation, index, Payload::Verify).ok()
     }
 
     async fn remove_cached(&self, key: &Key) -> bool {
@@ -605,7 +606,7 @@ impl Inner {
         let opts = GetOptions::default();
         let dram_ns = self.dram.stats().ns(key.namespace());
         if let Some(rec) = self.dram.get(key, &opts).await? {
-            match record::decode_head(&rec) {
+            match record::decode_head(&rec, Payload::Trust) {
                 Ok(head) if Self::expired(policy, &head) => {
                     self.remove_cached(key).await;
                 }
@@ -632,7 +633,7 @@ impl Inner {
         if let Some(nvme) = &self.nvme {
             let ns = nvme.stats().ns(key.namespace());
             match nvme.get(key, &opts).await {
-                Ok(Some(rec)) => match record::decode_head(&rec) {
+                Ok(Some(rec)) => match record::decode_head(&rec, Payload::Verify) {
                     Ok(head) if Self::expired(policy, &head) => {
                         self.remove_cached(key).await;
                     }
@@ -850,7 +851,7 @@ impl Inner {
         let pk = entry.key.page(head.generation, index);
         let opts = GetOptions::default();
         if let Some(rec) = self.dram.get(&pk, &opts).await? {
-            match record::decode_page(&rec, head.generation, index) {
+            match record::decode_page(&rec, head.generation, index, Payload::Trust) {
                 Ok(p) => return Ok(p),
                 Err(e) => {
                     tracing::error!(key = ?pk, error = %e, "corrupt page in DRAM; dropped");
@@ -861,19 +862,21 @@ impl Inner {
         }
         if let Some(nvme) = &self.nvme {
             match nvme.get(&pk, &opts).await {
-                Ok(Some(rec)) => match record::decode_page(&rec, head.generation, index) {
-                    Ok(p) => {
-                        if policy.tiers.dram {
-                            self.promote(&pk, &rec);
+                Ok(Some(rec)) => {
+                    match record::decode_page(&rec, head.generation, index, Payload::Verify) {
+                        Ok(p) => {
+                            if policy.tiers.dram {
+                                self.promote(&pk, &rec);
+                            }
+                            return Ok(p);
                         }
-                        return Ok(p);
+                        Err(e) => {
+                            tracing::error!(key = ?pk, error = %e, "corrupt page on NVMe; dropped, never served");
+                            Counters::inc(&nvme.stats().ns(pk.namespace()).checksum_failures);
+                            nvme.delete(&pk).await?;
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(key = ?pk, error = %e, "corrupt page on NVMe; dropped, never served");
-                        Counters::inc(&nvme.stats().ns(pk.namespace()).checksum_failures);
-                        nvme.delete(&pk).await?;
-                    }
-                },
+                }
                 Ok(None) => {}
                 Err(e) => tracing::error!(key = ?pk, error = %e, "NVMe page read failed"),
             }

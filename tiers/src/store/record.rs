@@ -154,7 +154,7 @@ fn check(what: &'static str, expected: u32, bytes: &[u8]) -> Result<(), RecordEr
 }
 
 /// Decodes and verifies a head record.
-pub(crate) fn decode_head(rec: &Bytes) -> Result<Head, RecordError> {
+pub(crate) fn decode_head(rec: &Bytes, payload: Payload) -> Result<Head, RecordError> {
     let m = RecordError::Malformed;
     let mut r = Reader::new(rec);
     if r.take(4).map_err(m)? != HEAD_MAGIC {
@@ -194,7 +194,9 @@ pub(crate) fn decode_head(rec: &Bytes) -> Result<Head, RecordError> {
                 "inline payload of {payload_len} bytes for a value of {total_len}"
             )));
         }
-        check("head payload", payload_crc, &rec[HEAD_LEN..])?;
+        if payload == Payload::Verify {
+            check("head payload", payload_crc, &rec[HEAD_LEN..])?;
+        }
         Some(rec.slice(HEAD_LEN..))
     } else {
         None
@@ -209,8 +211,27 @@ pub(crate) fn decode_head(rec: &Bytes) -> Result<Head, RecordError> {
     })
 }
 
+/// Whether a decode checks the payload's CRC-32C (headers are always checked).
+///
+/// Records read from NVMe or Blob are verified. Records in the DRAM arena are
+/// trusted: every one was built here from bytes whose CRC was checked (a put's
+/// commit, a verified NVMe read, an origin fill), and re-hashing a page on every hit
+/// would cost as much as copying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payload {
+    /// Check the payload CRC.
+    Verify,
+    /// Skip it (DRAM-resident records).
+    Trust,
+}
+
 /// Decodes and verifies a page record of `generation`/`index`; returns its payload.
-pub(crate) fn decode_page(rec: &Bytes, generation: u64, index: u32) -> Result<Bytes, RecordError> {
+pub(crate) fn decode_page(
+    rec: &Bytes,
+    generation: u64,
+    index: u32,
+    payload: Payload,
+) -> Result<Bytes, RecordError> {
     let m = RecordError::Malformed;
     let mut r = Reader::new(rec);
     if r.take(4).map_err(m)? != PAGE_MAGIC {
@@ -242,7 +263,9 @@ pub(crate) fn decode_page(rec: &Bytes, generation: u64, index: u32) -> Result<By
             r.remaining()
         )));
     }
-    check("page payload", payload_crc, &rec[PAGE_HEADER_LEN..])?;
+    if payload == Payload::Verify {
+        check("page payload", payload_crc, &rec[PAGE_HEADER_LEN..])?;
+    }
     Ok(rec.slice(PAGE_HEADER_LEN..))
 }
 
@@ -268,14 +291,14 @@ mod tests {
     #[test]
     fn head_roundtrip_and_every_flip_is_caught() {
         let rec = head_rec(b"hello world");
-        let h = decode_head(&rec).unwrap();
+        let h = decode_head(&rec, Payload::Verify).unwrap();
         assert_eq!(h.inline.as_deref(), Some(&b"hello world"[..]));
         assert_eq!(h.value_crc, Some(crc32c::crc32c(b"hello world")));
         for i in 0..rec.len() {
             let mut bad = rec.to_vec();
             bad[i] ^= 0x40;
             assert!(
-                decode_head(&Bytes::from(bad)).is_err(),
+                decode_head(&Bytes::from(bad), Payload::Verify).is_err(),
                 "flip at byte {i} not caught"
             );
         }
@@ -287,13 +310,20 @@ mod tests {
         buf[PAGE_HEADER_LEN..].fill(7);
         write_page(&mut buf, 5, 2);
         let rec = Bytes::from(buf);
-        assert_eq!(decode_page(&rec, 5, 2).unwrap().len(), 100);
-        assert!(decode_page(&rec, 6, 2).is_err(), "wrong generation");
+        assert_eq!(decode_page(&rec, 5, 2, Payload::Verify).unwrap().len(), 100);
+        assert!(
+            decode_page(&rec, 6, 2, Payload::Trust).is_err(),
+            "wrong generation"
+        );
+        // Trusted (DRAM) decodes still check the header.
+        let mut bad = rec.to_vec();
+        bad[8] ^= 1;
+        assert!(decode_page(&Bytes::from(bad), 5, 2, Payload::Trust).is_err());
         for i in 0..rec.len() {
             let mut bad = rec.to_vec();
             bad[i] ^= 1;
             assert!(
-                decode_page(&Bytes::from(bad), 5, 2).is_err(),
+                decode_page(&Bytes::from(bad), 5, 2, Payload::Verify).is_err(),
                 "flip at byte {i} not caught"
             );
         }
@@ -303,8 +333,10 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
             let b = Bytes::from(bytes);
-            let _ = decode_head(&b);
-            let _ = decode_page(&b, 0, 0);
+            let _ = decode_head(&b, Payload::Verify);
+            let _ = decode_page(&b, 0, 0, Payload::Verify);
+            let _ = decode_head(&b, Payload::Trust);
+            let _ = decode_page(&b, 0, 0, Payload::Trust);
         }
     }
 }

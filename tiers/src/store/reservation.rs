@@ -26,6 +26,8 @@ pub struct Reservation {
     current: Option<(Record, usize)>,
     written: u64,
     crc: u32,
+    /// Records were allocated up front and filled in place.
+    in_place: bool,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -59,6 +61,7 @@ impl Reservation {
             current: None,
             written: 0,
             crc: 0,
+            in_place: false,
         }
     }
 
@@ -70,6 +73,12 @@ impl Reservation {
     /// Whether the declared length is zero.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Sets (or replaces) the CRC-32C the commit must match: for protocols that send
+    /// the checksum with the commit rather than with the reservation.
+    pub fn expect_crc(&mut self, crc32c: u32) {
+        self.expected_crc = Some(crc32c);
     }
 
     /// Bytes written so far.
@@ -122,6 +131,92 @@ impl Reservation {
             }
         }
         Ok(())
+    }
+
+    /// Allocates every record of the value in the DRAM arena up front, for a writer
+    /// that fills them in place: a shared-memory or RDMA client writing through its
+    /// mapping, or a socket read straight into the arena. Returns the arena extents
+    /// (offset, length) of the payloads, in value order. Then fill them and call
+    /// [`Self::commit_filled`]. Fails when the arena has no room for the value (the
+    /// caller falls back to [`Self::write`]) or when bytes were already written.
+    pub fn prepare_in_place(&mut self) -> Result<Vec<(u64, u64)>> {
+        if self.written != 0 || self.current.is_some() || !self.pages.is_empty() {
+            return Err(Error::Config {
+                field: "reservation".into(),
+                reason: "prepare_in_place after write on the same reservation".into(),
+            });
+        }
+        let hl = self.header_len();
+        let mut extents = Vec::new();
+        let mut left = self.len;
+        loop {
+            let page_len = left.min(self.page_size);
+            let buf = self
+                .inner
+                .dram
+                .reserve(hl + page_len as usize)
+                .map_err(|_| Error::Exhausted {
+                    what: "the DRAM arena".into(),
+                    detail: format!("no room to place {} bytes in shared memory", self.len),
+                    retry_after: None,
+                })?;
+            extents.push((buf.offset() + hl as u64, page_len));
+            self.pages.push(Record::Arena(buf));
+            left -= page_len;
+            if left == 0 {
+                break;
+            }
+        }
+        self.written = self.len;
+        self.in_place = true;
+        Ok(extents)
+    }
+
+    /// Whether [`Self::prepare_in_place`] placed this reservation.
+    pub fn is_in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// The payloads prepared by [`Self::prepare_in_place`], for writing in place.
+    pub fn in_place_slices(&mut self) -> Vec<&mut [u8]> {
+        let hl = self.header_len();
+        if !self.in_place {
+            return Vec::new();
+        }
+        self.pages
+            .iter_mut()
+            .map(|r| &mut r.as_mut_slice()[hl..])
+            .collect()
+    }
+
+    /// Commits a reservation filled in place: computes the CRC-32C of what is in
+    /// the arena now, checks it against `crc32c` (a mismatch abandons the put), seals
+    /// the page records and commits as [`Self::commit`] does.
+    pub async fn commit_filled(mut self, crc32c: u32) -> Result<Receipt> {
+        if !self.in_place {
+            return Err(Error::Config {
+                field: "reservation".into(),
+                reason: "commit_filled without prepare_in_place".into(),
+            });
+        }
+        let hl = self.header_len();
+        let mut crc = 0;
+        for r in &self.pages {
+            crc = crc32c::crc32c_append(crc, &r.as_slice()[hl..]);
+        }
+        self.crc = crc;
+        self.expected_crc = Some(crc32c);
+        if self.single() {
+            // One page: the record is the head record, sealed by commit.
+            if let Some(rec) = self.pages.pop() {
+                self.current = Some((rec, self.len as usize));
+            }
+        } else {
+            for (i, rec) in self.pages.iter_mut().enumerate() {
+                record::write_page(rec.as_mut_slice(), self.generation, i as u32);
+            }
+        }
+        self.commit().await
     }
 
     /// Verifies length and checksum, writes through to the origin if the policy says
