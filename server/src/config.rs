@@ -92,6 +92,43 @@ pub struct Config {
     pub store: StoreSection,
     /// The origin.
     pub origin: OriginSection,
+    /// The data path (binary TCP and shared memory).
+    pub data: DataSection,
+}
+
+/// `[data]`: the data path. gRPC stays the control path; bulk bytes go here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// TCP address of the binary data path; empty to turn it off. Default:
+    /// `127.0.0.1:7072`.
+    pub listen: String,
+    /// Serve same-host clients over shared memory. Default: true.
+    pub shm: bool,
+    /// Unix socket of the shared-memory carrier. Default: `<data_dir>/strata.sock`.
+    pub shm_socket: Option<PathBuf>,
+    /// Milliseconds a lease (a shared-memory read, a reserved slot) holds arena
+    /// memory at most. Default: 5000.
+    pub lease_ttl_ms: u64,
+    /// Bytes held by leases at once, at most; past it reads are answered inline.
+    /// Default: 1 GiB.
+    pub max_leased_bytes: ByteSize,
+    /// Largest data section of one frame (a PUT's value, an MGET's answer).
+    /// Default: 1 GiB.
+    pub max_frame_data: ByteSize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7072".into(),
+            shm: true,
+            shm_socket: None,
+            lease_ttl_ms: 5000,
+            max_leased_bytes: ByteSize(1 << 30),
+            max_frame_data: ByteSize(1 << 30),
+        }
+    }
 }
 
 impl Default for Config {
@@ -103,6 +140,7 @@ impl Default for Config {
             nvme: NvmeSection::default(),
             store: StoreSection::default(),
             origin: OriginSection::default(),
+            data: DataSection::default(),
         }
     }
 }
@@ -340,6 +378,24 @@ impl Config {
                 format!("{:?} is not HOST:PORT", self.server.metrics_listen),
             );
         }
+        if !self.data.listen.is_empty() && self.data.listen.parse::<SocketAddr>().is_err() {
+            return err(
+                "data.listen",
+                format!(
+                    "{:?} is not HOST:PORT (or empty to turn it off)",
+                    self.data.listen
+                ),
+            );
+        }
+        if !(10..=600_000).contains(&self.data.lease_ttl_ms) {
+            return err(
+                "data.lease_ttl_ms",
+                "must be between 10 ms and 10 minutes".into(),
+            );
+        }
+        if self.data.max_frame_data.0 < 1 << 20 {
+            return err("data.max_frame_data", "must be at least 1 MiB".into());
+        }
         if self.server.max_inflight_bytes.0 < 1 << 20 {
             return err("server.max_inflight_bytes", "must be at least 1 MiB".into());
         }
@@ -414,6 +470,14 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("nvme"))
+    }
+
+    /// The shared-memory socket path.
+    pub fn shm_socket(&self) -> PathBuf {
+        self.data
+            .shm_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("strata.sock"))
     }
 
     /// The local origin directory.

@@ -21,6 +21,8 @@ use strata_tiers::{
     DramConfig, DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig,
     TieredStore,
 };
+use strata_transport::data::{DataConfig, DataServer};
+use strata_transport::wire::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,12 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The bound metrics address.
     pub metrics_addr: SocketAddr,
+    /// The bound data-path TCP address, if it is on.
+    pub data_addr: Option<SocketAddr>,
+    /// The shared-memory socket, if it is on.
+    pub shm_socket: Option<std::path::PathBuf>,
+    /// The data-path server (leases, for tests and metrics).
+    pub data: Arc<DataServer>,
     /// The store (for tests and embedding).
     pub store: TieredStore,
     shutdown: CancellationToken,
@@ -68,12 +76,56 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
 
+        let data = DataServer::new(
+            store.clone(),
+            DataConfig {
+                lease_ttl: Duration::from_millis(config.data.lease_ttl_ms),
+                max_leased_bytes: config.data.max_leased_bytes.0,
+                limits: Limits {
+                    max_data: config.data.max_frame_data.0,
+                    ..Limits::default()
+                },
+            },
+        );
+        let data_addr = if config.data.listen.is_empty() {
+            None
+        } else {
+            let l = TcpListener::bind(&config.data.listen)
+                .await
+                .with_context(|| format!("binding data.listen {}", config.data.listen))?;
+            let a = l.local_addr()?;
+            tokio::spawn(data.clone().serve_tcp(l, shutdown.clone()));
+            Some(a)
+        };
+        let shm_socket = if config.data.shm {
+            let path = config.shm_socket();
+            let l = DataServer::bind_unix(&path)
+                .with_context(|| format!("binding data.shm_socket {}", path.display()))?;
+            tokio::spawn(data.clone().serve_unix(l, shutdown.clone()));
+            Some(path)
+        } else {
+            None
+        };
+        tracing::info!(
+            data = ?data_addr,
+            shm = ?shm_socket,
+            "data path listening (rdma: not built in this version)"
+        );
         let svc = CacheService::new(
             store.clone(),
             config.server.max_inflight_bytes.0,
             config.server.get_chunk_size.0 as usize,
             metrics.clone(),
-        );
+        )
+        .with_data_path(strata_proto::v1::DataPathResponse {
+            tcp: data_addr.map(|a| a.to_string()).unwrap_or_default(),
+            shm_socket: shm_socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            host_id: strata_transport::data::host_id(),
+            rdma: false,
+        });
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<CacheServer<CacheService>>()
@@ -146,6 +198,9 @@ impl Server {
         Ok(Running {
             addr,
             metrics_addr,
+            data_addr,
+            shm_socket,
+            data,
             store,
             shutdown,
             task,

@@ -28,9 +28,16 @@ pub struct CacheService {
     chunk_size: usize,
     metrics: Arc<Metrics>,
     started: Instant,
+    data_path: pb::DataPathResponse,
 }
 
 impl CacheService {
+    /// Sets what [`Cache::data_path`] answers.
+    pub fn with_data_path(mut self, data_path: pb::DataPathResponse) -> Self {
+        self.data_path = data_path;
+        self
+    }
+
     /// A service over `store`, bounding uploads in flight to `max_inflight_bytes`.
     pub fn new(
         store: TieredStore,
@@ -47,6 +54,7 @@ impl CacheService {
             chunk_size,
             metrics,
             started: Instant::now(),
+            data_path: pb::DataPathResponse::default(),
         }
     }
 }
@@ -340,6 +348,14 @@ impl Cache for CacheService {
             })
             .collect();
         Ok(Response::new(pb::ListResponse { entries, truncated }))
+    }
+
+    async fn data_path(
+        &self,
+        _request: Request<pb::DataPathRequest>,
+    ) -> Result<Response<pb::DataPathResponse>, Status> {
+        self.metrics.request("data_path");
+        Ok(Response::new(self.data_path.clone()))
     }
 
     async fn stats(

@@ -13,6 +13,7 @@ fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".into();
     c.server.metrics_listen = "127.0.0.1:0".into();
+    c.data.listen = "127.0.0.1:0".into();
     c.server.max_inflight_bytes = ByteSize(64 << 20);
     c.data_dir = dir.to_path_buf();
     c.dram.capacity = Some(ByteSize(32 << 20));
@@ -23,9 +24,18 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
+/// These tests exercise the gRPC surface itself, so values stay on gRPC here;
+/// `data_path.rs` tests the data path.
+fn grpc_only() -> ClientOptions {
+    ClientOptions {
+        data_path: false,
+        ..ClientOptions::default()
+    }
+}
+
 async fn start(dir: &std::path::Path) -> (Running, Client) {
     let running = Server::start(config(dir)).await.unwrap();
-    let client = Client::connect(&running.addr.to_string(), ClientOptions::default())
+    let client = Client::connect(&running.addr.to_string(), grpc_only())
         .await
         .unwrap();
     (running, client)
@@ -47,7 +57,11 @@ async fn still_serves(c: &Client) {
         .await
         .unwrap();
     assert_eq!(
-        c.get(&k("kv/alive"), 0, None).await.unwrap().unwrap().1,
+        c.get_range(&k("kv/alive"), 0, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .1,
         "yes"
     );
 }
@@ -61,17 +75,21 @@ async fn put_get_range_and_admin_calls() {
     let r = c.put(&k("obj/t1/big.bin"), big.clone()).await.unwrap();
     assert_eq!(r.length, big.len() as u64);
     assert_eq!(r.crc32c, crc32c::crc32c(&big));
-    let (info, got) = c.get(&k("obj/t1/big.bin"), 0, None).await.unwrap().unwrap();
+    let (info, got) = c
+        .get_range(&k("obj/t1/big.bin"), 0, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(info.total_length, big.len() as u64);
     assert_eq!(got, big);
     let (_, part) = c
-        .get(&k("obj/t1/big.bin"), (1 << 20) - 10, Some(2 << 20))
+        .get_range(&k("obj/t1/big.bin"), (1 << 20) - 10, Some(2 << 20))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(part, big.slice((1 << 20) - 10..(3 << 20) - 10));
     let (_, tail) = c
-        .get(&k("obj/t1/big.bin"), big.len() as u64 - 5, Some(100))
+        .get_range(&k("obj/t1/big.bin"), big.len() as u64 - 5, Some(100))
         .await
         .unwrap()
         .unwrap();
@@ -104,7 +122,11 @@ async fn put_get_range_and_admin_calls() {
 
     // obj is write-through: evict keeps the origin copy, so a get refetches it.
     assert!(c.evict(&k("obj/t1/big.bin")).await.unwrap());
-    let (info, got) = c.get(&k("obj/t1/big.bin"), 0, None).await.unwrap().unwrap();
+    let (info, got) = c
+        .get_range(&k("obj/t1/big.bin"), 0, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(info.tier, "localdir");
     assert_eq!(got, big);
 
@@ -212,7 +234,7 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     c.put(&k("kv/small"), Bytes::from_static(b"0123456789"))
         .await
         .unwrap();
-    let (code_, msg) = code(c.get(&k("kv/small"), 11, None).await.unwrap_err());
+    let (code_, msg) = code(c.get_range(&k("kv/small"), 11, None).await.unwrap_err());
     assert_eq!(code_, Code::OutOfRange, "{msg}");
 
     // A truncated upload: nothing becomes visible.
@@ -233,7 +255,12 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     let e = raw.put(futures::stream::iter(msgs)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("truncated"), "{}", e.message());
-    assert!(c.get(&k("kv/trunc"), 0, None).await.unwrap().is_none());
+    assert!(
+        c.get_range(&k("kv/trunc"), 0, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A wrong checksum: refused, nothing visible.
     let h = proto::PutHeader {
@@ -252,7 +279,7 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     ];
     let e = raw.put(futures::stream::iter(msgs)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(c.get(&k("kv/crc"), 0, None).await.unwrap().is_none());
+    assert!(c.get_range(&k("kv/crc"), 0, None).await.unwrap().is_none());
 
     // A stream whose first message is not a header.
     let msgs = vec![proto::PutRequest {
@@ -293,7 +320,7 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     call.abort();
     drop(tx);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(c.get(&k("kv/gone"), 0, None).await.unwrap().is_none());
+    assert!(c.get_range(&k("kv/gone"), 0, None).await.unwrap().is_none());
     still_serves(&c).await;
 
     // Read-only namespace.
@@ -319,11 +346,15 @@ async fn graceful_shutdown_then_warm_restart() {
     running.shutdown().await.unwrap();
 
     let (running, c) = start(dir.path()).await;
-    let (info, got) = c.get(&k("kv/warm"), 0, None).await.unwrap().unwrap();
+    let (info, got) = c.get_range(&k("kv/warm"), 0, None).await.unwrap().unwrap();
     assert_eq!(info.tier, "nvme");
     assert_eq!(got, v);
     assert_eq!(
-        c.get(&k("kv/warm-big"), 0, None).await.unwrap().unwrap().1,
+        c.get_range(&k("kv/warm-big"), 0, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .1,
         big
     );
     running.shutdown().await.unwrap();

@@ -11,6 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::convert::key_to_proto;
+use crate::data::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions};
 use crate::error::{ClientError, Result};
 
 /// Largest message the client accepts or sends.
@@ -29,6 +30,12 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Chunk size of streamed puts. Default: 1 MiB.
     pub chunk_size: usize,
+    /// Move values over the data path (TCP or shared memory, as the server offers
+    /// and [`DataOptions::carrier`] allows) instead of gRPC. Default: true. When the
+    /// server offers none, calls go over gRPC.
+    pub data_path: bool,
+    /// Data-path settings.
+    pub data: DataOptions,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +46,8 @@ impl Default for ClientOptions {
             attempts: 3,
             backoff: Duration::from_millis(50),
             chunk_size: 1 << 20,
+            data_path: true,
+            data: DataOptions::default(),
         }
     }
 }
@@ -50,7 +59,7 @@ pub struct ValueInfo {
     pub total_length: u64,
     /// Offset of the returned bytes.
     pub offset: u64,
-    /// The tier that served it.
+    /// The tier that served it (gRPC only; empty over the data path).
     pub tier: String,
 }
 
@@ -60,6 +69,7 @@ pub struct Client {
     inner: CacheClient<Channel>,
     channel: Channel,
     options: ClientOptions,
+    data: Option<DataClient>,
 }
 
 impl Client {
@@ -86,11 +96,72 @@ impl Client {
         let inner = CacheClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Ok(Self {
+        let mut me = Self {
             inner,
             channel,
             options,
-        })
+            data: None,
+        };
+        if me.options.data_path {
+            me.data = me.connect_data(addr).await?;
+        }
+        Ok(me)
+    }
+
+    /// Asks the server where its data path listens and connects the best carrier.
+    /// A server without one (or an unreachable one, when the carrier is `Auto`)
+    /// leaves the client on gRPC.
+    async fn connect_data(&self, addr: &str) -> Result<Option<DataClient>> {
+        let forced = self.options.data.carrier != CarrierChoice::Auto;
+        let info = match self
+            .inner
+            .clone()
+            .data_path(self.request(pb::DataPathRequest {}))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if !forced && s.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(s) => return Err(s.into()),
+        };
+        let mut tcp = (!info.tcp.is_empty()).then_some(info.tcp);
+        // A server listening on all interfaces announces 0.0.0.0: use the host the
+        // control path reached instead.
+        if let Some(t) = &tcp
+            && let Ok(sa) = t.parse::<std::net::SocketAddr>()
+            && sa.ip().is_unspecified()
+        {
+            let host = addr
+                .trim_start_matches("http://")
+                .rsplit_once(':')
+                .map_or(addr, |(h, _)| h);
+            tcp = Some(format!("{host}:{}", sa.port()));
+        }
+        let endpoint = DataEndpoint {
+            tcp,
+            unix: (!info.shm_socket.is_empty()).then(|| info.shm_socket.into()),
+            host_id: (!info.host_id.is_empty()).then_some(info.host_id),
+        };
+        if endpoint.tcp.is_none() && endpoint.unix.is_none() && !forced {
+            return Ok(None);
+        }
+        match DataClient::connect(endpoint, self.options.data.clone()).await {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if !forced => {
+                tracing::warn!(error = %e, "data path unreachable; values go over gRPC");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The data-path client, if the values go over one.
+    pub fn data(&self) -> Option<&DataClient> {
+        self.data.as_ref()
+    }
+
+    /// The carrier values travel on: `None` means gRPC.
+    pub fn carrier(&self) -> Option<Carrier> {
+        self.data.as_ref().map(DataClient::carrier)
     }
 
     /// The underlying channel (for health checks and other services).
@@ -125,12 +196,19 @@ impl Client {
         }
     }
 
-    /// Stores a value (streamed in chunks, checksummed end to end). Not retried.
+    /// Stores a value, checksummed end to end. Not retried.
     pub async fn put(&self, key: &Key, value: Bytes) -> Result<pb::PutResponse> {
+        if let Some(d) = &self.data {
+            let length = d.put(key, &value).await?;
+            return Ok(pb::PutResponse {
+                length,
+                crc32c: crc32c::crc32c(&value),
+            });
+        }
         self.put_with(key, value, false).await
     }
 
-    /// Stores a value, optionally pinning it.
+    /// Stores a value over gRPC (streamed in chunks), optionally pinning it.
     pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
         let header = pb::PutHeader {
             key: Some(key_to_proto(key)),
@@ -154,8 +232,51 @@ impl Client {
         Ok(self.inner.clone().put(req).await?.into_inner())
     }
 
-    /// Reads a value, or `range` of it. `Ok(None)` if absent.
-    pub async fn get(
+    /// Reads a whole value. `Ok(None)` if absent.
+    pub async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        Ok(self.get_range(key, 0, None).await?.map(|(_, b)| b))
+    }
+
+    /// Reads `[offset, offset + length)` of a value (to its end when `length` is
+    /// `None`). `Ok(None)` if absent.
+    pub async fn get_range(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Option<(ValueInfo, Bytes)>> {
+        if let Some(d) = &self.data {
+            return Ok(d
+                .get_range(key, offset, length)
+                .await?
+                .map(|(total_length, b)| {
+                    (
+                        ValueInfo {
+                            total_length,
+                            offset,
+                            tier: String::new(),
+                        },
+                        b,
+                    )
+                }));
+        }
+        self.grpc_get_range(key, offset, length).await
+    }
+
+    /// Reads whole values of many keys (one request on the data path); `None` for
+    /// each miss.
+    pub async fn mget(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        if let Some(d) = &self.data {
+            return d.mget(keys).await;
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.grpc_get_range(k, 0, None).await?.map(|(_, b)| b));
+        }
+        Ok(out)
+    }
+
+    async fn grpc_get_range(
         &self,
         key: &Key,
         offset: u64,
@@ -227,6 +348,9 @@ impl Client {
 
     /// How many leading keys are cached, in one round trip.
     pub async fn match_prefix(&self, keys: &[Key]) -> Result<u32> {
+        if let Some(d) = &self.data {
+            return Ok(d.match_prefix(keys).await? as u32);
+        }
         let req = pb::MatchPrefixRequest {
             keys: keys.iter().map(key_to_proto).collect(),
         };
@@ -251,6 +375,9 @@ impl Client {
 
     /// Deletes a value (idempotent, so retried). `true` if it existed.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
+        if let Some(d) = &self.data {
+            return d.delete(key).await;
+        }
         let req = pb::KeyRequest {
             key: Some(key_to_proto(key)),
         };

@@ -27,6 +27,22 @@ pub enum ClientError {
     /// The server's answer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The data path answered a request with an error status.
+    #[error("{op:?}: {status:?}: {message}")]
+    Data {
+        /// The operation.
+        op: crate::wire::Op,
+        /// The status.
+        status: crate::wire::Status,
+        /// The server's message.
+        message: String,
+    },
+    /// The data-path connection failed (it is reopened on the next call).
+    #[error("data connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A deadline passed.
+    #[error("deadline of {0:?} exceeded")]
+    Timeout(std::time::Duration),
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -62,7 +78,8 @@ impl ClientError {
     /// Whether retrying may help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Connect { .. } => true,
+            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Timeout(_) => true,
+            ClientError::Data { status, .. } => status.is_transient(),
             ClientError::Status { status } => {
                 matches!(
                     status.code(),

@@ -5,12 +5,17 @@
 //! list and stats. Every call has a deadline; idempotent calls are retried with
 //! backoff on transient errors, others never are.
 //!
-//! The data-path carriers (binary TCP, same-host shared memory, RDMA) come next and
-//! plug in behind the same client.
+//! The data path ([`data`], specified in `docs/data-path.md`) carries the bytes:
+//! binary frames ([`wire`]) over TCP, or over a Unix socket with the values moving
+//! through the server's shared DRAM arena. [`Client::connect`] asks the server where
+//! its data path listens and picks the best carrier; get, get_range, mget, put,
+//! delete and match_prefix then go over it.
 
 mod client;
 mod convert;
+pub mod data;
 mod error;
+pub mod wire;
 
 pub use self::client::{Client, ClientOptions, ValueInfo};
 pub use self::convert::{key_from_proto, key_to_proto};

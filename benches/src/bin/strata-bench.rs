@@ -27,6 +27,14 @@ use strata_server::{ByteSize, Config, Server};
 use strata_tiers::{GetOptions, Key, NvmeConfig, NvmeTier, PutOptions, PutOutcome, Tier};
 use strata_transport::{Client, ClientOptions};
 
+/// gRPC for values too: this bench measures the control path's Get.
+fn grpc_only() -> ClientOptions {
+    ClientOptions {
+        data_path: false,
+        ..ClientOptions::default()
+    }
+}
+
 /// The same allocator as `strata-server`, for the in-process server and the clients.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -147,7 +155,7 @@ impl Getter for StrataGetter {
     async fn get(&mut self) -> anyhow::Result<usize> {
         let (_, data) = self
             .client
-            .get(&self.key, 0, None)
+            .get_range(&self.key, 0, None)
             .await?
             .context("strata: value missing")?;
         ensure!(
@@ -274,10 +282,10 @@ fn grpc_vs_redis(a: &GrpcArgs) -> anyhow::Result<()> {
         let key = Key::new("kv", "bench", format!("value-{size}"))?;
         let rkey = format!("bench:value-{size}").into_bytes();
         client_rt.block_on(async {
-            let c = Client::connect(&strata_addr, ClientOptions::default()).await?;
+            let c = Client::connect(&strata_addr, grpc_only()).await?;
             c.put(&key, value.clone()).await?;
             let (info, got) = c
-                .get(&key, 0, None)
+                .get_range(&key, 0, None)
                 .await?
                 .context("strata: put value missing")?;
             ensure!(got == value, "strata returned other bytes than were put");
@@ -312,8 +320,7 @@ fn grpc_vs_redis(a: &GrpcArgs) -> anyhow::Result<()> {
                         0 => {
                             let mut cs = Vec::new();
                             for _ in 0..a.clients {
-                                let client =
-                                    Client::connect(&strata_addr, ClientOptions::default()).await?;
+                                let client = Client::connect(&strata_addr, grpc_only()).await?;
                                 cs.push(StrataGetter {
                                     client,
                                     key: key.clone(),

@@ -156,7 +156,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Cmd::Get { key: k, output } => {
             let k = key(&k)?;
-            let Some((_, data)) = client.get(&k, 0, None).await? else {
+            let Some((_, data)) = client.get_range(&k, 0, None).await? else {
                 anyhow::bail!("{} not found", k.display_path());
             };
             match output {

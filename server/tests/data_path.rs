@@ -1,0 +1,405 @@
+//! The data path (binary TCP and shared memory) of the real server on 127.0.0.1:0,
+//! driven by the real client, plus raw frames for what a well-behaved client never
+//! sends.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use strata_server::config::{ByteSize, Config};
+use strata_server::{Running, Server};
+use strata_tiers::Key;
+use strata_transport::data::{Carrier, CarrierChoice, DataOptions};
+use strata_transport::wire::{
+    FLAG_LEASE, HEADER_LEN, Header, Limits, Op, Request, Status, request_frame, response,
+};
+use strata_transport::{Client, ClientError, ClientOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+fn config(dir: &std::path::Path, lease_ttl_ms: u64) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.metrics_listen = "127.0.0.1:0".into();
+    c.data.listen = "127.0.0.1:0".into();
+    c.data.lease_ttl_ms = lease_ttl_ms;
+    c.data_dir = dir.to_path_buf();
+    c.dram.capacity = Some(ByteSize(32 << 20));
+    c.nvme.enabled = false;
+    c.store.page_size = ByteSize(1 << 20);
+    c
+}
+
+async fn client(r: &Running, carrier: CarrierChoice, connections: usize) -> Client {
+    Client::connect(
+        &r.addr.to_string(),
+        ClientOptions {
+            data: DataOptions {
+                carrier,
+                connections,
+                ..DataOptions::default()
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn k(path: &str) -> Key {
+    Key::parse_path(path).unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Everything the client offers, over one carrier.
+async fn exercise(c: &Client) {
+    let small = pattern(1000, 1);
+    let big = pattern((2 << 20) + 12345, 2); // three pages
+    assert_eq!(
+        c.put(&k("kv/t/small"), small.clone()).await.unwrap().length,
+        1000
+    );
+    assert_eq!(
+        c.put(&k("kv/t/big"), big.clone()).await.unwrap().length,
+        big.len() as u64
+    );
+    assert_eq!(c.get(&k("kv/t/small")).await.unwrap().unwrap(), small);
+    assert_eq!(c.get(&k("kv/t/big")).await.unwrap().unwrap(), big);
+    // A range across a page boundary.
+    let (info, part) = c
+        .get_range(&k("kv/t/big"), (1 << 20) - 7, Some(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.total_length, big.len() as u64);
+    assert_eq!(part, big.slice((1 << 20) - 7..(1 << 20) + 93));
+    // MGET: hits and a miss, in order.
+    let got = c
+        .mget(&[k("kv/t/big"), k("kv/t/none"), k("kv/t/small")])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![Some(big.clone()), None, Some(small.clone())]);
+    assert_eq!(
+        c.match_prefix(&[
+            k("kv/t/small"),
+            k("kv/t/big"),
+            k("kv/t/none"),
+            k("kv/t/small")
+        ])
+        .await
+        .unwrap(),
+        2
+    );
+    // Overwrite, then delete.
+    let small2 = pattern(3000, 9);
+    c.put(&k("kv/t/small"), small2.clone()).await.unwrap();
+    assert_eq!(c.get(&k("kv/t/small")).await.unwrap().unwrap(), small2);
+    assert!(c.delete(&k("kv/t/small")).await.unwrap());
+    assert!(!c.delete(&k("kv/t/small")).await.unwrap());
+    assert!(c.get(&k("kv/t/small")).await.unwrap().is_none());
+    // Errors are per request.
+    let e = c
+        .get_range(&k("kv/t/big"), big.len() as u64 + 1, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Data {
+                status: Status::Range,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = c
+        .put(&k("kv/t/huge"), Bytes::from(vec![0u8; 300 << 20]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Data {
+                status: Status::Invalid | Status::TooLarge,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        c.get(&k("kv/t/big")).await.unwrap().unwrap(),
+        big,
+        "still serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_carrier_serves_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 2).await;
+    assert_eq!(c.carrier(), Some(Carrier::Tcp));
+    exercise(&c).await;
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shm_carrier_serves_every_operation_and_releases_its_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let c = client(&r, CarrierChoice::Auto, 2).await;
+    assert_eq!(c.carrier(), Some(Carrier::Shm), "same host: auto picks shm");
+    exercise(&c).await;
+    // Releases are sent without waiting; give them a moment.
+    for _ in 0..100 {
+        if r.data.leases().usage().0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.data.leases().usage(), (0, 0), "every lease was released");
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    for i in 0..64u8 {
+        c.put(
+            &k(&format!("kv/p/{i}")),
+            pattern(10_000 + usize::from(i), i),
+        )
+        .await
+        .unwrap();
+    }
+    let gets = (0..64u8).map(|i| {
+        let c = c.clone();
+        async move {
+            let v = c.get(&k(&format!("kv/p/{i}"))).await.unwrap().unwrap();
+            assert_eq!(
+                v,
+                pattern(10_000 + usize::from(i), i),
+                "answer {i} paired right"
+            );
+        }
+    });
+    futures::future::join_all(gets).await;
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_tcp_without_shared_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.data.shm = false;
+    let r = Server::start(cfg).await.unwrap();
+    let c = client(&r, CarrierChoice::Auto, 1).await;
+    assert_eq!(c.carrier(), Some(Carrier::Tcp));
+    c.put(&k("kv/f/a"), Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(c.get(&k("kv/f/a")).await.unwrap().unwrap(), &b"x"[..]);
+    // Forcing shared memory where there is none is an error, not a silent fallback.
+    let forced = Client::connect(
+        &r.addr.to_string(),
+        ClientOptions {
+            data: DataOptions {
+                carrier: CarrierChoice::Shm,
+                ..DataOptions::default()
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .await;
+    assert!(forced.is_err());
+    r.shutdown().await.unwrap();
+}
+
+/// Writes a raw request and reads its answer (header, meta, data).
+async fn raw_call<S>(s: &mut S, frame: &[u8], data: &[u8]) -> (Header, Bytes, Bytes)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(frame).await.unwrap();
+    s.write_all(data).await.unwrap();
+    raw_read(s).await
+}
+
+async fn raw_read<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (Header, Bytes, Bytes) {
+    let mut hb = [0u8; HEADER_LEN];
+    s.read_exact(&mut hb).await.unwrap();
+    let h = Header::decode(&hb, &Limits::default()).unwrap();
+    let mut meta = BytesMut::zeroed(h.meta_len as usize);
+    s.read_exact(&mut meta).await.unwrap();
+    let mut data = BytesMut::zeroed(h.data_len as usize);
+    s.read_exact(&mut data).await.unwrap();
+    (h, meta.freeze(), data.freeze())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_clear_errors_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let addr = r.data_addr.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    c.put(&k("kv/b/v"), Bytes::from_static(b"value"))
+        .await
+        .unwrap();
+
+    // Bad metadata: that request fails, the connection goes on.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut bad = Header::request(Op::Get, 7, 0, 5, 0).encode().to_vec();
+    bad.extend_from_slice(&[0xff; 5]);
+    let (h, meta, _) = raw_call(&mut s, &bad, b"").await;
+    assert_eq!((h.id, h.status), (7, Status::Invalid));
+    assert!(
+        response::decode_error(&meta).contains("bad Get request"),
+        "{meta:?}"
+    );
+    let get = request_frame(
+        8,
+        0,
+        &Request::Get {
+            key: k("kv/b/v"),
+            offset: 0,
+            length: None,
+        },
+        0,
+    );
+    let (h, _, data) = raw_call(&mut s, &get, b"").await;
+    assert_eq!((h.id, h.status), (8, Status::Ok));
+    assert_eq!(&data[..], b"value");
+
+    // A PUT whose checksum is wrong is refused and never visible.
+    let put = request_frame(
+        9,
+        0,
+        &Request::Put {
+            key: k("kv/b/crc"),
+            crc32c: 1234,
+        },
+        3,
+    );
+    let (h, _, _) = raw_call(&mut s, &put, b"abc").await;
+    assert_eq!((h.id, h.status), (9, Status::Checksum));
+    assert!(c.get(&k("kv/b/crc")).await.unwrap().is_none());
+
+    // A truncated PUT (the client goes away mid-data) leaves nothing behind.
+    let put = request_frame(
+        10,
+        0,
+        &Request::Put {
+            key: k("kv/b/trunc"),
+            crc32c: 0,
+        },
+        1000,
+    );
+    s.write_all(&put).await.unwrap();
+    s.write_all(&[1u8; 10]).await.unwrap();
+    drop(s);
+
+    // A broken header: an error answer, then the connection is closed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut junk = [0u8; HEADER_LEN];
+    junk[0..2].copy_from_slice(b"XX");
+    let (h, meta, _) = raw_call(&mut s, &junk, b"").await;
+    assert_eq!(h.status, Status::Invalid);
+    assert!(response::decode_error(&meta).contains("magic"));
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).await.unwrap(), 0, "closed");
+
+    // An oversized frame is refused from its header alone.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let huge = Header::request(Op::Put, 11, 0, 0, 1 << 40).encode();
+    let (h, meta, _) = raw_call(&mut s, &huge, b"").await;
+    assert_eq!(h.status, Status::Invalid);
+    assert!(response::decode_error(&meta).contains("over the limit"));
+
+    assert!(c.get(&k("kv/b/trunc")).await.unwrap().is_none());
+    assert_eq!(c.get(&k("kv/b/v")).await.unwrap().unwrap(), &b"value"[..]);
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lease_blocks_reuse_and_expiry_releases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 300)).await.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    let value = pattern(1 << 20, 5);
+    c.put(&k("kv/l/v"), value.clone()).await.unwrap();
+
+    // A raw shared-memory client takes a lease and then never releases it (as if it
+    // died holding it).
+    let mut s = UnixStream::connect(r.shm_socket.as_ref().unwrap())
+        .await
+        .unwrap();
+    let _fd = strata_transport::data::recv_fd(&s).await.unwrap();
+    let get = request_frame(
+        1,
+        FLAG_LEASE,
+        &Request::Get {
+            key: k("kv/l/v"),
+            offset: 0,
+            length: None,
+        },
+        0,
+    );
+    let (h, meta, data) = raw_call(&mut s, &get, b"").await;
+    assert_eq!(h.status, Status::Ok);
+    assert!(data.is_empty(), "answered by lease, not inline");
+    let info = response::decode_get(&meta).unwrap();
+    let lease = info.lease.unwrap();
+    assert_eq!(r.data.leases().usage(), (1, 1 << 20));
+
+    // The value goes away; its memory must not.
+    assert!(c.delete(&k("kv/l/v")).await.unwrap());
+    let arena = r.store.dram().arena().clone();
+    let overlaps = |off: u64, len: u64| {
+        lease
+            .extents
+            .iter()
+            .any(|e| off < e.offset + e.len && e.offset < off + len)
+    };
+    let mut held = Vec::new();
+    while let Some(b) = arena.alloc(64 << 10) {
+        assert!(
+            !overlaps(b.offset(), 64 << 10),
+            "the arena handed out leased memory at {}",
+            b.offset()
+        );
+        held.push(b);
+    }
+    let used_while_leased = arena.used();
+    drop(held);
+
+    // Expiry (300 ms) releases it: the memory is allocatable again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(r.data.leases().usage(), (0, 0), "the lease expired");
+    let mut reused = false;
+    let mut held = Vec::new();
+    while let Some(b) = arena.alloc(64 << 10) {
+        reused |= overlaps(b.offset(), 64 << 10);
+        held.push(b);
+    }
+    assert!(reused, "expiry gave the leased memory back");
+    assert!(arena.used() > used_while_leased);
+    drop(held);
+
+    // A RELEASE of the expired lease is answered, and says it was not held.
+    let rel = request_frame(
+        2,
+        0,
+        &Request::Release {
+            leases: vec![lease.id],
+        },
+        0,
+    );
+    let (h, meta, _) = raw_call(&mut s, &rel, b"").await;
+    assert_eq!(h.status, Status::Ok);
+    assert_eq!(response::decode_u64(Op::Release, &meta).unwrap(), 0);
+    r.shutdown().await.unwrap();
+}

@@ -1,0 +1,642 @@
+//! The client side of the data path: a pool of multiplexed connections over TCP or
+//! the shared-memory carrier's Unix socket.
+//!
+//! Each connection has a reader task that pairs answers with their requests by id,
+//! so many requests are in flight on one connection (pipelining), and calls from
+//! many tasks share the pool round-robin. A broken connection fails its pending
+//! calls and is reopened by the next call that picks it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use strata_tiers::Key;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::oneshot;
+
+use super::server::write_all_vectored;
+use super::shm::{self, Mapping};
+use crate::error::{ClientError, Result};
+use crate::wire::{
+    FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, Op, Request, Status,
+    request_frame, response,
+};
+
+/// The carrier a data client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// Binary frames over TCP.
+    Tcp,
+    /// Same-host shared memory (frames over a Unix socket, bytes through the arena).
+    Shm,
+}
+
+/// Which carrier to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CarrierChoice {
+    /// Shared memory when client and server share a host, TCP otherwise.
+    #[default]
+    Auto,
+    /// TCP only.
+    Tcp,
+    /// Shared memory only (fails when it is not possible).
+    Shm,
+}
+
+/// Where a server's data path listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataEndpoint {
+    /// TCP address (`HOST:PORT`).
+    pub tcp: Option<String>,
+    /// Unix socket of the shared-memory carrier.
+    pub unix: Option<PathBuf>,
+    /// The server's host identity (from the control path), if known.
+    pub host_id: Option<String>,
+}
+
+/// Data client settings.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    /// Carrier selection. Default: auto.
+    pub carrier: CarrierChoice,
+    /// Connections in the pool. Default: 2.
+    pub connections: usize,
+    /// Deadline of each call. Default: 30 s.
+    pub timeout: Duration,
+    /// Attempts for idempotent calls (1 = no retry). Default: 3.
+    pub attempts: u32,
+    /// First backoff between attempts (doubled each time, with jitter). Default: 20 ms.
+    pub backoff: Duration,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        Self {
+            carrier: CarrierChoice::Auto,
+            connections: 2,
+            timeout: Duration::from_secs(30),
+            attempts: 3,
+            backoff: Duration::from_millis(20),
+        }
+    }
+}
+
+/// An answer frame.
+struct Frame {
+    header: Header,
+    meta: Bytes,
+    data: Bytes,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Frame>>>;
+
+/// One multiplexed connection.
+struct Conn {
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    pending: Arc<Pending>,
+    broken: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A data-path client (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct DataClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: DataEndpoint,
+    options: DataOptions,
+    carrier: Carrier,
+    hello: HelloInfo,
+    mapping: Option<Mapping>,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next_slot: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for DataClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataClient")
+            .field("endpoint", &self.inner.endpoint)
+            .field("carrier", &self.inner.carrier)
+            .finish()
+    }
+}
+
+/// Client-side limits: answers may carry up to 4 GiB of data (an MGET).
+fn client_limits() -> Limits {
+    Limits {
+        max_meta: 16 << 20,
+        max_data: 4 << 30,
+    }
+}
+
+impl DataClient {
+    /// Connects to `endpoint`, choosing the carrier as `options.carrier` says.
+    pub async fn connect(endpoint: DataEndpoint, options: DataOptions) -> Result<Self> {
+        let local = shm::host_id();
+        let same_host = endpoint.host_id.as_deref().is_none_or(|h| h == local);
+        let try_shm = match options.carrier {
+            CarrierChoice::Tcp => false,
+            CarrierChoice::Shm => true,
+            CarrierChoice::Auto => endpoint.unix.is_some() && same_host,
+        };
+        if try_shm {
+            match Self::connect_shm(&endpoint, &options, &local).await {
+                Ok(c) => return Ok(c),
+                Err(e) if options.carrier == CarrierChoice::Shm => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared memory unavailable; using TCP");
+                }
+            }
+        }
+        let addr = endpoint.tcp.clone().ok_or_else(|| ClientError::Connect {
+            addr: "(none)".into(),
+            message: "the server announced no TCP data endpoint".into(),
+        })?;
+        let conn = open_tcp(&addr).await?;
+        let hello = hello(&conn, &local, options.timeout).await?;
+        Ok(Self::with(
+            endpoint,
+            options,
+            Carrier::Tcp,
+            hello,
+            None,
+            conn,
+        ))
+    }
+
+    async fn connect_shm(
+        endpoint: &DataEndpoint,
+        options: &DataOptions,
+        local: &str,
+    ) -> Result<Self> {
+        let path = endpoint.unix.clone().ok_or_else(|| ClientError::Connect {
+            addr: "(none)".into(),
+            message: "the server announced no shared-memory socket".into(),
+        })?;
+        let (conn, fd) = open_unix(&path).await?;
+        let hello = hello(&conn, local, options.timeout).await?;
+        if hello.host_id != local {
+            return Err(ClientError::Connect {
+                addr: path.display().to_string(),
+                message: format!(
+                    "the server is on host {}, this client on {local}",
+                    hello.host_id
+                ),
+            });
+        }
+        let mapping = Mapping::new(&fd, hello.arena_len)?;
+        Ok(Self::with(
+            endpoint.clone(),
+            options.clone(),
+            Carrier::Shm,
+            hello,
+            Some(mapping),
+            conn,
+        ))
+    }
+
+    fn with(
+        endpoint: DataEndpoint,
+        options: DataOptions,
+        carrier: Carrier,
+        hello: HelloInfo,
+        mapping: Option<Mapping>,
+        first: Conn,
+    ) -> Self {
+        let n = options.connections.max(1);
+        let mut slots = Vec::with_capacity(n);
+        slots.push(tokio::sync::Mutex::new(Some(Arc::new(first))));
+        for _ in 1..n {
+            slots.push(tokio::sync::Mutex::new(None));
+        }
+        Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                options,
+                carrier,
+                hello,
+                mapping,
+                slots,
+                next_slot: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The carrier in use.
+    pub fn carrier(&self) -> Carrier {
+        self.inner.carrier
+    }
+
+    /// The server's HELLO answer.
+    pub fn server(&self) -> &HelloInfo {
+        &self.inner.hello
+    }
+
+    /// A connection of the pool (round-robin), opened or reopened as needed.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let i = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        let mut slot = self.inner.slots[i].lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c.broken.load(Ordering::Acquire)
+        {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(match self.inner.carrier {
+            Carrier::Tcp => {
+                let addr = self.inner.endpoint.tcp.as_deref().unwrap_or_default();
+                open_tcp(addr).await?
+            }
+            Carrier::Shm => {
+                let path = self.inner.endpoint.unix.clone().unwrap_or_default();
+                open_unix(&path).await?.0
+            }
+        });
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sends one request with `data` and waits for its answer (one attempt).
+    async fn call(&self, req: &Request, flags: u16, data: Option<&[u8]>) -> Result<Frame> {
+        let conn = self.conn().await?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        send(&conn, id, flags, req, data, self.inner.options.timeout).await
+    }
+
+    /// Runs an idempotent call with retries on transient errors.
+    async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut delay = self.inner.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match f().await {
+                Err(e) if e.is_retryable() && attempt < self.inner.options.attempts => {
+                    let jitter = rand::random_range(0..=delay.as_millis() as u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads a whole value. `None` when it is neither cached nor in its origin.
+    pub async fn get(&self, key: &Key) -> Result<Option<Bytes>> {
+        Ok(self.get_range(key, 0, None).await?.map(|(_, b)| b))
+    }
+
+    /// Reads `[offset, offset + length)` of a value (to its end when `length` is
+    /// `None`). Returns the value's total length with the bytes.
+    pub async fn get_range(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Option<(u64, Bytes)>> {
+        let req = Request::Get {
+            key: key.clone(),
+            offset,
+            length,
+        };
+        self.retry(|| async {
+            let f = match self.call(&req, self.lease_flag(), None).await {
+                Err(ClientError::Data {
+                    status: Status::NotFound,
+                    ..
+                }) => return Ok(None),
+                other => other?,
+            };
+            let info: GetInfo = response::decode_get(&f.meta).map_err(proto)?;
+            let bytes = self.collect(info.lease.as_ref(), info.len, f.data).await?;
+            Ok(Some((info.total_len, bytes)))
+        })
+        .await
+    }
+
+    /// Reads whole values of many keys in one request; `None` for each miss.
+    pub async fn mget(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        let req = Request::MGet {
+            keys: keys.to_vec(),
+        };
+        self.retry(|| async {
+            let f = self.call(&req, self.lease_flag(), None).await?;
+            let items = response::decode_mget(&f.meta).map_err(proto)?;
+            if items.len() != keys.len() {
+                return Err(proto(format!(
+                    "MGET of {} keys answered {} items",
+                    keys.len(),
+                    items.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            let mut pos = 0usize;
+            let mut err = None;
+            for item in items {
+                match item.status {
+                    Status::Ok => {
+                        let inline = if item.lease.is_some() {
+                            Bytes::new()
+                        } else {
+                            let end = pos + item.len as usize;
+                            let b = f
+                                .data
+                                .get(pos..end)
+                                .ok_or_else(|| proto("MGET data shorter than its items"))?;
+                            pos = end;
+                            f.data.slice_ref(b)
+                        };
+                        out.push(Some(
+                            self.collect(item.lease.as_ref(), item.len, inline).await?,
+                        ));
+                    }
+                    Status::NotFound => out.push(None),
+                    status => {
+                        err.get_or_insert(ClientError::Data {
+                            op: Op::MGet,
+                            status,
+                            message: "one of the keys failed".into(),
+                        });
+                        out.push(None);
+                    }
+                }
+            }
+            match err {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
+        })
+        .await
+    }
+
+    /// Stores a value; the server checks it against its CRC-32C before it becomes
+    /// visible. Over TCP the value travels in one PUT frame; over shared memory the
+    /// client reserves room in the arena, copies into it and commits. Not retried.
+    pub async fn put(&self, key: &Key, value: &[u8]) -> Result<u64> {
+        let crc = crc32c::crc32c(value);
+        let f = match self.inner.carrier {
+            Carrier::Tcp => {
+                let req = Request::Put {
+                    key: key.clone(),
+                    crc32c: crc,
+                };
+                self.call(&req, 0, Some(value)).await?
+            }
+            Carrier::Shm => {
+                let conn = self.conn().await?;
+                let timeout = self.inner.options.timeout;
+                let rid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let reserve = Request::Reserve {
+                    key: key.clone(),
+                    len: value.len() as u64,
+                };
+                let f = send(&conn, rid, 0, &reserve, None, timeout).await?;
+                let lease = response::decode_reserve(&f.meta)
+                    .map_err(proto)?
+                    .ok_or_else(|| proto("RESERVE over shared memory without extents"))?;
+                let mapping = self.mapping()?;
+                let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = mapping.write(&lease.extents, value) {
+                    let abort = Request::Abort { reservation: rid };
+                    let _ = send(&conn, cid, 0, &abort, None, timeout).await;
+                    return Err(e.into());
+                }
+                let commit = Request::Commit {
+                    reservation: rid,
+                    crc32c: crc,
+                };
+                send(&conn, cid, 0, &commit, None, timeout).await?
+            }
+        };
+        response::decode_u64(f.header.op, &f.meta).map_err(proto)
+    }
+
+    /// Deletes a key from the cache tiers (and its origin, by policy).
+    pub async fn delete(&self, key: &Key) -> Result<bool> {
+        let req = Request::Delete { key: key.clone() };
+        self.retry(|| async {
+            let f = self.call(&req, 0, None).await?;
+            Ok(response::decode_u64(Op::Delete, &f.meta).map_err(proto)? != 0)
+        })
+        .await
+    }
+
+    /// How many leading keys of `keys` are present.
+    pub async fn match_prefix(&self, keys: &[Key]) -> Result<usize> {
+        let req = Request::MatchPrefix {
+            keys: keys.to_vec(),
+        };
+        self.retry(|| async {
+            let f = self.call(&req, 0, None).await?;
+            Ok(response::decode_u64(Op::MatchPrefix, &f.meta).map_err(proto)? as usize)
+        })
+        .await
+    }
+
+    fn lease_flag(&self) -> u16 {
+        if self.inner.carrier == Carrier::Shm {
+            FLAG_LEASE
+        } else {
+            0
+        }
+    }
+
+    fn mapping(&self) -> Result<&Mapping> {
+        self.inner
+            .mapping
+            .as_ref()
+            .ok_or_else(|| proto("no shared-memory mapping"))
+    }
+
+    /// The bytes of an answer: inline data, or a copy out of leased extents (checked
+    /// against the lease's lifetime, then released).
+    async fn collect(&self, lease: Option<&Lease>, len: u64, inline: Bytes) -> Result<Bytes> {
+        let Some(lease) = lease else {
+            if inline.len() as u64 != len {
+                return Err(proto(format!(
+                    "{} bytes of data for a length of {len}",
+                    inline.len()
+                )));
+            }
+            return Ok(inline);
+        };
+        let start = Instant::now();
+        let mut buf = BytesMut::zeroed(len as usize);
+        self.mapping()?.read(&lease.extents, &mut buf)?;
+        // The copy is only good if the lease outlived it: past its ttl the server may
+        // have reused the memory. (The lease is timed from the answer's arrival here,
+        // which is after the server started it, so the margin is generous.)
+        let ok = start.elapsed() < Duration::from_millis(u64::from(lease.ttl_ms)) / 2;
+        self.release(lease.id);
+        if !ok {
+            return Err(ClientError::Timeout(Duration::from_millis(u64::from(
+                lease.ttl_ms,
+            ))));
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Releases a lease without waiting for the answer.
+    fn release(&self, lease: u64) {
+        let me = self.clone();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request::Release {
+            leases: vec![lease],
+        };
+        tokio::spawn(async move {
+            if let Ok(conn) = me.conn().await {
+                let _ = send(&conn, id, 0, &req, None, me.inner.options.timeout).await;
+            }
+        });
+    }
+}
+
+fn proto(e: impl ToString) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+async fn open_tcp(addr: &str) -> Result<Conn> {
+    let s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ClientError::Connect {
+            addr: addr.to_owned(),
+            message: e.to_string(),
+        })?;
+    s.set_nodelay(true)?;
+    let (r, w) = s.into_split();
+    Ok(start_conn(r, Box::new(w)))
+}
+
+async fn open_unix(path: &std::path::Path) -> Result<(Conn, std::os::fd::OwnedFd)> {
+    let connect_err = |e: std::io::Error| ClientError::Connect {
+        addr: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let s = UnixStream::connect(path).await.map_err(connect_err)?;
+    let fd = shm::recv_fd(&s).await.map_err(connect_err)?;
+    let (r, w) = s.into_split();
+    Ok((start_conn(r, Box::new(w)), fd))
+}
+
+fn start_conn<R: AsyncRead + Send + Unpin + 'static>(
+    r: R,
+    w: Box<dyn AsyncWrite + Send + Unpin>,
+) -> Conn {
+    let pending: Arc<Pending> = Arc::default();
+    let broken = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_loop(r, pending.clone(), broken.clone()));
+    Conn {
+        writer: tokio::sync::Mutex::new(w),
+        pending,
+        broken,
+        reader,
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Arc<AtomicBool>) {
+    let mut r = BufReader::with_capacity(64 << 10, r);
+    let limits = client_limits();
+    let res: std::io::Result<()> = async {
+        loop {
+            let mut hb = [0u8; HEADER_LEN];
+            r.read_exact(&mut hb).await?;
+            let header = Header::decode(&hb, &limits)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let mut meta = BytesMut::zeroed(header.meta_len as usize);
+            r.read_exact(&mut meta).await?;
+            let mut data = BytesMut::with_capacity(header.data_len as usize);
+            while (data.len() as u64) < header.data_len {
+                if r.read_buf(&mut data).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            let tx = pending.lock().remove(&header.id);
+            if let Some(tx) = tx {
+                let _ = tx.send(Frame {
+                    header,
+                    meta: meta.freeze(),
+                    data: data.freeze(),
+                });
+            }
+        }
+    }
+    .await;
+    broken.store(true, Ordering::Release);
+    // Dropping the senders fails every pending call.
+    pending.lock().clear();
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "data connection closed");
+    }
+}
+
+/// Sends a request on `conn` and waits for its answer, mapping error statuses.
+async fn send(
+    conn: &Conn,
+    id: u64,
+    flags: u16,
+    req: &Request,
+    data: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Frame> {
+    let data = data.unwrap_or_default();
+    let frame = request_frame(id, flags, req, data.len() as u64);
+    let (tx, rx) = oneshot::channel();
+    conn.pending.lock().insert(id, tx);
+    let io = async {
+        {
+            let mut w = conn.writer.lock().await;
+            if let Err(e) = write_all_vectored(&mut *w, &[&frame, data]).await {
+                conn.broken.store(true, Ordering::Release);
+                return Err(ClientError::Io(e));
+            }
+        }
+        rx.await.map_err(|_| {
+            ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the data connection closed before the answer",
+            ))
+        })
+    };
+    let f = match tokio::time::timeout(timeout, io).await {
+        Ok(r) => r,
+        Err(_) => {
+            conn.pending.lock().remove(&id);
+            // The request may be half-written: this stream is no longer in step.
+            conn.broken.store(true, Ordering::Release);
+            Err(ClientError::Timeout(timeout))
+        }
+    }?;
+    if f.header.status != Status::Ok {
+        return Err(ClientError::Data {
+            op: f.header.op,
+            status: f.header.status,
+            message: response::decode_error(&f.meta),
+        });
+    }
+    Ok(f)
+}
+
+async fn hello(conn: &Conn, host_id: &str, timeout: Duration) -> Result<HelloInfo> {
+    let req = Request::Hello {
+        host_id: host_id.to_owned(),
+    };
+    let f = send(conn, 0, 0, &req, None, timeout).await?;
+    response::decode_hello(&f.meta).map_err(proto)
+}

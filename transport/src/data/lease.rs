@@ -1,0 +1,145 @@
+//! Leases: arena memory a same-host (or RDMA) client is reading.
+//!
+//! A lease holds clones of the value's `Bytes`. Arena extents return to the free
+//! list only when their last `Bytes` is dropped, so while a lease lives, eviction or
+//! deletion of the value cannot hand its memory to another writer. A lease ends when
+//! the client releases it or when its time is up; a client that died releases
+//! nothing, so expiry is what guarantees that nothing leaks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+/// The lease table of one server.
+#[derive(Debug)]
+pub struct Leases {
+    ttl: Duration,
+    max_bytes: u64,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    bytes: u64,
+    map: HashMap<u64, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    deadline: Instant,
+    bytes: u64,
+    _values: Vec<Bytes>,
+}
+
+impl Leases {
+    /// A table whose leases live `ttl` and hold at most `max_bytes` in all.
+    pub fn new(ttl: Duration, max_bytes: u64) -> Self {
+        Self {
+            ttl,
+            max_bytes,
+            table: Mutex::new(Table {
+                next: 1,
+                ..Table::default()
+            }),
+        }
+    }
+
+    /// How long a lease lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Grants a lease on `values`; `None` when it would put the table over its byte
+    /// budget (the caller answers inline instead).
+    pub fn grant(&self, values: Vec<Bytes>) -> Option<u64> {
+        let bytes: u64 = values.iter().map(|v| v.len() as u64).sum();
+        let now = Instant::now();
+        let mut t = self.table.lock();
+        if t.bytes + bytes > self.max_bytes {
+            Self::sweep_locked(&mut t, now);
+            if t.bytes + bytes > self.max_bytes {
+                return None;
+            }
+        }
+        let id = t.next;
+        t.next += 1;
+        t.bytes += bytes;
+        t.map.insert(
+            id,
+            Held {
+                deadline: now + self.ttl,
+                bytes,
+                _values: values,
+            },
+        );
+        Some(id)
+    }
+
+    /// Ends a lease. `false` if it was unknown (released or expired already).
+    pub fn release(&self, id: u64) -> bool {
+        let held = {
+            let mut t = self.table.lock();
+            let Some(h) = t.map.remove(&id) else {
+                return false;
+            };
+            t.bytes -= h.bytes;
+            h
+        };
+        drop(held); // outside the lock: may return extents to the arena
+        true
+    }
+
+    /// Drops every expired lease; returns how many.
+    pub fn sweep(&self) -> usize {
+        let expired = {
+            let mut t = self.table.lock();
+            Self::sweep_locked(&mut t, Instant::now())
+        };
+        expired.len()
+    }
+
+    fn sweep_locked(t: &mut Table, now: Instant) -> Vec<Held> {
+        let ids: Vec<u64> = t
+            .map
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(h) = t.map.remove(&id) {
+                t.bytes -= h.bytes;
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// Live leases and the bytes they hold.
+    pub fn usage(&self) -> (usize, u64) {
+        let t = self.table.lock();
+        (t.map.len(), t.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_release_and_expiry() {
+        let l = Leases::new(Duration::from_millis(30), 10);
+        let a = l.grant(vec![Bytes::from_static(b"123456")]).unwrap();
+        assert!(l.grant(vec![Bytes::from_static(b"123456")]).is_none());
+        assert!(l.release(a));
+        assert!(!l.release(a));
+        let _b = l.grant(vec![Bytes::from_static(b"1234567890")]).unwrap();
+        assert_eq!(l.usage(), (1, 10));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(l.sweep(), 1);
+        assert_eq!(l.usage(), (0, 0));
+    }
+}

@@ -1,0 +1,13 @@
+//! The data path: the protocol of [`crate::wire`] over TCP and over the
+//! shared-memory carrier (a Unix socket plus the server's DRAM arena, mapped by the
+//! client). `docs/data-path.md` describes both.
+
+mod client;
+mod lease;
+mod server;
+mod shm;
+
+pub use self::client::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions};
+pub use self::lease::Leases;
+pub use self::server::{DataConfig, DataServer};
+pub use self::shm::{host_id, recv_fd};

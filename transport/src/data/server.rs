@@ -1,0 +1,759 @@
+//! The server side of the data path: one connection loop for TCP and for the
+//! shared-memory carrier's Unix socket.
+//!
+//! Each connection is one task. It reads frames into a buffer (cancel-safe), runs
+//! the requests concurrently (`FuturesUnordered`, so a miss that goes to NVMe or the
+//! origin does not hold up the hits behind it), and writes each answer as soon as it
+//! is ready: header and metadata, then the value's `Bytes` straight from the DRAM
+//! arena with vectored writes, with no staging copy. Responses may leave out of
+//! order; the request id pairs them.
+//!
+//! A frame whose header is broken ends the connection (the stream cannot be
+//! resynchronised) after an error answer; bad metadata fails that request only.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use strata_tiers::{ByteRange, Entry, Error, Key, Reservation, TieredStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use super::lease::Leases;
+use super::shm;
+use crate::wire::{
+    Extent, FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, MGetItem, Op,
+    Request, Status, WireError, response,
+};
+
+/// Data-path server settings.
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    /// How long a lease (and so a shared-memory read) may hold arena memory.
+    pub lease_ttl: Duration,
+    /// Most bytes held by leases at once; beyond it, reads are answered inline.
+    pub max_leased_bytes: u64,
+    /// Frame limits.
+    pub limits: Limits,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(5),
+            max_leased_bytes: 1 << 30,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The data-path server of one store.
+pub struct DataServer {
+    store: TieredStore,
+    leases: Leases,
+    config: DataConfig,
+    host_id: String,
+}
+
+impl std::fmt::Debug for DataServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataServer")
+            .field("config", &self.config)
+            .field("host_id", &self.host_id)
+            .finish()
+    }
+}
+
+/// One answer, ready to write.
+struct Out {
+    header: [u8; HEADER_LEN],
+    meta: Bytes,
+    data: Vec<Bytes>,
+}
+
+impl Out {
+    fn ok(op: Op, id: u64, meta: BytesMut, data: Vec<Bytes>) -> Self {
+        let len = data.iter().map(|d| d.len() as u64).sum();
+        Self {
+            header: Header::response(op, id, Status::Ok, meta.len(), len).encode(),
+            meta: meta.freeze(),
+            data,
+        }
+    }
+
+    fn err(op: Op, id: u64, status: Status, message: String) -> Self {
+        let meta = Bytes::from(message.into_bytes());
+        Self {
+            header: Header::response(op, id, status, meta.len(), 0).encode(),
+            meta,
+            data: Vec::new(),
+        }
+    }
+
+    fn u64(op: Op, id: u64, v: u64) -> Self {
+        let mut m = BytesMut::with_capacity(8);
+        response::encode_u64(&mut m, v);
+        Self::ok(op, id, m, Vec::new())
+    }
+}
+
+/// Maps an engine error to a wire status and message.
+fn status_of(e: &Error) -> Status {
+    match e {
+        Error::InvalidKey { .. }
+        | Error::UnknownNamespace { .. }
+        | Error::PolicyViolation { .. }
+        | Error::Incomplete { .. }
+        | Error::Config { .. } => Status::Invalid,
+        Error::ChecksumMismatch { .. } => Status::Checksum,
+        Error::RangeOutOfBounds { .. } => Status::Range,
+        Error::Exhausted { .. } => Status::Busy,
+        Error::NotFound { .. } => Status::NotFound,
+        Error::ShuttingDown => Status::Unavailable,
+        e if e.is_retryable() => Status::Busy,
+        _ => Status::Internal,
+    }
+}
+
+fn fail(op: Op, id: u64, e: Error) -> Out {
+    Out::err(op, id, status_of(&e), e.to_string())
+}
+
+/// Where the data section of the frame being read goes.
+enum Sink {
+    /// Into a reservation; `commit` with this CRC once full (PUT), or keep it (WRITE).
+    Reservation {
+        op: Op,
+        id: u64,
+        reservation_id: u64,
+        res: Box<Reservation>,
+        remaining: u64,
+        commit: Option<u32>,
+    },
+    /// Discarded (the request failed before its data).
+    Discard { remaining: u64 },
+}
+
+impl DataServer {
+    /// A data server over `store`.
+    pub fn new(store: TieredStore, config: DataConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            leases: Leases::new(config.lease_ttl, config.max_leased_bytes),
+            config,
+            host_id: shm::host_id(),
+        })
+    }
+
+    /// The lease table.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Serves TCP connections until `shutdown`.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::warn!(%peer, error = %e, "TCP_NODELAY");
+                    }
+                    let me = self.clone();
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.serve_conn(stream, false, stop).await {
+                            tracing::debug!(%peer, error = %e, "data connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "data-path accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves the shared-memory carrier on a Unix socket until `shutdown`: each
+    /// connection first receives the arena's memfd, then speaks the same frames, with
+    /// leased reads and in-place writes. Expired leases are swept meanwhile.
+    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
+        let sweeper = {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let period = (me.config.lease_ttl / 4).max(Duration::from_millis(10));
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => { me.leases.sweep(); }
+                    }
+                }
+            })
+        };
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        let fd = me.store.dram().arena().fd();
+                        if let Err(e) = shm::send_fd(&stream, fd).await {
+                            tracing::debug!(error = %e, "sending the arena descriptor");
+                            return;
+                        }
+                        if let Err(e) = me.serve_conn(stream, true, stop).await {
+                            tracing::debug!(error = %e, "shm connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "shm accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        sweeper.abort();
+    }
+
+    /// Binds the shared-memory socket at `path` (replacing a stale one), owner-only.
+    pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let l = UnixListener::bind(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    }
+
+    async fn serve_conn<S>(
+        self: Arc<Self>,
+        mut stream: S,
+        shm: bool,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(256 << 10);
+        let mut inflight: FuturesUnordered<BoxFuture<'static, Out>> = FuturesUnordered::new();
+        let mut reservations: HashMap<u64, Box<Reservation>> = HashMap::new();
+        let mut sink: Option<Sink> = None;
+        let mut eof = false;
+        loop {
+            // Take every whole frame (and every data byte) the buffer holds.
+            loop {
+                if let Some(s) = sink.as_mut() {
+                    if buf.is_empty() {
+                        break;
+                    }
+                    match s {
+                        Sink::Discard { remaining } => {
+                            let n = (*remaining).min(buf.len() as u64);
+                            buf.advance(n as usize);
+                            *remaining -= n;
+                        }
+                        Sink::Reservation { res, remaining, .. } => {
+                            let n = (*remaining).min(buf.len() as u64) as usize;
+                            let chunk = buf.split_to(n);
+                            if let Err(e) = res.write(&chunk) {
+                                // Cannot happen (lengths were checked); fail loudly.
+                                return Err(std::io::Error::other(e.to_string()));
+                            }
+                            *remaining -= n as u64;
+                        }
+                    }
+                    if let Some(done) = self.finish_sink(&mut sink, &mut reservations) {
+                        inflight.push(done);
+                    }
+                    continue;
+                }
+                if buf.len() < HEADER_LEN {
+                    break;
+                }
+                let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let mut id = [0u8; 8];
+                        id.copy_from_slice(&buf[8..16]);
+                        let op = Op::Hello;
+                        let out =
+                            Out::err(op, u64::from_le_bytes(id), Status::Invalid, e.to_string());
+                        write_out(&mut stream, &out).await?;
+                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                    }
+                };
+                let need = HEADER_LEN + h.meta_len as usize;
+                if buf.len() < need {
+                    buf.reserve(need - buf.len());
+                    break;
+                }
+                let frame = buf.split_to(need);
+                let meta = &frame[HEADER_LEN..];
+                match Request::decode(&h, meta) {
+                    Err(e) => {
+                        if h.data_len > 0 {
+                            sink = Some(Sink::Discard {
+                                remaining: h.data_len,
+                            });
+                        }
+                        let WireError::Meta { op, reason } = e else {
+                            unreachable!("Request::decode returns Meta errors")
+                        };
+                        inflight.push(Box::pin(std::future::ready(Out::err(
+                            op,
+                            h.id,
+                            Status::Invalid,
+                            format!("bad {op:?} request: {reason}"),
+                        ))));
+                    }
+                    Ok(req) => {
+                        let lease = shm && h.flags & FLAG_LEASE != 0;
+                        if let Some(f) =
+                            self.dispatch(&h, req, lease, shm, &mut sink, &mut reservations)
+                        {
+                            inflight.push(f);
+                        }
+                        if let Some(done) = self.finish_sink(&mut sink, &mut reservations) {
+                            inflight.push(done);
+                        }
+                    }
+                }
+            }
+            if eof && inflight.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                Some(out) = inflight.next(), if !inflight.is_empty() => {
+                    write_out(&mut stream, &out).await?;
+                }
+                r = stream.read_buf(&mut buf), if !eof => {
+                    if r? == 0 {
+                        eof = true;
+                        if inflight.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = shutdown.cancelled(), if inflight.is_empty() => return Ok(()),
+            }
+        }
+    }
+
+    /// Starts a request. Requests with data set `sink`; the others return their
+    /// answer's future.
+    fn dispatch(
+        self: &Arc<Self>,
+        h: &Header,
+        req: Request,
+        lease: bool,
+        shm: bool,
+        sink: &mut Option<Sink>,
+        reservations: &mut HashMap<u64, Box<Reservation>>,
+    ) -> Option<BoxFuture<'static, Out>> {
+        let (op, id) = (h.op, h.id);
+        let me = self.clone();
+        let ready =
+            |o: Out| -> Option<BoxFuture<'static, Out>> { Some(Box::pin(std::future::ready(o))) };
+        match req {
+            Request::Hello { .. } => {
+                let mut m = BytesMut::new();
+                response::encode_hello(
+                    &mut m,
+                    &HelloInfo {
+                        host_id: self.host_id.clone(),
+                        arena_len: self.store.dram().arena().capacity(),
+                        lease_ttl_ms: self.config.lease_ttl.as_millis() as u32,
+                        max_data: self.config.limits.max_data,
+                    },
+                );
+                ready(Out::ok(op, id, m, Vec::new()))
+            }
+            Request::Get {
+                key,
+                offset,
+                length,
+            } => Some(Box::pin(async move {
+                match me.read(&key, ByteRange { offset, length }).await {
+                    Ok((total, start, slices)) => me.answer_get(id, total, start, slices, lease),
+                    Err(e) => fail(op, id, e),
+                }
+            })),
+            Request::MGet { keys } => Some(Box::pin(async move { me.mget(id, keys, lease).await })),
+            Request::Put { key, crc32c } => {
+                match self.store.reserve(&key, h.data_len, Some(crc32c)) {
+                    Ok(res) => {
+                        *sink = Some(Sink::Reservation {
+                            op,
+                            id,
+                            reservation_id: id,
+                            res: Box::new(res),
+                            remaining: h.data_len,
+                            commit: Some(crc32c),
+                        });
+                        None
+                    }
+                    Err(e) => {
+                        *sink = Some(Sink::Discard {
+                            remaining: h.data_len,
+                        });
+                        ready(fail(op, id, e))
+                    }
+                }
+            }
+            Request::Reserve { key, len } => {
+                if reservations.contains_key(&id) {
+                    return ready(Out::err(
+                        op,
+                        id,
+                        Status::Invalid,
+                        format!("reservation {id} already exists on this connection"),
+                    ));
+                }
+                let mut res = match self.store.reserve(&key, len, None) {
+                    Ok(r) => r,
+                    Err(e) => return ready(fail(op, id, e)),
+                };
+                let lease = if shm {
+                    match res.prepare_in_place() {
+                        Ok(ext) => Some(Lease {
+                            id,
+                            ttl_ms: self.config.lease_ttl.as_millis() as u32,
+                            extents: ext
+                                .into_iter()
+                                .map(|(offset, len)| Extent { offset, len })
+                                .collect(),
+                        }),
+                        Err(e) => return ready(fail(op, id, e)),
+                    }
+                } else {
+                    None
+                };
+                reservations.insert(id, Box::new(res));
+                let mut m = BytesMut::new();
+                response::encode_reserve(&mut m, lease.as_ref());
+                ready(Out::ok(op, id, m, Vec::new()))
+            }
+            Request::Write { reservation } => match reservations.remove(&reservation) {
+                Some(res) if res.written() + h.data_len <= res.len() => {
+                    *sink = Some(Sink::Reservation {
+                        op,
+                        id,
+                        reservation_id: reservation,
+                        res,
+                        remaining: h.data_len,
+                        commit: None,
+                    });
+                    None
+                }
+                Some(res) => {
+                    let msg = format!(
+                        "writing {} bytes at {} overruns reservation {reservation} of {}",
+                        h.data_len,
+                        res.written(),
+                        res.len()
+                    );
+                    *sink = Some(Sink::Discard {
+                        remaining: h.data_len,
+                    });
+                    ready(Out::err(op, id, Status::Invalid, msg))
+                }
+                None => {
+                    *sink = Some(Sink::Discard {
+                        remaining: h.data_len,
+                    });
+                    ready(unknown(op, id, reservation))
+                }
+            },
+            Request::Commit {
+                reservation,
+                crc32c,
+            } => match reservations.remove(&reservation) {
+                Some(mut res) => Some(Box::pin(async move {
+                    let r = if res.is_in_place() {
+                        res.commit_filled(crc32c).await
+                    } else {
+                        res.expect_crc(crc32c);
+                        res.commit().await
+                    };
+                    match r {
+                        Ok(receipt) => Out::u64(op, id, receipt.len),
+                        Err(e) => fail(op, id, e),
+                    }
+                })),
+                None => ready(unknown(op, id, reservation)),
+            },
+            Request::Abort { reservation } => match reservations.remove(&reservation) {
+                Some(_) => ready(Out::u64(op, id, 1)),
+                None => ready(unknown(op, id, reservation)),
+            },
+            Request::Delete { key } => Some(Box::pin(async move {
+                match me.store.delete(&key).await {
+                    Ok(found) => Out::u64(op, id, u64::from(found)),
+                    Err(e) => fail(op, id, e),
+                }
+            })),
+            Request::MatchPrefix { keys } => Some(Box::pin(async move {
+                match me.store.match_prefix(&keys).await {
+                    Ok(n) => Out::u64(op, id, n as u64),
+                    Err(e) => fail(op, id, e),
+                }
+            })),
+            Request::Release { leases } => {
+                let n = leases.iter().filter(|l| self.leases.release(**l)).count();
+                ready(Out::u64(op, id, n as u64))
+            }
+        }
+    }
+
+    /// Ends a data section that is complete: a PUT commits, a WRITE returns its
+    /// reservation to the table.
+    fn finish_sink(
+        self: &Arc<Self>,
+        sink: &mut Option<Sink>,
+        reservations: &mut HashMap<u64, Box<Reservation>>,
+    ) -> Option<BoxFuture<'static, Out>> {
+        match sink {
+            Some(Sink::Discard { remaining: 0 }) => {
+                *sink = None;
+                None
+            }
+            Some(Sink::Reservation { remaining: 0, .. }) => {
+                let Some(Sink::Reservation {
+                    op,
+                    id,
+                    reservation_id,
+                    res,
+                    commit,
+                    ..
+                }) = sink.take()
+                else {
+                    return None;
+                };
+                match commit {
+                    Some(_) => Some(Box::pin(async move {
+                        match res.commit().await {
+                            Ok(r) => Out::u64(op, id, r.len),
+                            Err(e) => fail(op, id, e),
+                        }
+                    })),
+                    None => {
+                        let written = res.written();
+                        reservations.insert(reservation_id, res);
+                        Some(Box::pin(std::future::ready(Out::u64(op, id, written))))
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads `range` of `key` as slices of its pages. Retries when the value is
+    /// replaced while its pages are read.
+    async fn read(&self, key: &Key, range: ByteRange) -> Result<(u64, u64, Vec<Bytes>), Error> {
+        let mut attempt = 0;
+        loop {
+            let Some(entry) = self.store.lookup(key).await? else {
+                return Err(Error::NotFound {
+                    key: key.display_path(),
+                });
+            };
+            match self.slices(&entry, range).await {
+                Ok((start, s)) => return Ok((entry.len(), start, s)),
+                Err(e) if attempt < 4 && matches!(e, Error::NotFound { .. }) => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn slices(&self, entry: &Entry, range: ByteRange) -> Result<(u64, Vec<Bytes>), Error> {
+        let (start, end) = range.resolve(entry.len())?;
+        let ps = u64::from(entry.head.page_size);
+        let mut out = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            let index = (pos / ps) as u32;
+            let page = self.store.read_page(entry, index).await?;
+            let base = u64::from(index) * ps;
+            let e = (base + page.len() as u64).min(end);
+            out.push(page.slice((pos - base) as usize..(e - base) as usize));
+            pos = e;
+        }
+        Ok((start, out))
+    }
+
+    /// Leases `slices` if they all lie in the arena and the lease budget allows.
+    fn try_lease(&self, slices: &[Bytes]) -> Option<Lease> {
+        let arena = self.store.dram().arena();
+        let extents = slices
+            .iter()
+            .map(|s| {
+                arena.offset_of(s).map(|offset| Extent {
+                    offset,
+                    len: s.len() as u64,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let id = self.leases.grant(slices.to_vec())?;
+        Some(Lease {
+            id,
+            ttl_ms: self.config.lease_ttl.as_millis() as u32,
+            extents,
+        })
+    }
+
+    fn answer_get(&self, id: u64, total: u64, start: u64, slices: Vec<Bytes>, lease: bool) -> Out {
+        let len = slices.iter().map(|s| s.len() as u64).sum();
+        let lease = if lease && len > 0 {
+            self.try_lease(&slices)
+        } else {
+            None
+        };
+        let data = if lease.is_some() { Vec::new() } else { slices };
+        let mut m = BytesMut::with_capacity(64);
+        response::encode_get(
+            &mut m,
+            &GetInfo {
+                total_len: total,
+                offset: start,
+                len,
+                lease,
+            },
+        );
+        Out::ok(Op::Get, id, m, data)
+    }
+
+    async fn mget(&self, id: u64, keys: Vec<Key>, lease: bool) -> Out {
+        let reads =
+            futures::future::join_all(keys.iter().map(|k| self.read(k, ByteRange::default())))
+                .await;
+        let mut items = Vec::with_capacity(keys.len());
+        let mut data = Vec::new();
+        let mut data_bytes = 0u64;
+        for r in reads {
+            match r {
+                Ok((_, _, slices)) => {
+                    let len: u64 = slices.iter().map(|s| s.len() as u64).sum();
+                    let leased = if lease && len > 0 {
+                        self.try_lease(&slices)
+                    } else {
+                        None
+                    };
+                    if leased.is_none() {
+                        if data_bytes + len > self.config.limits.max_data {
+                            items.push(MGetItem {
+                                status: Status::TooLarge,
+                                len: 0,
+                                lease: None,
+                            });
+                            continue;
+                        }
+                        data_bytes += len;
+                        data.extend(slices);
+                    }
+                    items.push(MGetItem {
+                        status: Status::Ok,
+                        len,
+                        lease: leased,
+                    });
+                }
+                Err(e) => items.push(MGetItem {
+                    status: status_of(&e),
+                    len: 0,
+                    lease: None,
+                }),
+            }
+        }
+        let mut m = BytesMut::with_capacity(16 + items.len() * 16);
+        response::encode_mget(&mut m, &items);
+        Out::ok(Op::MGet, id, m, data)
+    }
+}
+
+fn unknown(op: Op, id: u64, reservation: u64) -> Out {
+    Out::err(
+        op,
+        id,
+        Status::UnknownId,
+        format!("no reservation {reservation} on this connection"),
+    )
+}
+
+/// Writes an answer: header, metadata and data slices in vectored writes.
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &Out) -> std::io::Result<()> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + out.data.len());
+    parts.push(&out.header);
+    if !out.meta.is_empty() {
+        parts.push(&out.meta);
+    }
+    parts.extend(out.data.iter().filter(|d| !d.is_empty()).map(|d| &d[..]));
+    write_all_vectored(stream, &parts).await
+}
+
+/// Writes every byte of `parts`, in order, with as few syscalls as the kernel allows.
+pub(crate) async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    parts: &[&[u8]],
+) -> std::io::Result<()> {
+    let (mut i, mut off) = (0usize, 0usize);
+    loop {
+        // Skip what is written (and empty parts).
+        while i < parts.len() && off == parts[i].len() {
+            i += 1;
+            off = 0;
+        }
+        if i == parts.len() {
+            break;
+        }
+        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[i][off..]))
+            .chain(
+                parts[i + 1..]
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| IoSlice::new(p)),
+            )
+            .take(64)
+            .collect();
+        let mut n = stream.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = parts[i].len() - off;
+            if n >= left {
+                n -= left;
+                i += 1;
+                off = 0;
+                while i < parts.len() && parts[i].is_empty() {
+                    i += 1;
+                }
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
