@@ -10,6 +10,8 @@
 //!   against `memcpy` of the same bytes.
 //! - `strata-bench grpc-vs-redis`: Strata's gRPC `Get` against Redis `GET` and a raw
 //!   TCP request/response of the same size.
+//! - `strata-bench data-path`: the binary data path (TCP and shared memory) against
+//!   Redis, raw TCP and Unix sockets, memcpy, and the gRPC Get.
 //! - `strata-bench nvme-vs-odirect`: the NVMe tier's reads against plain `O_DIRECT`
 //!   reads of a file of the same size.
 //!
@@ -17,6 +19,7 @@
 //! load runner, a minimal RESP client, a Redis process guard, the raw TCP limit,
 //! `O_DIRECT` file I/O, page-cache control and the markdown report.
 
+pub mod datapath;
 pub mod load;
 pub mod odirect;
 pub mod pagecache;
@@ -43,4 +46,13 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];
     fill_pattern(&mut v, seed);
     v
+}
+
+/// A multi-threaded tokio runtime of `threads` workers named `name`.
+pub fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::report::latency_histogram;
+use crate::report::{Measure, latency_histogram, median};
 
 /// One client of a closed-loop run: it owns its connection and reads the value.
 pub trait Getter: Send + 'static {
@@ -84,4 +84,45 @@ pub async fn run_closed_loop<G: Getter>(
         out.latency.add(&hist)?;
     }
     Ok(out)
+}
+
+/// Throughput per round and latencies over all rounds, of one system.
+pub struct Series {
+    /// Throughput of each round, GB/s.
+    pub gbps: Vec<f64>,
+    /// Latencies of all rounds, ns.
+    pub latency: Histogram<u64>,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Series {
+    /// An empty series.
+    pub fn new() -> Self {
+        Self {
+            gbps: Vec::new(),
+            latency: latency_histogram(),
+        }
+    }
+
+    /// Adds one round's result.
+    pub fn add(&mut self, r: &LoadResult) -> anyhow::Result<()> {
+        self.push(r.gbps(), &r.latency)
+    }
+
+    /// Adds one round's throughput and latencies.
+    pub fn push(&mut self, gbps: f64, latency: &Histogram<u64>) -> anyhow::Result<()> {
+        self.gbps.push(gbps);
+        self.latency.add(latency)?;
+        Ok(())
+    }
+
+    /// Median throughput and the percentiles of all latencies.
+    pub fn measure(&self) -> Measure {
+        Measure::with_latency(median(&self.gbps), &self.latency)
+    }
 }

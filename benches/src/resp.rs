@@ -1,4 +1,4 @@
-//! A minimal RESP2 client for the Redis peer: `PING`, `SET`, `GET` over one
+//! A minimal RESP2 client for the Redis peer: `PING`, `SET`, `GET`, `MGET` over one
 //! `TcpStream`, no dependencies. Each `GET` returns its value as a fresh `Bytes`
 //! (one allocation, no zeroing), as Strata's client does, so neither side is
 //! favoured by buffer reuse.
@@ -100,9 +100,35 @@ impl RespConn {
     /// `GET key`: the value, or `None` for a nil reply.
     pub async fn get(&mut self, key: &[u8]) -> anyhow::Result<Option<Bytes>> {
         self.send(&[b"GET", key]).await?;
+        self.bulk().await
+    }
+
+    /// `MGET key…`: the values, `None` for each nil.
+    pub async fn mget(&mut self, keys: &[&[u8]]) -> anyhow::Result<Vec<Option<Bytes>>> {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        args.push(b"MGET");
+        args.extend_from_slice(keys);
+        self.send(&args).await?;
+        let line = self.line().await?;
+        let Some(rest) = line.strip_prefix(b"*") else {
+            bail!(
+                "redis answered {:?} to MGET",
+                String::from_utf8_lossy(&line)
+            );
+        };
+        let n: usize = std::str::from_utf8(rest)?.parse()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.bulk().await?);
+        }
+        Ok(out)
+    }
+
+    /// Reads one bulk-string reply into a buffer exactly its size.
+    async fn bulk(&mut self) -> anyhow::Result<Option<Bytes>> {
         let line = self.line().await?;
         let Some(rest) = line.strip_prefix(b"$") else {
-            bail!("redis answered {:?} to GET", String::from_utf8_lossy(&line));
+            bail!("redis answered {:?}", String::from_utf8_lossy(&line));
         };
         let len: i64 = std::str::from_utf8(rest)?.parse()?;
         if len < 0 {

@@ -16,12 +16,12 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
-use strata_benches::load::{Getter, LoadResult, run_closed_loop};
+use strata_benches::load::{Getter, Series, run_closed_loop};
 use strata_benches::rawtcp::{RawConn, RawServer};
 use strata_benches::redis::RedisServer;
 use strata_benches::report::{Measure, Row, gbps, latency_histogram, median, size_label};
 use strata_benches::resp::RespConn;
-use strata_benches::{odirect, pagecache, pattern};
+use strata_benches::{datapath, odirect, pagecache, pattern, runtime};
 use strata_server::config::{OriginKindConfig, ServerConfig};
 use strata_server::{ByteSize, Config, Server};
 use strata_tiers::{GetOptions, Key, NvmeConfig, NvmeTier, PutOptions, PutOutcome, Tier};
@@ -55,6 +55,8 @@ enum Cmd {
     GrpcVsRedis(GrpcArgs),
     /// NVMe-tier sequential reads vs plain O_DIRECT reads of the same bytes.
     NvmeVsOdirect(NvmeArgs),
+    /// The binary data path (TCP, shared memory) vs Redis, raw sockets, memcpy, gRPC.
+    DataPath(datapath::DataArgs),
     /// Ours / limit / ratio rows from the medians of the criterion `dram` bench.
     CriterionSummary(SummaryArgs),
 }
@@ -126,19 +128,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
     ByteSize::parse(s).map(|b| b.0)
 }
 
-fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(name)
-        .enable_all()
-        .build()?)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::GrpcVsRedis(a) => grpc_vs_redis(&a),
         Cmd::NvmeVsOdirect(a) => nvme_vs_odirect(&a),
+        Cmd::DataPath(a) => datapath::run(&a),
         Cmd::CriterionSummary(a) => criterion_summary(&a),
     }
 }
@@ -193,35 +188,6 @@ struct RawGetter {
 impl Getter for RawGetter {
     async fn get(&mut self) -> anyhow::Result<usize> {
         Ok(self.conn.get(self.len).await?.len())
-    }
-}
-
-/// Throughput per round and latencies over all rounds, of one system.
-struct Series {
-    gbps: Vec<f64>,
-    latency: Histogram<u64>,
-}
-
-impl Series {
-    fn new() -> Self {
-        Self {
-            gbps: Vec::new(),
-            latency: latency_histogram(),
-        }
-    }
-
-    fn add(&mut self, r: &LoadResult) -> anyhow::Result<()> {
-        self.push(r.gbps(), &r.latency)
-    }
-
-    fn push(&mut self, gbps: f64, latency: &Histogram<u64>) -> anyhow::Result<()> {
-        self.gbps.push(gbps);
-        self.latency.add(latency)?;
-        Ok(())
-    }
-
-    fn measure(&self) -> Measure {
-        Measure::with_latency(median(&self.gbps), &self.latency)
     }
 }
 

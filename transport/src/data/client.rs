@@ -478,33 +478,34 @@ impl DataClient {
             return Ok(inline);
         };
         let start = Instant::now();
-        let mut buf = BytesMut::zeroed(len as usize);
-        self.mapping()?.read(&lease.extents, &mut buf)?;
+        let buf = self.mapping()?.read(&lease.extents, len)?;
         // The copy is only good if the lease outlived it: past its ttl the server may
         // have reused the memory. (The lease is timed from the answer's arrival here,
         // which is after the server started it, so the margin is generous.)
         let ok = start.elapsed() < Duration::from_millis(u64::from(lease.ttl_ms)) / 2;
-        self.release(lease.id);
+        self.release(lease.id).await;
         if !ok {
             return Err(ClientError::Timeout(Duration::from_millis(u64::from(
                 lease.ttl_ms,
             ))));
         }
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     }
 
-    /// Releases a lease without waiting for the answer.
-    fn release(&self, lease: u64) {
-        let me = self.clone();
+    /// Releases a lease: writes the request and does not wait for its answer (the
+    /// reader drops it). A lost release costs nothing but the lease's lifetime.
+    async fn release(&self, lease: u64) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let req = Request::Release {
             leases: vec![lease],
         };
-        tokio::spawn(async move {
-            if let Ok(conn) = me.conn().await {
-                let _ = send(&conn, id, 0, &req, None, me.inner.options.timeout).await;
+        if let Ok(conn) = self.conn().await {
+            let frame = request_frame(id, 0, &req, 0);
+            let mut w = conn.writer.lock().await;
+            if write_all_vectored(&mut *w, &[&frame]).await.is_err() {
+                conn.broken.store(true, Ordering::Release);
             }
-        });
+        }
     }
 }
 

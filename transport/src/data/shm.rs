@@ -182,21 +182,42 @@ impl Mapping {
         }
     }
 
-    /// Copies the bytes of `extents` into `out` (whose length is their sum).
-    pub(crate) fn read(&self, extents: &[Extent], out: &mut [u8]) -> io::Result<()> {
-        let mut pos = 0;
-        for e in extents {
-            let (off, len) = self.check(e)?;
-            let dst = out.get_mut(pos..pos + len).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "extents longer than the value")
+    /// Copies the bytes of `extents`, in order, into a new buffer of `len` bytes
+    /// (their sum). The buffer is not zeroed first: one pass over the bytes.
+    pub(crate) fn read(&self, extents: &[Extent], len: u64) -> io::Result<Vec<u8>> {
+        let total = extents
+            .iter()
+            .try_fold(0u64, |a, e| a.checked_add(e.len))
+            .filter(|t| *t == len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "extents do not sum to the length",
+                )
             })?;
-            // SAFETY: [off, off+len) is inside the mapping (checked); the server does
-            // not reuse it while our lease lives.
-            let src = unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off), len) };
-            dst.copy_from_slice(src);
-            pos += len;
+        for e in extents {
+            self.check(e)?;
         }
-        Ok(())
+        let mut out = Vec::<u8>::with_capacity(total as usize);
+        let mut pos = 0usize;
+        for e in extents {
+            let (off, n) = self.check(e)?;
+            // SAFETY: [off, off+n) is inside the mapping (checked), which the server
+            // does not reuse while our lease lives; the destination has capacity for
+            // `total` bytes and [pos, pos+n) stays within it since the lengths sum to
+            // `total`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.base.as_ptr().add(off),
+                    out.as_mut_ptr().add(pos),
+                    n,
+                );
+            }
+            pos += n;
+        }
+        // SAFETY: every byte of [0, total) was written above.
+        unsafe { out.set_len(total as usize) };
+        Ok(out)
     }
 
     /// Copies `data` into the bytes of `extents` (whose lengths sum to its length).
