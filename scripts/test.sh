@@ -2,7 +2,9 @@
 # Runs every test of the workspace, installing what the tests need on a fresh
 # Debian machine: apt packages (Node.js for Azurite, redis-server for the
 # benches), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
-# Azurite itself on a free port. Then fmt, clippy and `cargo test`.
+# Azurite itself on a free port. Then fmt, clippy and `cargo test`, then the data
+# path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) on nightly
+# (cargo-fuzz is installed into ./.tools if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +33,19 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+echo "==> cargo fuzz run frame (${FUZZ_SECONDS} s)"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "==> installing the nightly toolchain (rustup, minimal profile)"
+  rustup toolchain install nightly --profile minimal
+fi
+if [ ! -x .tools/cargo-fuzz/bin/cargo-fuzz ]; then
+  echo "==> installing cargo-fuzz into .tools"
+  cargo install cargo-fuzz --locked --root .tools/cargo-fuzz
+fi
+corpus="$(mktemp -d)"
+trap 'rm -rf "$corpus"' EXIT
+# New inputs go to the scratch corpus; the committed seeds are only read.
+(cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
+  cargo +nightly fuzz run frame "$corpus" corpus/frame -- -max_total_time="$FUZZ_SECONDS")

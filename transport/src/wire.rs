@@ -284,6 +284,30 @@ impl Header {
     }
 }
 
+impl Header {
+    /// Checks what only a request header must satisfy: status 0.
+    pub fn check_request(&self) -> Result<(), WireError> {
+        if self.status != Status::Ok {
+            return Err(WireError::Header(format!(
+                "a request carries status {:?}; requests must send 0",
+                self.status
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks what only a response header must satisfy: flags 0.
+    pub fn check_response(&self) -> Result<(), WireError> {
+        if self.flags != 0 {
+            return Err(WireError::Header(format!(
+                "a response carries flags {:#06x}; responses must send 0",
+                self.flags
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A region of the server's arena: `len` bytes at `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -830,6 +854,7 @@ pub fn decode_request_frame<'a>(
     limits: &Limits,
 ) -> Result<(Header, Request, &'a [u8]), WireError> {
     let h = Header::decode(buf, limits)?;
+    h.check_request()?;
     let rest = &buf[HEADER_LEN..];
     let meta_len = h.meta_len as usize;
     if rest.len() < meta_len {
@@ -952,6 +977,10 @@ mod tests {
         let mut b = ok;
         b[6] = 0x80;
         assert!(format!("{:?}", Header::decode(&b, &lim)).contains("flags"));
+        let mut b = ok;
+        b[4] = 2;
+        let h = Header::decode(&b, &lim).unwrap();
+        assert!(format!("{:?}", h.check_request()).contains("requests must send 0"));
         let h = Header::request(Op::Put, 1, 0, 10, lim.max_data + 1).encode();
         assert!(format!("{:?}", Header::decode(&h, &lim)).contains("over the limit"));
         assert!(Header::decode(&ok[..31], &lim).is_err());

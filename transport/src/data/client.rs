@@ -559,6 +559,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Ar
             let mut hb = [0u8; HEADER_LEN];
             r.read_exact(&mut hb).await?;
             let header = Header::decode(&hb, &limits)
+                .and_then(|h| h.check_response().map(|()| h))
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let mut meta = BytesMut::zeroed(header.meta_len as usize);
             r.read_exact(&mut meta).await?;

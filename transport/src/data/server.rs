@@ -292,7 +292,9 @@ impl DataServer {
                 if buf.len() < HEADER_LEN {
                     break;
                 }
-                let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits) {
+                let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits)
+                    .and_then(|h| h.check_request().map(|()| h))
+                {
                     Ok(h) => h,
                     Err(e) => {
                         let mut id = [0u8; 8];
