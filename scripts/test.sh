@@ -4,7 +4,8 @@
 # benches), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
 # Azurite itself on a free port. Then fmt, clippy and `cargo test`, then the data
 # path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) on nightly
-# (cargo-fuzz is installed into ./.tools if missing).
+# (cargo-fuzz is installed into ./.tools if missing), and the RDMA carrier's tests
+# on this host and in the Soft-RoCE VM of ../shared/rdma-vm (scripts/rdma-vm-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,9 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+
+echo "==> RDMA carrier: host fallback, then the Soft-RoCE VM (scripts/rdma-vm-test.sh)"
+scripts/rdma-vm-test.sh
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 echo "==> cargo fuzz run frame (${FUZZ_SECONDS} s)"

@@ -109,7 +109,8 @@ impl Server {
         tracing::info!(
             data = ?data_addr,
             shm = ?shm_socket,
-            "data path listening (rdma: not built in this version)"
+            rdma = data.rdma_available(),
+            "data path listening"
         );
         let svc = CacheService::new(
             store.clone(),
@@ -117,15 +118,18 @@ impl Server {
             config.server.get_chunk_size.0 as usize,
             metrics.clone(),
         )
-        .with_data_path(strata_proto::v1::DataPathResponse {
-            tcp: data_addr.map(|a| a.to_string()).unwrap_or_default(),
-            shm_socket: shm_socket
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            host_id: strata_transport::data::host_id(),
-            rdma: false,
-        });
+        .with_data_path(
+            strata_proto::v1::DataPathResponse {
+                tcp: data_addr.map(|a| a.to_string()).unwrap_or_default(),
+                shm_socket: shm_socket
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                host_id: strata_transport::data::host_id(),
+                rdma: data.rdma_available(),
+            },
+            data.clone(),
+        );
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<CacheServer<CacheService>>()

@@ -29,12 +29,19 @@ pub struct CacheService {
     metrics: Arc<Metrics>,
     started: Instant,
     data_path: pb::DataPathResponse,
+    data: Option<Arc<strata_transport::data::DataServer>>,
 }
 
 impl CacheService {
-    /// Sets what [`Cache::data_path`] answers.
-    pub fn with_data_path(mut self, data_path: pb::DataPathResponse) -> Self {
+    /// Sets what [`Cache::data_path`] answers, and the data server behind it (for
+    /// RDMA queue-pair setup).
+    pub fn with_data_path(
+        mut self,
+        data_path: pb::DataPathResponse,
+        data: Arc<strata_transport::data::DataServer>,
+    ) -> Self {
         self.data_path = data_path;
+        self.data = Some(data);
         self
     }
 
@@ -55,6 +62,7 @@ impl CacheService {
             metrics,
             started: Instant::now(),
             data_path: pb::DataPathResponse::default(),
+            data: None,
         }
     }
 }
@@ -356,6 +364,52 @@ impl Cache for CacheService {
     ) -> Result<Response<pb::DataPathResponse>, Status> {
         self.metrics.request("data_path");
         Ok(Response::new(self.data_path.clone()))
+    }
+
+    async fn rdma_connect(
+        &self,
+        request: Request<pb::RdmaEndpoint>,
+    ) -> Result<Response<pb::RdmaEndpoint>, Status> {
+        self.metrics.request("rdma_connect");
+        #[cfg(feature = "rdma")]
+        {
+            use strata_transport::data::rdma::Endpoint;
+            let p = request.into_inner();
+            let gid: [u8; 16] = p.gid.as_ref().try_into().map_err(|_| {
+                Status::invalid_argument(format!("gid is {} bytes, expected 16", p.gid.len()))
+            })?;
+            let peer = Endpoint {
+                qpn: p.qpn,
+                psn: p.psn,
+                gid,
+                rkey: p.rkey,
+                addr: p.addr,
+                len: p.len,
+            };
+            let Some(data) = &self.data else {
+                return Err(Status::failed_precondition("no data path on this server"));
+            };
+            let data = data.clone();
+            let me = tokio::task::spawn_blocking(move || data.rdma_accept(&peer))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::failed_precondition(format!("RDMA: {e}")))?;
+            Ok(Response::new(pb::RdmaEndpoint {
+                qpn: me.qpn,
+                psn: me.psn,
+                gid: Bytes::copy_from_slice(&me.gid),
+                rkey: me.rkey,
+                addr: me.addr,
+                len: me.len,
+            }))
+        }
+        #[cfg(not(feature = "rdma"))]
+        {
+            let _ = request;
+            Err(Status::failed_precondition(
+                "RDMA unavailable: this server was built without the rdma feature",
+            ))
+        }
     }
 
     async fn stats(

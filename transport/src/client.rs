@@ -113,7 +113,7 @@ impl Client {
     /// leaves the client on gRPC.
     async fn connect_data(&self, addr: &str) -> Result<Option<DataClient>> {
         let forced = self.options.data.carrier != CarrierChoice::Auto;
-        let info = match self
+        let info: pb::DataPathResponse = match self
             .inner
             .clone()
             .data_path(self.request(pb::DataPathRequest {}))
@@ -144,6 +144,20 @@ impl Client {
         if endpoint.tcp.is_none() && endpoint.unix.is_none() && !forced {
             return Ok(None);
         }
+        let choice = self.options.data.carrier;
+        let same_host = endpoint
+            .host_id
+            .as_deref()
+            .is_some_and(|h| h == crate::data::host_id());
+        let want_rdma = choice == CarrierChoice::Rdma
+            || (choice == CarrierChoice::Auto && info.rdma && !same_host);
+        if want_rdma {
+            match self.connect_rdma(endpoint.clone()).await {
+                Ok(d) => return Ok(Some(d)),
+                Err(e) if choice == CarrierChoice::Rdma => return Err(e),
+                Err(e) => tracing::info!(error = %e, "RDMA unavailable; trying the other carriers"),
+            }
+        }
         match DataClient::connect(endpoint, self.options.data.clone()).await {
             Ok(d) => Ok(Some(d)),
             Err(e) if !forced => {
@@ -152,6 +166,44 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    #[cfg(feature = "rdma")]
+    async fn connect_rdma(&self, endpoint: DataEndpoint) -> Result<DataClient> {
+        let grpc = self.inner.clone();
+        let timeout = self.options.timeout;
+        DataClient::connect_rdma(endpoint, self.options.data.clone(), move |me| async move {
+            let mut req = tonic::Request::new(pb::RdmaEndpoint {
+                qpn: me.qpn,
+                psn: me.psn,
+                gid: Bytes::copy_from_slice(&me.gid),
+                rkey: me.rkey,
+                addr: me.addr,
+                len: me.len,
+            });
+            req.set_timeout(timeout);
+            let p = grpc.clone().rdma_connect(req).await?.into_inner();
+            let gid: [u8; 16] = p.gid.as_ref().try_into().map_err(|_| {
+                ClientError::Protocol(format!("server gid of {} bytes", p.gid.len()))
+            })?;
+            Ok(crate::data::rdma::Endpoint {
+                qpn: p.qpn,
+                psn: p.psn,
+                gid,
+                rkey: p.rkey,
+                addr: p.addr,
+                len: p.len,
+            })
+        })
+        .await
+    }
+
+    #[cfg(not(feature = "rdma"))]
+    async fn connect_rdma(&self, _endpoint: DataEndpoint) -> Result<DataClient> {
+        Err(ClientError::Connect {
+            addr: "rdma".into(),
+            message: "this client was built without the rdma feature".into(),
+        })
     }
 
     /// The data-path client, if the values go over one.

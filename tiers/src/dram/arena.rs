@@ -157,6 +157,11 @@ impl Arena {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The start of the mapping (for registering it once as an RDMA region).
+    pub fn base_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     /// The memfd behind the arena (for sharing with same-host clients).
     pub fn fd(&self) -> libc::c_int {
         self.fd

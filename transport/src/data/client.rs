@@ -34,6 +34,9 @@ pub enum Carrier {
     Tcp,
     /// Same-host shared memory (frames over a Unix socket, bytes through the arena).
     Shm,
+    /// Frames over TCP, bytes by one-sided RDMA READ/WRITE on the arena (feature
+    /// `rdma`).
+    Rdma,
 }
 
 /// Which carrier to use.
@@ -46,6 +49,8 @@ pub enum CarrierChoice {
     Tcp,
     /// Shared memory only (fails when it is not possible).
     Shm,
+    /// RDMA only (fails when it is not possible, or without feature `rdma`).
+    Rdma,
 }
 
 /// Where a server's data path listens.
@@ -121,6 +126,8 @@ struct Inner {
     carrier: Carrier,
     hello: HelloInfo,
     mapping: Option<Mapping>,
+    #[cfg(feature = "rdma")]
+    rdma: Option<Mutex<RdmaClient>>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next_slot: AtomicUsize,
     next_id: AtomicU64,
@@ -149,7 +156,7 @@ impl DataClient {
         let local = shm::host_id();
         let same_host = endpoint.host_id.as_deref().is_none_or(|h| h == local);
         let try_shm = match options.carrier {
-            CarrierChoice::Tcp => false,
+            CarrierChoice::Tcp | CarrierChoice::Rdma => false,
             CarrierChoice::Shm => true,
             CarrierChoice::Auto => endpoint.unix.is_some() && same_host,
         };
@@ -230,11 +237,42 @@ impl DataClient {
                 carrier,
                 hello,
                 mapping,
+                #[cfg(feature = "rdma")]
+                rdma: None,
                 slots,
                 next_slot: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Connects the RDMA carrier: frames over TCP to `endpoint.tcp`, bytes by
+    /// one-sided RDMA on the server's arena. `exchange` sends this end's queue-pair
+    /// endpoint to the server (gRPC `RdmaConnect`) and returns the server's.
+    #[cfg(feature = "rdma")]
+    pub async fn connect_rdma<F, Fut>(
+        endpoint: DataEndpoint,
+        options: DataOptions,
+        exchange: F,
+    ) -> Result<Self>
+    where
+        F: FnOnce(super::rdma::Endpoint) -> Fut,
+        Fut: Future<Output = Result<super::rdma::Endpoint>>,
+    {
+        let (mut client, me) = RdmaClient::open()?;
+        let peer = exchange(me).await?;
+        client.connect(peer)?;
+        let addr = endpoint.tcp.clone().ok_or_else(|| ClientError::Connect {
+            addr: "(none)".into(),
+            message: "the server announced no TCP data endpoint".into(),
+        })?;
+        let conn = open_tcp(&addr).await?;
+        let hello = hello(&conn, &shm::host_id(), options.timeout).await?;
+        let mut me = Self::with(endpoint, options, Carrier::Rdma, hello, None, conn);
+        if let Some(inner) = Arc::get_mut(&mut me.inner) {
+            inner.rdma = Some(Mutex::new(client));
+        }
+        Ok(me)
     }
 
     /// The carrier in use.
@@ -257,7 +295,7 @@ impl DataClient {
             return Ok(c.clone());
         }
         let c = Arc::new(match self.inner.carrier {
-            Carrier::Tcp => {
+            Carrier::Tcp | Carrier::Rdma => {
                 let addr = self.inner.endpoint.tcp.as_deref().unwrap_or_default();
                 open_tcp(addr).await?
             }
@@ -399,7 +437,7 @@ impl DataClient {
                 };
                 self.call(&req, 0, Some(value)).await?
             }
-            Carrier::Shm => {
+            Carrier::Shm | Carrier::Rdma => {
                 let conn = self.conn().await?;
                 let timeout = self.inner.options.timeout;
                 let rid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -407,13 +445,12 @@ impl DataClient {
                     key: key.clone(),
                     len: value.len() as u64,
                 };
-                let f = send(&conn, rid, 0, &reserve, None, timeout).await?;
+                let f = send(&conn, rid, FLAG_LEASE, &reserve, None, timeout).await?;
                 let lease = response::decode_reserve(&f.meta)
                     .map_err(proto)?
-                    .ok_or_else(|| proto("RESERVE over shared memory without extents"))?;
-                let mapping = self.mapping()?;
+                    .ok_or_else(|| proto("RESERVE answered without extents"))?;
                 let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = mapping.write(&lease.extents, value) {
+                if let Err(e) = self.write_extents(&lease.extents, value) {
                     let abort = Request::Abort { reservation: rid };
                     let _ = send(&conn, cid, 0, &abort, None, timeout).await;
                     return Err(e.into());
@@ -451,18 +488,36 @@ impl DataClient {
     }
 
     fn lease_flag(&self) -> u16 {
-        if self.inner.carrier == Carrier::Shm {
-            FLAG_LEASE
-        } else {
+        if self.inner.carrier == Carrier::Tcp {
             0
+        } else {
+            FLAG_LEASE
         }
     }
 
-    fn mapping(&self) -> Result<&Mapping> {
-        self.inner
-            .mapping
-            .as_ref()
-            .ok_or_else(|| proto("no shared-memory mapping"))
+    /// Copies `value` into reserved arena extents: through the mapping (shm) or by
+    /// RDMA WRITE.
+    fn write_extents(&self, extents: &[crate::wire::Extent], value: &[u8]) -> std::io::Result<()> {
+        #[cfg(feature = "rdma")]
+        if let Some(r) = &self.inner.rdma {
+            return r.lock().write(extents, value, self.inner.options.timeout);
+        }
+        match &self.inner.mapping {
+            Some(m) => m.write(extents, value),
+            None => Err(std::io::Error::other("no shared memory and no RDMA link")),
+        }
+    }
+
+    /// Copies leased extents out: from the mapping (shm) or by RDMA READ.
+    fn read_extents(&self, extents: &[crate::wire::Extent], len: u64) -> std::io::Result<Vec<u8>> {
+        #[cfg(feature = "rdma")]
+        if let Some(r) = &self.inner.rdma {
+            return r.lock().read(extents, len, self.inner.options.timeout);
+        }
+        match &self.inner.mapping {
+            Some(m) => m.read(extents, len),
+            None => Err(std::io::Error::other("no shared memory and no RDMA link")),
+        }
     }
 
     /// The bytes of an answer: inline data, or a copy out of leased extents (checked
@@ -478,7 +533,7 @@ impl DataClient {
             return Ok(inline);
         };
         let start = Instant::now();
-        let buf = self.mapping()?.read(&lease.extents, len)?;
+        let buf = self.read_extents(&lease.extents, len)?;
         // The copy is only good if the lease outlived it: past its ttl the server may
         // have reused the memory. (The lease is timed from the answer's arrival here,
         // which is after the server started it, so the margin is generous.)
@@ -641,4 +696,122 @@ async fn hello(conn: &Conn, host_id: &str, timeout: Duration) -> Result<HelloInf
     };
     let f = send(conn, 0, 0, &req, None, timeout).await?;
     response::decode_hello(&f.meta).map_err(proto)
+}
+
+/// The client end of the RDMA carrier: one queue pair, a registered staging buffer
+/// that READs land in and WRITEs leave from, and the server's arena region.
+/// Fields drop in order: link, region, buffer, device.
+#[cfg(feature = "rdma")]
+struct RdmaClient {
+    link: super::rdma::Link,
+    staging: super::rdma::Region,
+    buf: Box<[u8]>,
+    server: Option<super::rdma::Endpoint>,
+    _device: super::rdma::Device,
+}
+
+#[cfg(feature = "rdma")]
+impl RdmaClient {
+    /// Bytes staged per RDMA operation.
+    const STAGING: usize = 4 << 20;
+
+    fn open() -> Result<(Self, super::rdma::Endpoint)> {
+        let device = super::rdma::Device::open()?;
+        let mut buf = vec![0u8; Self::STAGING].into_boxed_slice();
+        // SAFETY: `buf` is a heap allocation owned by this struct and never resized;
+        // the region is dropped before it (field order).
+        let staging = unsafe { device.register(buf.as_mut_ptr(), buf.len())? };
+        let link = device.link()?;
+        let me = link.endpoint(&staging);
+        Ok((
+            Self {
+                link,
+                staging,
+                buf,
+                server: None,
+                _device: device,
+            },
+            me,
+        ))
+    }
+
+    fn connect(&mut self, peer: super::rdma::Endpoint) -> Result<()> {
+        self.link.connect(&peer)?;
+        self.server = Some(peer);
+        Ok(())
+    }
+
+    /// The server's address of `e`, checked against its region.
+    fn remote(&self, e: &crate::wire::Extent) -> std::io::Result<(u64, u32)> {
+        let s = self
+            .server
+            .ok_or_else(|| std::io::Error::other("RDMA link not connected"))?;
+        if e.offset.checked_add(e.len).is_none_or(|end| end > s.len) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "extent {}+{} is outside the server's {}-byte region",
+                    e.offset, e.len, s.len
+                ),
+            ));
+        }
+        Ok((s.addr + e.offset, s.rkey))
+    }
+
+    fn read(
+        &mut self,
+        extents: &[crate::wire::Extent],
+        len: u64,
+        deadline: Duration,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        for e in extents {
+            let (mut raddr, rkey) = self.remote(e)?;
+            let mut left = e.len;
+            while left > 0 {
+                let n = left.min(Self::STAGING as u64) as u32;
+                self.link.read(&self.staging, 0, n, raddr, rkey, deadline)?;
+                out.extend_from_slice(&self.buf[..n as usize]);
+                raddr += u64::from(n);
+                left -= u64::from(n);
+            }
+        }
+        if out.len() as u64 != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "extents do not sum to the length",
+            ));
+        }
+        Ok(out)
+    }
+
+    fn write(
+        &mut self,
+        extents: &[crate::wire::Extent],
+        value: &[u8],
+        deadline: Duration,
+    ) -> std::io::Result<()> {
+        let total: u64 = extents.iter().map(|e| e.len).sum();
+        if total != value.len() as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("extents hold {total} bytes for {} to write", value.len()),
+            ));
+        }
+        let mut pos = 0usize;
+        for e in extents {
+            let (mut raddr, rkey) = self.remote(e)?;
+            let mut left = e.len;
+            while left > 0 {
+                let n = left.min(Self::STAGING as u64) as usize;
+                self.buf[..n].copy_from_slice(&value[pos..pos + n]);
+                self.link
+                    .write(&self.staging, 0, n as u32, raddr, rkey, deadline)?;
+                pos += n;
+                raddr += n as u64;
+                left -= n as u64;
+            }
+        }
+        Ok(())
+    }
 }

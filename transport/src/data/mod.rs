@@ -4,6 +4,8 @@
 
 mod client;
 mod lease;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 mod server;
 mod shm;
 

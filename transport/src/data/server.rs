@@ -54,8 +54,20 @@ impl Default for DataConfig {
     }
 }
 
+/// The RDMA side of a server: the arena registered once, and one queue pair per
+/// client. Fields drop in order: links, then the region, then the device.
+#[cfg(feature = "rdma")]
+struct RdmaState {
+    links: parking_lot::Mutex<Vec<super::rdma::Link>>,
+    arena: super::rdma::Region,
+    device: super::rdma::Device,
+}
+
 /// The data-path server of one store.
 pub struct DataServer {
+    /// Before `store`: the registration must go before the arena it covers.
+    #[cfg(feature = "rdma")]
+    rdma: Option<RdmaState>,
     store: TieredStore,
     leases: Leases,
     config: DataConfig,
@@ -145,6 +157,8 @@ impl DataServer {
     /// A data server over `store`.
     pub fn new(store: TieredStore, config: DataConfig) -> Arc<Self> {
         Arc::new(Self {
+            #[cfg(feature = "rdma")]
+            rdma: Self::open_rdma(&store),
             store,
             leases: Leases::new(config.lease_ttl, config.max_leased_bytes),
             config,
@@ -155,6 +169,71 @@ impl DataServer {
     /// The lease table.
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    /// Whether the RDMA carrier is offered (built with feature `rdma`, and a verbs
+    /// device was found).
+    pub fn rdma_available(&self) -> bool {
+        #[cfg(feature = "rdma")]
+        return self.rdma.is_some();
+        #[cfg(not(feature = "rdma"))]
+        false
+    }
+
+    #[cfg(feature = "rdma")]
+    fn open_rdma(store: &TieredStore) -> Option<RdmaState> {
+        let device = match super::rdma::Device::open() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "RDMA unavailable; clients use TCP or shared memory");
+                return None;
+            }
+        };
+        let arena = store.dram().arena();
+        // SAFETY: the arena's mapping lives as long as the store, which this server
+        // holds in a field declared after `rdma`, so the region is dropped first.
+        let region = match unsafe { device.register(arena.base_ptr(), arena.capacity() as usize) } {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "RDMA unavailable: cannot register the arena");
+                return None;
+            }
+        };
+        tracing::info!(
+            device = device.name(),
+            bytes = region.len(),
+            "RDMA carrier ready: arena registered"
+        );
+        Some(RdmaState {
+            links: parking_lot::Mutex::new(Vec::new()),
+            arena: region,
+            device,
+        })
+    }
+
+    /// Accepts an RDMA client: creates a queue pair, connects it to `peer`, and
+    /// returns this end (its region is the arena).
+    #[cfg(feature = "rdma")]
+    pub fn rdma_accept(
+        &self,
+        peer: &super::rdma::Endpoint,
+    ) -> std::io::Result<super::rdma::Endpoint> {
+        let Some(r) = &self.rdma else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "this server has no RDMA device",
+            ));
+        };
+        let mut link = r.device.link()?;
+        link.connect(peer)?;
+        let me = link.endpoint(&r.arena);
+        let mut links = r.links.lock();
+        // Bounded: a server keeps at most 4096 client queue pairs (oldest dropped).
+        if links.len() >= 4096 {
+            links.remove(0);
+        }
+        links.push(link);
+        Ok(me)
     }
 
     /// Serves TCP connections until `shutdown`.
@@ -331,9 +410,8 @@ impl DataServer {
                         ))));
                     }
                     Ok(req) => {
-                        let lease = shm && h.flags & FLAG_LEASE != 0;
-                        if let Some(f) =
-                            self.dispatch(&h, req, lease, shm, &mut sink, &mut reservations)
+                        let lease = (shm || self.rdma_available()) && h.flags & FLAG_LEASE != 0;
+                        if let Some(f) = self.dispatch(&h, req, lease, &mut sink, &mut reservations)
                         {
                             inflight.push(f);
                         }
@@ -371,7 +449,6 @@ impl DataServer {
         h: &Header,
         req: Request,
         lease: bool,
-        shm: bool,
         sink: &mut Option<Sink>,
         reservations: &mut HashMap<u64, Box<Reservation>>,
     ) -> Option<BoxFuture<'static, Out>> {
@@ -438,7 +515,7 @@ impl DataServer {
                     Ok(r) => r,
                     Err(e) => return ready(fail(op, id, e)),
                 };
-                let lease = if shm {
+                let lease = if lease {
                     match res.prepare_in_place() {
                         Ok(ext) => Some(Lease {
                             id,

@@ -1,0 +1,143 @@
+//! The RDMA carrier (feature `rdma`). `scripts/rdma-vm-test.sh` builds this test
+//! binary and runs it twice: on the host, which has no verbs device (the fallback),
+//! and inside the Soft-RoCE VM of `../shared/rdma-vm/` with `--include-ignored`,
+//! where one-sided READs and WRITEs go through a real verbs device (`rxe0`).
+#![cfg(feature = "rdma")]
+
+use bytes::Bytes;
+use strata_server::config::{ByteSize, Config};
+use strata_server::{Running, Server};
+use strata_tiers::Key;
+use strata_transport::data::rdma::Device;
+use strata_transport::data::{Carrier, CarrierChoice, DataOptions};
+use strata_transport::{Client, ClientOptions};
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.metrics_listen = "127.0.0.1:0".into();
+    c.data.listen = "127.0.0.1:0".into();
+    c.data.shm = false;
+    c.data_dir = dir.to_path_buf();
+    c.dram.capacity = Some(ByteSize(32 << 20));
+    c.nvme.enabled = false;
+    c.store.page_size = ByteSize(1 << 20);
+    c
+}
+
+async fn client(
+    r: &Running,
+    carrier: CarrierChoice,
+) -> Result<Client, strata_transport::ClientError> {
+    Client::connect(
+        &r.addr.to_string(),
+        ClientOptions {
+            data: DataOptions {
+                carrier,
+                connections: 1,
+                ..DataOptions::default()
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .await
+}
+
+fn k(path: &str) -> Key {
+    Key::parse_path(path).unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed))
+        .collect()
+}
+
+/// Runs everywhere: without a device the server says RDMA is unavailable and
+/// clients fall back to TCP (a forced RDMA carrier is an error); with one (in the
+/// VM) the server offers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_offers_rdma_only_with_a_device_and_clients_fall_back() {
+    let has_device = Device::open().is_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path())).await.unwrap();
+    assert_eq!(r.data.rdma_available(), has_device);
+    let auto = client(&r, CarrierChoice::Auto).await.unwrap();
+    // Auto picks RDMA only across hosts (on one host shared memory beats it; it is
+    // off here), so it lands on TCP either way.
+    assert_eq!(auto.carrier(), Some(Carrier::Tcp));
+    if has_device {
+        let forced = client(&r, CarrierChoice::Rdma).await.unwrap();
+        assert_eq!(forced.carrier(), Some(Carrier::Rdma));
+    } else {
+        let e = client(&r, CarrierChoice::Rdma).await.unwrap_err();
+        assert!(
+            e.to_string().contains("RDMA") || e.to_string().contains("rdma"),
+            "{e}"
+        );
+    }
+    auto.put(&k("kv/r/a"), Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(
+        auto.get(&k("kv/r/a")).await.unwrap().unwrap(),
+        &b"hello"[..]
+    );
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an RDMA device: scripts/rdma-vm-test.sh runs it in the Soft-RoCE VM"]
+async fn rdma_carrier_reads_and_writes_the_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path())).await.unwrap();
+    assert!(
+        r.data.rdma_available(),
+        "no RDMA device: run this in the VM"
+    );
+    let c = client(&r, CarrierChoice::Rdma).await.unwrap();
+    assert_eq!(c.carrier(), Some(Carrier::Rdma));
+
+    // PUT: RESERVE extents, RDMA WRITE into the arena, COMMIT checks the CRC.
+    let small = pattern(1000, 1);
+    let big = pattern((2 << 20) + 4321, 2); // three pages
+    assert_eq!(
+        c.put(&k("kv/r/small"), small.clone()).await.unwrap().length,
+        1000
+    );
+    assert_eq!(
+        c.put(&k("kv/r/big"), big.clone()).await.unwrap().length,
+        big.len() as u64
+    );
+
+    // GET: leased extents, RDMA READ out of the arena.
+    assert_eq!(c.get(&k("kv/r/small")).await.unwrap().unwrap(), small);
+    assert_eq!(c.get(&k("kv/r/big")).await.unwrap().unwrap(), big);
+    let (_, part) = c
+        .get_range(&k("kv/r/big"), (1 << 20) - 3, Some(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(part, big.slice((1 << 20) - 3..(1 << 20) + 7));
+    let got = c
+        .mget(&[k("kv/r/big"), k("kv/r/none"), k("kv/r/small")])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![Some(big.clone()), None, Some(small.clone())]);
+
+    // The same bytes through TCP, for a second opinion.
+    let tcp = client(&r, CarrierChoice::Tcp).await.unwrap();
+    assert_eq!(tcp.get(&k("kv/r/big")).await.unwrap().unwrap(), big);
+
+    // Every lease was released (releases are sent without waiting).
+    for _ in 0..100 {
+        if r.data.leases().usage().0 == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.data.leases().usage(), (0, 0));
+    assert!(c.delete(&k("kv/r/big")).await.unwrap());
+    assert!(c.get(&k("kv/r/big")).await.unwrap().is_none());
+    r.shutdown().await.unwrap();
+}
