@@ -373,19 +373,8 @@ impl Cache for CacheService {
         self.metrics.request("rdma_connect");
         #[cfg(feature = "rdma")]
         {
-            use strata_transport::data::rdma::Endpoint;
-            let p = request.into_inner();
-            let gid: [u8; 16] = p.gid.as_ref().try_into().map_err(|_| {
-                Status::invalid_argument(format!("gid is {} bytes, expected 16", p.gid.len()))
-            })?;
-            let peer = Endpoint {
-                qpn: p.qpn,
-                psn: p.psn,
-                gid,
-                rkey: p.rkey,
-                addr: p.addr,
-                len: p.len,
-            };
+            let peer = strata_transport::rdma_endpoint_from_proto(request.get_ref())
+                .map_err(Status::invalid_argument)?;
             let Some(data) = &self.data else {
                 return Err(Status::failed_precondition("no data path on this server"));
             };
@@ -394,14 +383,7 @@ impl Cache for CacheService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::failed_precondition(format!("RDMA: {e}")))?;
-            Ok(Response::new(pb::RdmaEndpoint {
-                qpn: me.qpn,
-                psn: me.psn,
-                gid: Bytes::copy_from_slice(&me.gid),
-                rkey: me.rkey,
-                addr: me.addr,
-                len: me.len,
-            }))
+            Ok(Response::new(strata_transport::rdma_endpoint_to_proto(&me)))
         }
         #[cfg(not(feature = "rdma"))]
         {

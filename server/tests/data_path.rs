@@ -154,7 +154,8 @@ async fn shm_carrier_serves_every_operation_and_releases_its_leases() {
     let c = client(&r, CarrierChoice::Auto, 2).await;
     assert_eq!(c.carrier(), Some(Carrier::Shm), "same host: auto picks shm");
     exercise(&c).await;
-    // Releases are sent without waiting; give them a moment.
+    // Releases ride on later requests; send the last ones now, then let them land.
+    c.data().unwrap().flush_releases().await;
     for _ in 0..100 {
         if r.data.leases().usage().0 == 0 {
             break;

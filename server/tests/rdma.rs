@@ -129,7 +129,8 @@ async fn rdma_carrier_reads_and_writes_the_arena() {
     let tcp = client(&r, CarrierChoice::Tcp).await.unwrap();
     assert_eq!(tcp.get(&k("kv/r/big")).await.unwrap().unwrap(), big);
 
-    // Every lease was released (releases are sent without waiting).
+    // Every lease was released (the last ones flushed now; releases are not awaited).
+    c.data().unwrap().flush_releases().await;
     for _ in 0..100 {
         if r.data.leases().usage().0 == 0 {
             break;

@@ -173,27 +173,11 @@ impl Client {
         let grpc = self.inner.clone();
         let timeout = self.options.timeout;
         DataClient::connect_rdma(endpoint, self.options.data.clone(), move |me| async move {
-            let mut req = tonic::Request::new(pb::RdmaEndpoint {
-                qpn: me.qpn,
-                psn: me.psn,
-                gid: Bytes::copy_from_slice(&me.gid),
-                rkey: me.rkey,
-                addr: me.addr,
-                len: me.len,
-            });
+            let mut req = tonic::Request::new(crate::convert::rdma_endpoint_to_proto(&me));
             req.set_timeout(timeout);
             let p = grpc.clone().rdma_connect(req).await?.into_inner();
-            let gid: [u8; 16] = p.gid.as_ref().try_into().map_err(|_| {
-                ClientError::Protocol(format!("server gid of {} bytes", p.gid.len()))
-            })?;
-            Ok(crate::data::rdma::Endpoint {
-                qpn: p.qpn,
-                psn: p.psn,
-                gid,
-                rkey: p.rkey,
-                addr: p.addr,
-                len: p.len,
-            })
+            crate::convert::rdma_endpoint_from_proto(&p)
+                .map_err(|e| ClientError::Protocol(format!("server RDMA endpoint: {e}")))
         })
         .await
     }
@@ -233,19 +217,10 @@ impl Client {
         F: FnMut(CacheClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut delay = self.options.backoff;
-        let mut attempt = 1;
-        loop {
-            match call(self.inner.clone()).await {
-                Err(e) if e.is_retryable() && attempt < self.options.attempts => {
-                    let jitter = rand::random_range(0..=delay.as_millis() as u64);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        crate::error::retry(self.options.attempts, self.options.backoff, || {
+            call(self.inner.clone())
+        })
+        .await
     }
 
     /// Stores a value, checksummed end to end. Not retried.

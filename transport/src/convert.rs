@@ -19,3 +19,36 @@ pub fn key_from_proto(key: Option<&pb::Key>) -> strata_tiers::Result<Key> {
     })?;
     Key::new(&key.namespace, &key.tenant, &key.body)
 }
+
+/// An RDMA endpoint for the wire (gRPC `RdmaConnect`).
+#[cfg(feature = "rdma")]
+pub fn rdma_endpoint_to_proto(e: &crate::data::rdma::Endpoint) -> pb::RdmaEndpoint {
+    pb::RdmaEndpoint {
+        qpn: e.qpn,
+        psn: e.psn,
+        gid: bytes::Bytes::copy_from_slice(&e.gid),
+        rkey: e.rkey,
+        addr: e.addr,
+        len: e.len,
+    }
+}
+
+/// An RDMA endpoint from the wire; the error names what was wrong.
+#[cfg(feature = "rdma")]
+pub fn rdma_endpoint_from_proto(
+    p: &pb::RdmaEndpoint,
+) -> Result<crate::data::rdma::Endpoint, String> {
+    let gid: [u8; 16] = p
+        .gid
+        .as_ref()
+        .try_into()
+        .map_err(|_| format!("gid is {} bytes, expected 16", p.gid.len()))?;
+    Ok(crate::data::rdma::Endpoint {
+        qpn: p.qpn,
+        psn: p.psn,
+        gid,
+        rkey: p.rkey,
+        addr: p.addr,
+        len: p.len,
+    })
+}

@@ -90,3 +90,30 @@ impl ClientError {
         }
     }
 }
+
+/// Runs `call` until it succeeds, fails for good, or has been tried `attempts`
+/// times; between tries it sleeps a random time up to `backoff`, doubling each time
+/// (full jitter). Only for idempotent calls.
+pub(crate) async fn retry<T, F, Fut>(
+    attempts: u32,
+    backoff: std::time::Duration,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = backoff;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                let jitter = rand::random_range(0..=delay.as_millis() as u64);
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -19,5 +19,7 @@ pub mod wire;
 
 pub use self::client::{Client, ClientOptions, ValueInfo};
 pub use self::convert::{key_from_proto, key_to_proto};
+#[cfg(feature = "rdma")]
+pub use self::convert::{rdma_endpoint_from_proto, rdma_endpoint_to_proto};
 pub use self::error::{ClientError, Result};
 pub use strata_proto::v1 as proto;

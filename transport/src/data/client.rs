@@ -127,11 +127,17 @@ struct Inner {
     hello: HelloInfo,
     mapping: Option<Mapping>,
     #[cfg(feature = "rdma")]
-    rdma: Option<Mutex<RdmaClient>>,
+    rdma: std::sync::OnceLock<Mutex<RdmaClient>>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next_slot: AtomicUsize,
     next_id: AtomicU64,
+    /// Leases copied out and not yet released: sent in one RELEASE frame ahead of
+    /// the next request (or once [`RELEASE_BATCH`] have gathered).
+    releases: Mutex<Vec<u64>>,
 }
+
+/// Releases gathered before they are sent on their own.
+const RELEASE_BATCH: usize = 16;
 
 impl std::fmt::Debug for DataClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,7 +236,7 @@ impl DataClient {
         for _ in 1..n {
             slots.push(tokio::sync::Mutex::new(None));
         }
-        Self {
+        let me = Self {
             inner: Arc::new(Inner {
                 endpoint,
                 options,
@@ -238,12 +244,29 @@ impl DataClient {
                 hello,
                 mapping,
                 #[cfg(feature = "rdma")]
-                rdma: None,
+                rdma: std::sync::OnceLock::new(),
                 slots,
                 next_slot: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
+                releases: Mutex::new(Vec::new()),
             }),
+        };
+        if carrier != Carrier::Tcp {
+            // Releases of an idle client: sent every quarter of the lease lifetime.
+            let weak = Arc::downgrade(&me.inner);
+            let period = Duration::from_millis(u64::from(me.inner.hello.lease_ttl_ms) / 4)
+                .max(Duration::from_millis(10));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    Self::flush(&inner).await;
+                }
+            });
         }
+        me
     }
 
     /// Connects the RDMA carrier: frames over TCP to `endpoint.tcp`, bytes by
@@ -268,9 +291,9 @@ impl DataClient {
         })?;
         let conn = open_tcp(&addr).await?;
         let hello = hello(&conn, &shm::host_id(), options.timeout).await?;
-        let mut me = Self::with(endpoint, options, Carrier::Rdma, hello, None, conn);
-        if let Some(inner) = Arc::get_mut(&mut me.inner) {
-            inner.rdma = Some(Mutex::new(client));
+        let me = Self::with(endpoint, options, Carrier::Rdma, hello, None, conn);
+        if me.inner.rdma.set(Mutex::new(client)).is_err() {
+            return Err(proto("RDMA link set twice"));
         }
         Ok(me)
     }
@@ -308,32 +331,42 @@ impl DataClient {
         Ok(c)
     }
 
-    /// Sends one request with `data` and waits for its answer (one attempt).
+    /// Sends one request with `data` and waits for its answer (one attempt). Leases
+    /// waiting to be released ride along in the same write.
     async fn call(&self, req: &Request, flags: u16, data: Option<&[u8]>) -> Result<Frame> {
         let conn = self.conn().await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        send(&conn, id, flags, req, data, self.inner.options.timeout).await
+        let prefix = self.release_frame();
+        send(
+            &conn,
+            id,
+            flags,
+            req,
+            data,
+            self.inner.options.timeout,
+            prefix,
+        )
+        .await
+    }
+
+    /// A RELEASE frame for the leases waiting, if any.
+    fn release_frame(&self) -> Option<Bytes> {
+        let leases = std::mem::take(&mut *self.inner.releases.lock());
+        if leases.is_empty() {
+            return None;
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        Some(request_frame(id, 0, &Request::Release { leases }, 0))
     }
 
     /// Runs an idempotent call with retries on transient errors.
-    async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut delay = self.inner.options.backoff;
-        let mut attempt = 1;
-        loop {
-            match f().await {
-                Err(e) if e.is_retryable() && attempt < self.inner.options.attempts => {
-                    let jitter = rand::random_range(0..=delay.as_millis() as u64);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let o = &self.inner.options;
+        crate::error::retry(o.attempts, o.backoff, f).await
     }
 
     /// Reads a whole value. `None` when it is neither cached nor in its origin.
@@ -445,21 +478,21 @@ impl DataClient {
                     key: key.clone(),
                     len: value.len() as u64,
                 };
-                let f = send(&conn, rid, FLAG_LEASE, &reserve, None, timeout).await?;
+                let f = send(&conn, rid, FLAG_LEASE, &reserve, None, timeout, None).await?;
                 let lease = response::decode_reserve(&f.meta)
                     .map_err(proto)?
                     .ok_or_else(|| proto("RESERVE answered without extents"))?;
                 let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.write_extents(&lease.extents, value) {
                     let abort = Request::Abort { reservation: rid };
-                    let _ = send(&conn, cid, 0, &abort, None, timeout).await;
+                    let _ = send(&conn, cid, 0, &abort, None, timeout, None).await;
                     return Err(e.into());
                 }
                 let commit = Request::Commit {
                     reservation: rid,
                     crc32c: crc,
                 };
-                send(&conn, cid, 0, &commit, None, timeout).await?
+                send(&conn, cid, 0, &commit, None, timeout, None).await?
             }
         };
         response::decode_u64(f.header.op, &f.meta).map_err(proto)
@@ -499,7 +532,7 @@ impl DataClient {
     /// RDMA WRITE.
     fn write_extents(&self, extents: &[crate::wire::Extent], value: &[u8]) -> std::io::Result<()> {
         #[cfg(feature = "rdma")]
-        if let Some(r) = &self.inner.rdma {
+        if let Some(r) = self.inner.rdma.get() {
             return r.lock().write(extents, value, self.inner.options.timeout);
         }
         match &self.inner.mapping {
@@ -511,7 +544,7 @@ impl DataClient {
     /// Copies leased extents out: from the mapping (shm) or by RDMA READ.
     fn read_extents(&self, extents: &[crate::wire::Extent], len: u64) -> std::io::Result<Vec<u8>> {
         #[cfg(feature = "rdma")]
-        if let Some(r) = &self.inner.rdma {
+        if let Some(r) = self.inner.rdma.get() {
             return r.lock().read(extents, len, self.inner.options.timeout);
         }
         match &self.inner.mapping {
@@ -547,19 +580,38 @@ impl DataClient {
         Ok(Bytes::from(buf))
     }
 
-    /// Releases a lease: writes the request and does not wait for its answer (the
-    /// reader drops it). A lost release costs nothing but the lease's lifetime.
-    async fn release(&self, lease: u64) {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let req = Request::Release {
-            leases: vec![lease],
+    /// Sends the releases that are waiting now (a client that goes idle has them sent
+    /// by a background tick every quarter of the lease lifetime anyway).
+    pub async fn flush_releases(&self) {
+        Self::flush(&self.inner).await;
+    }
+
+    async fn flush(inner: &Arc<Inner>) {
+        let me = DataClient {
+            inner: inner.clone(),
         };
-        if let Ok(conn) = self.conn().await {
-            let frame = request_frame(id, 0, &req, 0);
+        if let Some(frame) = me.release_frame()
+            && let Ok(conn) = me.conn().await
+        {
             let mut w = conn.writer.lock().await;
             if write_all_vectored(&mut *w, &[&frame]).await.is_err() {
                 conn.broken.store(true, Ordering::Release);
             }
+        }
+    }
+
+    /// Releases a lease. Releases gather and travel ahead of the next request, or
+    /// on their own once [`RELEASE_BATCH`] have gathered: a GET costs no extra write
+    /// and no extra wake-up of the server. Their answers are dropped by the reader.
+    /// A lost release costs nothing but the lease's lifetime.
+    async fn release(&self, lease: u64) {
+        let full = {
+            let mut r = self.inner.releases.lock();
+            r.push(lease);
+            r.len() >= RELEASE_BATCH
+        };
+        if full {
+            Self::flush(&self.inner).await;
         }
     }
 }
@@ -651,15 +703,17 @@ async fn send(
     req: &Request,
     data: Option<&[u8]>,
     timeout: Duration,
+    prefix: Option<Bytes>,
 ) -> Result<Frame> {
     let data = data.unwrap_or_default();
     let frame = request_frame(id, flags, req, data.len() as u64);
+    let prefix = prefix.unwrap_or_default();
     let (tx, rx) = oneshot::channel();
     conn.pending.lock().insert(id, tx);
     let io = async {
         {
             let mut w = conn.writer.lock().await;
-            if let Err(e) = write_all_vectored(&mut *w, &[&frame, data]).await {
+            if let Err(e) = write_all_vectored(&mut *w, &[&prefix, &frame, data]).await {
                 conn.broken.store(true, Ordering::Release);
                 return Err(ClientError::Io(e));
             }
@@ -694,7 +748,7 @@ async fn hello(conn: &Conn, host_id: &str, timeout: Duration) -> Result<HelloInf
     let req = Request::Hello {
         host_id: host_id.to_owned(),
     };
-    let f = send(conn, 0, 0, &req, None, timeout).await?;
+    let f = send(conn, 0, 0, &req, None, timeout, None).await?;
     response::decode_hello(&f.meta).map_err(proto)
 }
 

@@ -33,6 +33,13 @@ pub struct Endpoint {
     pub len: u64,
 }
 
+/// Local write, remote read and remote write: for regions and queue pairs alike.
+fn access() -> ibv_access_flags {
+    ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+        | ibv_access_flags::IBV_ACCESS_REMOTE_READ
+        | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
+}
+
 fn rc(r: i32, what: &str) -> io::Result<()> {
     if r == 0 {
         Ok(())
@@ -145,10 +152,7 @@ impl Device {
     /// The memory must stay mapped, and not move, for as long as the returned region
     /// lives.
     pub unsafe fn register(&self, addr: *mut u8, len: usize) -> io::Result<Region> {
-        let acc = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
-            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
-            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
-            .0 as i32;
+        let acc = access().0 as i32;
         // SAFETY: the caller guarantees the memory outlives the registration.
         let mr = unsafe { ibv_reg_mr(self.pd.as_ptr(), addr.cast(), len, acc) };
         Ok(Region {
@@ -302,10 +306,7 @@ impl Link {
     /// Connects to `peer`: RESET → INIT → RTR → RTS.
     pub fn connect(&mut self, peer: &Endpoint) -> io::Result<()> {
         use ibv_qp_attr_mask as M;
-        let access = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
-            | ibv_access_flags::IBV_ACCESS_REMOTE_READ
-            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
-            .0;
+        let access = access().0;
         // SAFETY: attribute structs are plain data, zeroed then filled; the queue
         // pair is live.
         unsafe {

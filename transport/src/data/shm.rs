@@ -44,6 +44,18 @@ pub async fn recv_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
 
 const CMSG_SPACE: usize = 64;
 
+/// A message header over one byte (`iov`) and a control buffer of `controllen`
+/// bytes of `cbuf`.
+fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u8; CMSG_SPACE], controllen: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = controllen.min(CMSG_SPACE);
+    msg
+}
+
 fn sendmsg_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
     let mut byte = [b'F'];
     let mut iov = libc::iovec {
@@ -51,13 +63,9 @@ fn sendmsg_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
         iov_len: 1,
     };
     let mut cbuf = [0u8; CMSG_SPACE];
-    // SAFETY: msghdr is plain data; zeroed is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    let msg = msghdr(&mut iov, &mut cbuf, space);
     // SAFETY: msg_control points at a buffer of at least msg_controllen bytes, so
     // the first header and its data are inside it.
     unsafe {
@@ -82,12 +90,7 @@ fn recvmsg_fd(sock: RawFd) -> io::Result<OwnedFd> {
         iov_len: 1,
     };
     let mut cbuf = [0u8; CMSG_SPACE];
-    // SAFETY: msghdr is plain data; zeroed is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_SPACE;
+    let mut msg = msghdr(&mut iov, &mut cbuf, CMSG_SPACE);
     // SAFETY: a valid socket and buffers that outlive the call.
     let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
