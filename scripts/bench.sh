@@ -53,6 +53,10 @@ echo "==> strata-bench grpc-vs-redis"
 "$BIN" grpc-vs-redis --sizes "$GRPC_SIZES" --clients "$CLIENTS" --duration "$DURATION" --rounds "$ROUNDS"
 
 echo
+echo "==> strata-bench data-path (TCP / shm vs Redis, raw sockets, memcpy, gRPC)"
+"$BIN" data-path
+
+echo
 echo "==> strata-bench nvme-vs-odirect (the tier as configured by default: psync, O_DIRECT)"
 "$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS"
 

@@ -50,6 +50,9 @@ pub struct DataArgs {
     /// Rounds (throughput is the median over rounds; latencies pool all rounds).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Which comparisons to run: tcp, small, mget, shm (comma-separated).
+    #[arg(long, default_value = "tcp,small,mget,shm", value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -285,8 +288,9 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
 
+    let on = |s: &str| a.only.iter().any(|o| o == s);
     // TCP GET vs Redis vs raw TCP vs gRPC.
-    for &size in &a.sizes {
+    for &size in a.sizes.iter().filter(|_| on("tcp")) {
         let len = size as usize;
         let k = key(&format!("v-{size}"))?;
         let rk = format!("bench:v-{size}").into_bytes();
@@ -363,7 +367,7 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
     }
 
     // 4 KiB latency.
-    {
+    if on("small") {
         let k = key("v-4096")?;
         let systems: Vec<(&str, Opener<'_>)> = vec![
             (
@@ -411,7 +415,7 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
     }
 
     // MGET 32 × 256 KiB.
-    {
+    if on("mget") {
         let total = mget_n * mget_len;
         let systems: Vec<(&str, Opener<'_>)> = vec![
             (
@@ -472,7 +476,7 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
     }
 
     // Shared-memory GET of 1 MiB.
-    {
+    if on("shm") {
         let len = 1usize << 20;
         let k = key(&format!("v-{len}"))?;
         // 64 distinct sources (64 MiB), so the memcpy reads cold memory as the
