@@ -65,9 +65,22 @@ async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()
     let config = Config::load(config.as_deref(), &overrides)?;
     let running = Server::start(config.clone()).await?;
     println!(
-        "strata-server listening: grpc {} (metrics http://{}/metrics), data {}, dram {}, nvme {}",
+        "strata-server listening: grpc {} (metrics http://{}/metrics), data path tcp {} shm {} rdma {}; \
+         data dir {}, dram {}, nvme {}",
         running.addr,
         running.metrics_addr,
+        running
+            .data_addr
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        running
+            .shm_socket
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |p| p.display().to_string()),
+        if running.data.rdma_available() {
+            "on"
+        } else {
+            "off"
+        },
         config.data_dir.display(),
         strata_server::ByteSize(config.dram_capacity()),
         if config.nvme.enabled {
