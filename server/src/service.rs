@@ -214,18 +214,11 @@ impl Cache for CacheService {
                 .read_page(&entry, index)
                 .await
                 .map_err(to_status)?;
-            let base = u64::from(index) * ps;
             let mut info = Some(info);
-            let mut msgs = Vec::with_capacity((end - start).div_ceil(chunk) as usize);
-            let mut pos = start;
-            while pos < end {
-                let n = chunk.min(end - pos);
-                msgs.push(Ok(pb::GetResponse {
-                    info: info.take(),
-                    chunk: page.slice((pos - base) as usize..(pos - base + n) as usize),
-                }));
-                pos += n;
-            }
+            let msgs = page_chunks(&page, u64::from(index) * ps, start, end, chunk, &mut info)
+                .into_iter()
+                .map(Ok)
+                .collect::<Vec<_>>();
             self.metrics
                 .bytes_out
                 .fetch_add(end - start, Ordering::Relaxed);
@@ -248,22 +241,15 @@ impl Cache for CacheService {
                 };
                 let base = u64::from(index) * ps;
                 let page_end = (base + page.len() as u64).min(end);
-                while pos < page_end {
-                    let n = chunk.min(page_end - pos);
-                    let c = page.slice((pos - base) as usize..(pos - base + n) as usize);
-                    pos += n;
-                    bytes_out.bytes_out.fetch_add(n, Ordering::Relaxed);
-                    if tx
-                        .send(Ok(pb::GetResponse {
-                            info: info.take(),
-                            chunk: c,
-                        }))
-                        .await
-                        .is_err()
-                    {
+                for msg in page_chunks(&page, base, pos, page_end, chunk, &mut info) {
+                    bytes_out
+                        .bytes_out
+                        .fetch_add(msg.chunk.len() as u64, Ordering::Relaxed);
+                    if tx.send(Ok(msg)).await.is_err() {
                         return; // the client went away
                     }
                 }
+                pos = page_end;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -421,4 +407,27 @@ impl Cache for CacheService {
             uptime_secs: self.started.elapsed().as_secs(),
         }))
     }
+}
+
+/// The messages carrying `[pos, end)` of a value out of `page` (which starts at
+/// value offset `base`), `chunk` bytes each; the first one still waiting for the
+/// value's info takes it.
+fn page_chunks(
+    page: &Bytes,
+    base: u64,
+    mut pos: u64,
+    end: u64,
+    chunk: u64,
+    info: &mut Option<pb::ValueInfo>,
+) -> Vec<pb::GetResponse> {
+    let mut msgs = Vec::with_capacity((end - pos).div_ceil(chunk.max(1)) as usize);
+    while pos < end {
+        let n = chunk.min(end - pos);
+        msgs.push(pb::GetResponse {
+            info: info.take(),
+            chunk: page.slice((pos - base) as usize..(pos - base + n) as usize),
+        });
+        pos += n;
+    }
+    msgs
 }

@@ -1,6 +1,9 @@
 //! The tiered store through its public API: DRAM over NVMe (on a tempdir) over a
 //! local-directory origin, with 64 KiB pages so multi-page values are cheap.
 
+#[path = "common/pattern.rs"]
+mod pattern;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,23 +14,11 @@ use strata_tiers::{
     Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig, Tier, TieredStore,
 };
 
+use self::pattern::pattern;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const PAGE: usize = 64 * 1024;
-
-/// `len` deterministic bytes, different for every seed and offset.
-fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
 
 fn key(ns: &str, body: &str) -> Key {
     Key::new(ns, "", body).expect("valid key")
@@ -115,6 +106,15 @@ fn totals(store: &TieredStore, tier: &str) -> CountersSnapshot {
         .total
 }
 
+/// Neither the store nor the origin has `key`.
+async fn assert_not_stored(store: &TieredStore, dir: &Path, key: &Key, what: &str) {
+    assert_eq!(read(store, key).await, None, "{what}: invisible");
+    assert!(
+        !origin_path(dir, key).exists(),
+        "{what}: and not in the origin"
+    );
+}
+
 async fn read(store: &TieredStore, key: &Key) -> Option<Bytes> {
     store
         .get(key, None)
@@ -198,15 +198,7 @@ async fn two_phase_puts_are_all_or_nothing() {
         let mut r = store.reserve(&k, len, None).expect("reserve");
         r.write(&value[..2 * PAGE + 5]).expect("write");
         drop(r);
-        assert_eq!(
-            read(&store, &k).await,
-            None,
-            "{ns}: an abandoned put is invisible"
-        );
-        assert!(
-            !origin_path(dir.path(), &k).exists(),
-            "{ns}: nor in the origin"
-        );
+        assert_not_stored(&store, dir.path(), &k, &format!("{ns}: abandoned put")).await;
 
         // Committed short.
         let k = key(ns, "short");
@@ -218,15 +210,7 @@ async fn two_phase_puts_are_all_or_nothing() {
             }
             other => panic!("{ns}: commit of a short value: {other:?}"),
         }
-        assert_eq!(
-            read(&store, &k).await,
-            None,
-            "{ns}: a short put is invisible"
-        );
-        assert!(
-            !origin_path(dir.path(), &k).exists(),
-            "{ns}: nor in the origin"
-        );
+        assert_not_stored(&store, dir.path(), &k, &format!("{ns}: short put")).await;
 
         // Wrong checksum.
         let k = key(ns, "bad-crc");
@@ -241,15 +225,7 @@ async fn two_phase_puts_are_all_or_nothing() {
             }
             other => panic!("{ns}: commit with a wrong checksum: {other:?}"),
         }
-        assert_eq!(
-            read(&store, &k).await,
-            None,
-            "{ns}: a mismatched put is invisible"
-        );
-        assert!(
-            !origin_path(dir.path(), &k).exists(),
-            "{ns}: nor in the origin"
-        );
+        assert_not_stored(&store, dir.path(), &k, &format!("{ns}: mismatched put")).await;
 
         // Writing past the reserved length is refused; the reservation stays usable.
         let k = key(ns, "exact");

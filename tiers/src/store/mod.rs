@@ -242,13 +242,40 @@ impl TieredStore {
     /// up again, a few times at most: the caller gets the old value or the new one,
     /// whole, or the error of the last attempt.
     pub async fn get(&self, key: &Key, range: Option<ByteRange>) -> Result<Option<(Entry, Bytes)>> {
+        let Some((entry, _, slices)) = self.get_slices(key, range).await? else {
+            return Ok(None);
+        };
+        let bytes = match slices.len() {
+            0 => Bytes::new(),
+            1 => slices.into_iter().next().unwrap_or_default(),
+            _ => {
+                let len = slices.iter().map(Bytes::len).sum();
+                let mut out = BytesMut::with_capacity(len);
+                for s in &slices {
+                    out.extend_from_slice(s);
+                }
+                out.freeze()
+            }
+        };
+        Ok(Some((entry, bytes)))
+    }
+
+    /// As [`Self::get`], but the bytes stay where they are stored: one zero-copy
+    /// slice per page (from the DRAM arena when the pages are there), in order, for
+    /// writers that send them as they are (vectored socket writes, shared-memory
+    /// and RDMA leases). Also returns the offset of the first byte.
+    pub async fn get_slices(
+        &self,
+        key: &Key,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Entry, u64, Vec<Bytes>)>> {
         let mut attempt = 0;
         loop {
             let Some(entry) = self.lookup(key).await? else {
                 return Ok(None);
             };
-            match self.read_range(&entry, range).await {
-                Ok(bytes) => return Ok(Some((entry, bytes))),
+            match self.read_slices(&entry, range).await {
+                Ok((start, slices)) => return Ok(Some((entry, start, slices))),
                 Err(e) => {
                     attempt += 1;
                     if attempt >= 8 || !self.inner.replaced(&entry).await {
@@ -259,28 +286,26 @@ impl TieredStore {
         }
     }
 
-    /// Reads `range` of a found value.
-    pub async fn read_range(&self, entry: &Entry, range: Option<ByteRange>) -> Result<Bytes> {
+    /// Reads `range` of a found value as page slices; returns the offset of the
+    /// first byte with them.
+    async fn read_slices(
+        &self,
+        entry: &Entry,
+        range: Option<ByteRange>,
+    ) -> Result<(u64, Vec<Bytes>)> {
         let (start, end) = range.unwrap_or_default().resolve(entry.len())?;
-        if start == end {
-            return Ok(Bytes::new());
-        }
         let ps = u64::from(entry.head.page_size);
-        let (first, last) = ((start / ps) as u32, ((end - 1) / ps) as u32);
-        if first == last {
-            let page = self.read_page(entry, first).await?;
-            let base = u64::from(first) * ps;
-            return Ok(page.slice((start - base) as usize..(end - base) as usize));
+        let mut out = Vec::with_capacity((end - start).div_ceil(ps) as usize + 1);
+        let mut pos = start;
+        while pos < end {
+            let index = (pos / ps) as u32;
+            let page = self.read_page(entry, index).await?;
+            let base = u64::from(index) * ps;
+            let e = (base + page.len() as u64).min(end);
+            out.push(page.slice((pos - base) as usize..(e - base) as usize));
+            pos = e;
         }
-        let mut out = BytesMut::with_capacity((end - start) as usize);
-        for i in first..=last {
-            let page = self.read_page(entry, i).await?;
-            let base = u64::from(i) * ps;
-            let s = start.saturating_sub(base) as usize;
-            let e = ((end - base) as usize).min(page.len());
-            out.extend_from_slice(&page[s..e]);
-        }
-        Ok(out.freeze())
+        Ok((start, out))
     }
 
     /// Starts a two-phase put of `len` bytes under `key`. Nothing is visible until

@@ -57,25 +57,29 @@ impl Leases {
     pub fn grant(&self, values: Vec<Bytes>) -> Option<u64> {
         let bytes: u64 = values.iter().map(|v| v.len() as u64).sum();
         let now = Instant::now();
-        let mut t = self.table.lock();
-        if t.bytes + bytes > self.max_bytes {
-            Self::sweep_locked(&mut t, now);
+        let mut expired = Vec::new();
+        let granted = {
+            let mut t = self.table.lock();
             if t.bytes + bytes > self.max_bytes {
-                return None;
+                expired = Self::sweep_locked(&mut t, now);
             }
-        }
-        let id = t.next;
-        t.next += 1;
-        t.bytes += bytes;
-        t.map.insert(
-            id,
-            Held {
-                deadline: now + self.ttl,
-                bytes,
-                _values: values,
-            },
-        );
-        Some(id)
+            (t.bytes + bytes <= self.max_bytes).then(|| {
+                let id = t.next;
+                t.next += 1;
+                t.bytes += bytes;
+                t.map.insert(
+                    id,
+                    Held {
+                        deadline: now + self.ttl,
+                        bytes,
+                        _values: values,
+                    },
+                );
+                id
+            })
+        };
+        drop(expired); // outside the lock: returns extents to the arena
+        granted
     }
 
     /// Ends a lease. `false` if it was unknown (released or expired already).

@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use strata_tiers::{ByteRange, Entry, Error, Key, Reservation, TieredStore};
+use strata_tiers::{ByteRange, Error, Key, Reservation, TieredStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -140,14 +140,15 @@ fn fail(op: Op, id: u64, e: Error) -> Out {
 
 /// Where the data section of the frame being read goes.
 enum Sink {
-    /// Into a reservation; `commit` with this CRC once full (PUT), or keep it (WRITE).
+    /// Into a reservation; once full, commit it (PUT: the reservation holds the CRC
+    /// to check) or keep it for more WRITEs.
     Reservation {
         op: Op,
         id: u64,
         reservation_id: u64,
         res: Box<Reservation>,
         remaining: u64,
-        commit: Option<u32>,
+        commit: bool,
     },
     /// Discarded (the request failed before its data).
     Discard { remaining: u64 },
@@ -490,7 +491,7 @@ impl DataServer {
                             reservation_id: id,
                             res: Box::new(res),
                             remaining: h.data_len,
-                            commit: Some(crc32c),
+                            commit: true,
                         });
                         None
                     }
@@ -543,7 +544,7 @@ impl DataServer {
                         reservation_id: reservation,
                         res,
                         remaining: h.data_len,
-                        commit: None,
+                        commit: false,
                     });
                     None
                 }
@@ -631,56 +632,31 @@ impl DataServer {
                 else {
                     return None;
                 };
-                match commit {
-                    Some(_) => Some(Box::pin(async move {
+                if commit {
+                    return Some(Box::pin(async move {
                         match res.commit().await {
                             Ok(r) => Out::u64(op, id, r.len),
                             Err(e) => fail(op, id, e),
                         }
-                    })),
-                    None => {
-                        let written = res.written();
-                        reservations.insert(reservation_id, res);
-                        Some(Box::pin(std::future::ready(Out::u64(op, id, written))))
-                    }
+                    }));
                 }
+                let written = res.written();
+                reservations.insert(reservation_id, res);
+                Some(Box::pin(std::future::ready(Out::u64(op, id, written))))
             }
             _ => None,
         }
     }
 
-    /// Reads `range` of `key` as slices of its pages. Retries when the value is
-    /// replaced while its pages are read.
+    /// Reads `range` of `key` as zero-copy slices of its pages: (total length,
+    /// offset of the first byte, slices). A miss is `NotFound`.
     async fn read(&self, key: &Key, range: ByteRange) -> Result<(u64, u64, Vec<Bytes>), Error> {
-        let mut attempt = 0;
-        loop {
-            let Some(entry) = self.store.lookup(key).await? else {
-                return Err(Error::NotFound {
-                    key: key.display_path(),
-                });
-            };
-            match self.slices(&entry, range).await {
-                Ok((start, s)) => return Ok((entry.len(), start, s)),
-                Err(e) if attempt < 4 && matches!(e, Error::NotFound { .. }) => attempt += 1,
-                Err(e) => return Err(e),
-            }
+        match self.store.get_slices(key, Some(range)).await? {
+            Some((entry, start, slices)) => Ok((entry.len(), start, slices)),
+            None => Err(Error::NotFound {
+                key: key.display_path(),
+            }),
         }
-    }
-
-    async fn slices(&self, entry: &Entry, range: ByteRange) -> Result<(u64, Vec<Bytes>), Error> {
-        let (start, end) = range.resolve(entry.len())?;
-        let ps = u64::from(entry.head.page_size);
-        let mut out = Vec::new();
-        let mut pos = start;
-        while pos < end {
-            let index = (pos / ps) as u32;
-            let page = self.store.read_page(entry, index).await?;
-            let base = u64::from(index) * ps;
-            let e = (base + page.len() as u64).min(end);
-            out.push(page.slice((pos - base) as usize..(e - base) as usize));
-            pos = e;
-        }
-        Ok((start, out))
     }
 
     /// Leases `slices` if they all lie in the arena and the lease budget allows.
