@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing what the tests need on a fresh
 # Debian machine: apt packages (Node.js for Azurite, redis-server for the
-# benches), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
+# benches, python3-cbor2 for the KV-key vectors), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
 # Azurite itself on a free port. Then fmt, clippy and `cargo test`, then the data
 # path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) on nightly
 # (cargo-fuzz is installed into ./.tools if missing), and the RDMA carrier's tests
@@ -17,6 +17,7 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+/usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || need_apt+=(python3-cbor2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]} (apt)"
   $SUDO apt-get update -qq
@@ -34,6 +35,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor)"
+/usr/bin/python3 scripts/kv-keys-vectors.py
 
 echo "==> RDMA carrier: host fallback, then the Soft-RoCE VM (scripts/rdma-vm-test.sh)"
 scripts/rdma-vm-test.sh

@@ -1,10 +1,31 @@
 //! vLLM-style KV connector for Strata.
 //!
-//! Coming with the KV-connector issue: a model fingerprint and chunk hashes chained
-//! like vLLM's `sha256_cbor`, the scheduler side (`get_num_new_matched_tokens` in one
-//! `MatchPrefix` round trip) and the worker side (`start_load_kv`,
-//! `wait_for_layer_load`, `save_kv_layer`, `wait_for_save`, `get_finished`,
-//! `get_block_ids_with_load_errors`) over candle-core tensors of layout
-//! `(2, num_blocks, block_size, num_kv_heads, head_size)`.
+//! - [`keys`]: a model fingerprint and chunk hashes chained like vLLM's
+//!   `sha256_cbor`; spec and test vectors in `docs/kv-keys.md`.
+//! - [`Scheduler`]: `get_num_new_matched_tokens` in one `MatchPrefix` round trip,
+//!   `update_state_after_alloc`, `build_connector_meta`, `request_finished`.
+//! - [`Worker`]: `register_kv_caches` (candle tensors), `start_load_kv`,
+//!   `wait_for_layer_load`, `save_kv_layer`, `wait_for_save`, `get_finished`,
+//!   `get_block_ids_with_load_errors`.
+//! - [`ChunkStore`]: where chunks live; Strata's [`strata_transport::Client`], or
+//!   any other store behind the same four calls.
 //!
-//! It will use `strata-transport`'s client for both control and data.
+//! Every stored chunk carries a header with a CRC-32C per layer; a chunk that fails
+//! any check is reported per block and never copied into the engine's caches.
+
+pub mod cache;
+pub mod cbor;
+pub mod chunk;
+pub mod error;
+pub mod keys;
+pub mod meta;
+pub mod scheduler;
+pub mod store;
+pub mod worker;
+
+pub use self::error::{Error, Result};
+pub use self::keys::{ChunkKeys, KvLayout, ModelFingerprint};
+pub use self::meta::ConnectorMetadata;
+pub use self::scheduler::{ScheduledRequest, Scheduler};
+pub use self::store::ChunkStore;
+pub use self::worker::{Worker, WorkerConfig, WorkerStats};

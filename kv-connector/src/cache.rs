@@ -1,0 +1,369 @@
+//! The engine's paged KV caches and the host-side gathers and scatters between
+//! them and the stored chunk layout.
+//!
+//! A layer's cache is a candle tensor, `(2, num_blocks, block_size, num_kv_heads,
+//! head_size)` (MHA) or `(num_blocks, block_size, head_size)` (MLA). Viewed as
+//! bytes it is `(kv, num_blocks, row)` with `row = block_size · heads · head_size ·
+//! elem_size`; a stored layer is `(kv, blocks_per_chunk, row)`, so a block's K (and
+//! V) is one contiguous run on both sides and a gather or scatter is `kv ·
+//! blocks` row copies, indexed with ndarray.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Tensor};
+use ndarray::{ArrayView3, ArrayViewMut3, Axis};
+
+use crate::error::{Error, Result};
+use crate::keys::{KvLayout, ModelFingerprint};
+
+/// The geometry every registered layer shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheGeometry {
+    /// MHA or MLA.
+    pub layout: KvLayout,
+    /// 2 (K, V) or 1 (MLA).
+    pub kv: usize,
+    /// Blocks in each layer's cache.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Bytes of one block's K (or V) in one layer.
+    pub row_bytes: usize,
+    /// The dtype.
+    pub dtype: DType,
+}
+
+impl CacheGeometry {
+    /// Checks one layer's tensor against the fingerprint and returns its geometry.
+    pub fn of(t: &Tensor, fp: &ModelFingerprint) -> Result<Self> {
+        if !t.is_contiguous() {
+            return Err(Error::Layout("a KV cache tensor must be contiguous".into()));
+        }
+        let dims = t.dims();
+        let (kv, num_blocks, block_size, heads, head) = match (fp.layout, dims) {
+            (KvLayout::Mha, &[2, nb, bs, h, d]) => (2, nb, bs, h, d),
+            (KvLayout::Mla, &[nb, bs, d]) => (1, nb, bs, 1, d),
+            (l, d) => {
+                return Err(Error::Layout(format!(
+                    "shape {d:?} is not the {} layout {}",
+                    l.as_str(),
+                    match l {
+                        KvLayout::Mha => "(2, num_blocks, block_size, num_kv_heads, head_size)",
+                        KvLayout::Mla => "(num_blocks, block_size, head_size)",
+                    }
+                )));
+            }
+        };
+        if heads != fp.num_kv_heads as usize || head != fp.head_size as usize {
+            return Err(Error::Layout(format!(
+                "{heads} heads of size {head}, but the fingerprint says {} of size {}",
+                fp.num_kv_heads, fp.head_size
+            )));
+        }
+        if dtype_name(t.dtype()) != fp.dtype {
+            return Err(Error::Layout(format!(
+                "dtype {:?}, but the fingerprint says {}",
+                t.dtype(),
+                fp.dtype
+            )));
+        }
+        Ok(Self {
+            layout: fp.layout,
+            kv,
+            num_blocks,
+            block_size,
+            row_bytes: block_size * heads * head * t.dtype().size_in_bytes(),
+            dtype: t.dtype(),
+        })
+    }
+}
+
+/// The name of a dtype in a fingerprint.
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::U8 => "u8",
+        _ => "other",
+    }
+}
+
+/// The bytes of a CPU storage.
+fn bytes_of(s: &CpuStorage) -> Result<&[u8]> {
+    fn cast<T>(v: &[T]) -> &[u8] {
+        // SAFETY: plain numeric element types, no padding; u8 has alignment 1.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+    }
+    Ok(match s {
+        CpuStorage::BF16(v) => cast(v),
+        CpuStorage::F16(v) => cast(v),
+        CpuStorage::F32(v) => cast(v),
+        CpuStorage::F64(v) => cast(v),
+        CpuStorage::U8(v) => v,
+        other => {
+            return Err(Error::Layout(format!(
+                "unsupported dtype {:?}",
+                other.dtype()
+            )));
+        }
+    })
+}
+
+fn bytes_of_mut(s: &mut CpuStorage) -> Result<&mut [u8]> {
+    fn cast<T>(v: &mut [T]) -> &mut [u8] {
+        // SAFETY: as in `bytes_of`; every byte pattern is a valid value of these types.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+    }
+    Ok(match s {
+        CpuStorage::BF16(v) => cast(v),
+        CpuStorage::F16(v) => cast(v),
+        CpuStorage::F32(v) => cast(v),
+        CpuStorage::F64(v) => cast(v),
+        CpuStorage::U8(v) => v,
+        other => {
+            return Err(Error::Layout(format!(
+                "unsupported dtype {:?}",
+                other.dtype()
+            )));
+        }
+    })
+}
+
+fn check_blocks(g: &CacheGeometry, blocks: &[u32]) -> Result<()> {
+    match blocks.iter().find(|&&b| b as usize >= g.num_blocks) {
+        Some(b) => Err(Error::Layout(format!(
+            "block {b} is out of range (num_blocks {})",
+            g.num_blocks
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Copies `blocks` of one layer's cache into `out`, laid out `(kv, blocks.len(),
+/// row)`. `out.len()` must be `kv · blocks.len() · row`.
+pub fn gather(t: &Tensor, g: &CacheGeometry, blocks: &[u32], out: &mut [u8]) -> Result<()> {
+    check_blocks(g, blocks)?;
+    let (storage, layout) = t.storage_and_layout();
+    let src = match &*storage {
+        candle_core::Storage::Cpu(s) => bytes_of(s)?,
+        _ => {
+            return Err(Error::Layout(
+                "gather from a non-CPU tensor needs feature `gpu`".into(),
+            ));
+        }
+    };
+    let start = layout.start_offset() * g.dtype.size_in_bytes();
+    let len = g.kv * g.num_blocks * g.row_bytes;
+    let src = ArrayView3::from_shape((g.kv, g.num_blocks, g.row_bytes), &src[start..start + len])
+        .map_err(|e| Error::Layout(e.to_string()))?;
+    let mut dst = ArrayViewMut3::from_shape((g.kv, blocks.len(), g.row_bytes), out)
+        .map_err(|e| Error::Layout(format!("gather buffer: {e}")))?;
+    for (mut d, s) in dst.axis_iter_mut(Axis(0)).zip(src.axis_iter(Axis(0))) {
+        for (i, &b) in blocks.iter().enumerate() {
+            let row = s.index_axis(Axis(0), b as usize);
+            let mut to = d.index_axis_mut(Axis(0), i);
+            to.as_slice_mut()
+                .expect("rows are contiguous")
+                .copy_from_slice(row.as_slice().expect("rows are contiguous"));
+        }
+    }
+    Ok(())
+}
+
+/// Copies stored blocks `first .. first + blocks.len()` of a layer (`src`, laid out
+/// `(kv, src_blocks, row)`) into the cache's `blocks`, in place.
+pub fn scatter(
+    t: &Tensor,
+    g: &CacheGeometry,
+    src: &[u8],
+    src_blocks: usize,
+    first: usize,
+    blocks: &[u32],
+) -> Result<()> {
+    check_blocks(g, blocks)?;
+    if first + blocks.len() > src_blocks || src.len() != g.kv * src_blocks * g.row_bytes {
+        return Err(Error::Layout(format!(
+            "scatter of {} blocks from {first} out of a {src_blocks}-block source of {} bytes",
+            blocks.len(),
+            src.len()
+        )));
+    }
+    t.inplace_op1(&Scatter {
+        g,
+        src,
+        src_blocks,
+        first,
+        blocks,
+    })?;
+    Ok(())
+}
+
+struct Scatter<'a> {
+    g: &'a CacheGeometry,
+    src: &'a [u8],
+    src_blocks: usize,
+    first: usize,
+    blocks: &'a [u32],
+}
+
+impl candle_core::InplaceOp1 for Scatter<'_> {
+    fn name(&self) -> &'static str {
+        "strata-kv-scatter"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let g = self.g;
+        let dst = bytes_of_mut(storage).map_err(candle_core::Error::wrap)?;
+        let start = layout.start_offset() * g.dtype.size_in_bytes();
+        let len = g.kv * g.num_blocks * g.row_bytes;
+        let mut dst = ArrayViewMut3::from_shape(
+            (g.kv, g.num_blocks, g.row_bytes),
+            &mut dst[start..start + len],
+        )
+        .map_err(candle_core::Error::wrap)?;
+        let src = ArrayView3::from_shape((g.kv, self.src_blocks, g.row_bytes), self.src)
+            .map_err(candle_core::Error::wrap)?;
+        for (mut d, s) in dst.axis_iter_mut(Axis(0)).zip(src.axis_iter(Axis(0))) {
+            for (i, &b) in self.blocks.iter().enumerate() {
+                let row = s.index_axis(Axis(0), self.first + i);
+                let mut to = d.index_axis_mut(Axis(0), b as usize);
+                to.as_slice_mut()
+                    .expect("rows are contiguous")
+                    .copy_from_slice(row.as_slice().expect("rows are contiguous"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn fp(layout: KvLayout) -> ModelFingerprint {
+        ModelFingerprint {
+            model_id: "t".into(),
+            revision: "r".into(),
+            dtype: "f32".into(),
+            layout,
+            num_layers: 1,
+            num_kv_heads: if layout == KvLayout::Mha { 2 } else { 1 },
+            head_size: 3,
+            tp_rank: 0,
+            tp_size: 1,
+            lora_id: None,
+            tenant: String::new(),
+            cache_salt: None,
+        }
+    }
+
+    #[test]
+    fn gather_then_scatter_moves_blocks() {
+        let n = 2 * 5 * 4 * 2 * 3;
+        let t = Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 5, 4, 2, 3))
+            .unwrap();
+        let g = CacheGeometry::of(&t, &fp(KvLayout::Mha)).unwrap();
+        assert_eq!(g.row_bytes, 4 * 2 * 3 * 4);
+        let mut buf = vec![0u8; 2 * 2 * g.row_bytes];
+        gather(&t, &g, &[3, 1], &mut buf).unwrap();
+        let dst = Tensor::zeros((2, 5, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        scatter(&dst, &g, &buf, 2, 0, &[0, 4]).unwrap();
+        for kv in 0..2 {
+            let want3 = t
+                .get(kv)
+                .unwrap()
+                .get(3)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let got0 = dst
+                .get(kv)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(want3, got0);
+            let want1 = t
+                .get(kv)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let got4 = dst
+                .get(kv)
+                .unwrap()
+                .get(4)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(want1, got4);
+            let untouched = dst
+                .get(kv)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert!(untouched.iter().all(|&x| x == 0.0));
+        }
+        // A partial scatter: the second stored block only.
+        let dst2 = Tensor::zeros((2, 5, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        scatter(&dst2, &g, &buf, 2, 1, &[2]).unwrap();
+        let a = dst2
+            .get(0)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = t
+            .get(0)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn mla_and_refusals() {
+        let t = Tensor::zeros((6, 4, 3), DType::F32, &Device::Cpu).unwrap();
+        let g = CacheGeometry::of(&t, &fp(KvLayout::Mla)).unwrap();
+        assert_eq!((g.kv, g.num_blocks), (1, 6));
+        let e = CacheGeometry::of(&t, &fp(KvLayout::Mha))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the mha layout"), "{e}");
+        let mut buf = vec![0u8; g.row_bytes];
+        let e = gather(&t, &g, &[6], &mut buf).unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{e}");
+        let e = scatter(&t, &g, &buf, 1, 1, &[0]).unwrap_err().to_string();
+        assert!(e.contains("scatter of 1 blocks"), "{e}");
+        let bf = Tensor::zeros((6, 4, 3), DType::BF16, &Device::Cpu).unwrap();
+        let e = CacheGeometry::of(&bf, &fp(KvLayout::Mla))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dtype"), "{e}");
+    }
+}
