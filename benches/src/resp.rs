@@ -103,6 +103,34 @@ impl RespConn {
         self.bulk().await
     }
 
+    /// `GETRANGE key start end` (inclusive end): `None` for an empty answer, which
+    /// is what Redis gives for a missing key.
+    pub async fn getrange(
+        &mut self,
+        key: &[u8],
+        start: u64,
+        end: u64,
+    ) -> anyhow::Result<Option<Bytes>> {
+        let (s, e) = (start.to_string(), end.to_string());
+        self.send(&[b"GETRANGE", key, s.as_bytes(), e.as_bytes()])
+            .await?;
+        Ok(self.bulk().await?.filter(|b| !b.is_empty()))
+    }
+
+    /// `EXISTS key`.
+    pub async fn exists(&mut self, key: &[u8]) -> anyhow::Result<bool> {
+        self.send(&[b"EXISTS", key]).await?;
+        let line = self.line().await?;
+        match line.as_ref() {
+            b":1" => Ok(true),
+            b":0" => Ok(false),
+            other => bail!(
+                "redis answered {:?} to EXISTS",
+                String::from_utf8_lossy(other)
+            ),
+        }
+    }
+
     /// `MGET key…`: the values, `None` for each nil.
     pub async fn mget(&mut self, keys: &[&[u8]]) -> anyhow::Result<Vec<Option<Bytes>>> {
         let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);

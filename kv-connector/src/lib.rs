@@ -20,6 +20,7 @@ pub mod error;
 pub mod keys;
 pub mod meta;
 pub mod scheduler;
+pub mod sim;
 pub mod store;
 pub mod worker;
 
@@ -28,4 +29,4 @@ pub use self::keys::{ChunkKeys, KvLayout, ModelFingerprint};
 pub use self::meta::ConnectorMetadata;
 pub use self::scheduler::{ScheduledRequest, Scheduler};
 pub use self::store::ChunkStore;
-pub use self::worker::{Worker, WorkerConfig, WorkerStats};
+pub use self::worker::{ReadUnit, Worker, WorkerConfig, WorkerStats};

@@ -36,6 +36,20 @@ pub struct WorkerConfig {
     /// Bytes of chunks being gathered or written at once; chunks beyond it are not
     /// saved (counted in [`WorkerStats::saves_skipped`]). Default 2 GiB.
     pub max_save_bytes: u64,
+    /// How a load reads a chunk. Default [`ReadUnit::Layer`].
+    pub read_unit: ReadUnit,
+}
+
+/// How a load reads a stored chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadUnit {
+    /// One ranged GET per (layer, chunk), layer-major: layer L+1 arrives while the
+    /// engine computes layer L.
+    #[default]
+    Layer,
+    /// One GET of the whole chunk: fewer requests, but the first layer waits for
+    /// every byte. Kept to measure the choice.
+    Chunk,
 }
 
 impl Default for WorkerConfig {
@@ -43,6 +57,7 @@ impl Default for WorkerConfig {
         Self {
             load_window: 32,
             max_save_bytes: 2 << 30,
+            read_unit: ReadUnit::Layer,
         }
     }
 }
@@ -366,6 +381,9 @@ async fn load(
     chunks: Vec<LoadChunk>,
     progress: Arc<Progress>,
 ) {
+    if shared.config.read_unit == ReadUnit::Chunk {
+        return load_whole(shared, reg, chunks, progress).await;
+    }
     let shape = reg.shape;
     let layers = shape.layers as usize;
     let n = chunks.len();
@@ -406,18 +424,11 @@ async fn load(
                     &bytes,
                 ),
             };
-            match outcome {
-                Ok(()) => {
-                    if l + 1 == layers {
-                        shared.stats.chunks_loaded.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, layer = l, blocks = ?chunk.block_ids, "kv chunk load failed; blocks reported for recompute");
-                    failed[c].store(true, Ordering::Relaxed);
-                    shared.stats.chunks_failed.fetch_add(1, Ordering::Relaxed);
-                    shared.errors.lock().extend(chunk.block_ids.iter().copied());
-                }
+            if outcome.is_err() {
+                failed[c].store(true, Ordering::Relaxed);
+                record(&shared, &reg, chunk, outcome, l);
+            } else if l + 1 == layers {
+                record(&shared, &reg, chunk, outcome, l);
             }
         }
         if c + 1 == n {
@@ -425,6 +436,71 @@ async fn load(
         }
     }
     progress.set(usize::MAX);
+}
+
+/// Loads each chunk with one GET; every layer is done when every chunk is.
+async fn load_whole(
+    shared: Arc<Shared>,
+    reg: Arc<Registered>,
+    chunks: Vec<LoadChunk>,
+    progress: Arc<Progress>,
+) {
+    let shape = reg.shape;
+    let hl = shape.header_len();
+    let len = shape.value_len();
+    let fetch = |i: usize| {
+        let (shared, chunks) = (&shared, &chunks);
+        async move { shared.store.get_range(&chunks[i].key, 0, len).await }
+    };
+    let mut results = futures::stream::iter(0..chunks.len())
+        .map(fetch)
+        .buffered(shared.config.load_window.max(1));
+    let mut i = 0;
+    while let Some(r) = results.next().await {
+        let chunk = &chunks[i];
+        i += 1;
+        let outcome = match r {
+            Err(e) => Err(e),
+            Ok(None) => Err(corrupt(&chunk.key, "absent")),
+            Ok(Some(bytes)) => {
+                let mut header = None;
+                (0..shape.layers as usize).try_for_each(|l| {
+                    let data = if l == 0 {
+                        bytes.slice(..(hl + shape.layer_bytes as usize).min(bytes.len()))
+                    } else {
+                        let off = shape.layer_offset(l) as usize;
+                        bytes.slice(
+                            off.min(bytes.len())
+                                ..(off + shape.layer_bytes as usize).min(bytes.len()),
+                        )
+                    };
+                    place(&reg, chunk, &mut header, l, hl, &shared.fingerprint, &data)
+                })
+            }
+        };
+        record(&shared, &reg, chunk, outcome, 0);
+    }
+    progress.set(usize::MAX);
+}
+
+/// Counts a chunk's outcome; a failure reports its blocks.
+fn record(shared: &Shared, reg: &Registered, chunk: &LoadChunk, outcome: Result<()>, layer: usize) {
+    match outcome {
+        Ok(()) => {
+            shared.stats.chunks_loaded.fetch_add(1, Ordering::Relaxed);
+            let g = &reg.geometry;
+            let bytes = chunk.block_ids.len() * g.kv * g.row_bytes * reg.layers.len();
+            shared
+                .stats
+                .bytes_loaded
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, layer, blocks = ?chunk.block_ids, "kv chunk load failed; blocks reported for recompute");
+            shared.stats.chunks_failed.fetch_add(1, Ordering::Relaxed);
+            shared.errors.lock().extend(chunk.block_ids.iter().copied());
+        }
+    }
 }
 
 /// Checks one fetched layer (and, for layer 0, the header) and scatters it.

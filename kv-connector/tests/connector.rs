@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use futures::future::BoxFuture;
 use strata_kv_connector::meta::ConnectorMetadata;
 use strata_kv_connector::{
-    ChunkKeys, ChunkStore, KvLayout, ModelFingerprint, ScheduledRequest, Scheduler, Worker,
-    WorkerConfig,
+    ChunkKeys, ChunkStore, KvLayout, ModelFingerprint, ReadUnit, ScheduledRequest, Scheduler,
+    Worker, WorkerConfig,
 };
 use strata_server::config::{ByteSize, Config};
 use strata_server::{Running, Server};
@@ -90,6 +90,10 @@ struct Engine {
 
 impl Engine {
     fn new(rt: &tokio::runtime::Runtime, store: Arc<dyn ChunkStore>) -> Self {
+        Self::with(rt, store, ReadUnit::Layer)
+    }
+
+    fn with(rt: &tokio::runtime::Runtime, store: Arc<dyn ChunkStore>, read_unit: ReadUnit) -> Self {
         let caches: Vec<Tensor> = (0..LAYERS)
             .map(|_| {
                 Tensor::zeros((2, BLOCKS, BLOCK, HEADS, HEAD), DType::F32, &Device::Cpu).unwrap()
@@ -102,6 +106,7 @@ impl Engine {
             rt.handle().clone(),
             WorkerConfig {
                 load_window: 1,
+                read_unit,
                 ..Default::default()
             },
         );
@@ -362,6 +367,11 @@ fn shared_prefix_over_shm() {
 
 #[test]
 fn corrupt_chunks_are_reported_per_block_and_never_copied() {
+    corrupt_chunks(ReadUnit::Layer);
+    corrupt_chunks(ReadUnit::Chunk);
+}
+
+fn corrupt_chunks(read_unit: ReadUnit) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let r = server(&rt, dir.path());
@@ -388,7 +398,7 @@ fn corrupt_chunks_are_reported_per_block_and_never_copied() {
 
     let (mut sched_b, mut b) = (
         scheduler(&rt, store.clone()),
-        Engine::new(&rt, store.clone()),
+        Engine::with(&rt, store.clone(), read_unit),
     );
     assert_eq!(sched_b.get_num_new_matched_tokens(&tokens, 0), 3 * CHUNK);
     let blocks_b: Vec<u32> = (20..33).collect();

@@ -57,6 +57,8 @@ enum Cmd {
     NvmeVsOdirect(NvmeArgs),
     /// The binary data path (TCP, shared memory) vs Redis, raw sockets, memcpy, gRPC.
     DataPath(datapath::DataArgs),
+    /// The KV connector: chat-trace replay (Strata, Redis, none) and 4k-prefix loads.
+    KvConnector(strata_benches::kvconn::KvArgs),
     /// Ours / limit / ratio rows from the medians of the criterion `dram` bench.
     CriterionSummary(SummaryArgs),
 }
@@ -134,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::GrpcVsRedis(a) => grpc_vs_redis(&a),
         Cmd::NvmeVsOdirect(a) => nvme_vs_odirect(&a),
         Cmd::DataPath(a) => datapath::run(&a),
+        Cmd::KvConnector(a) => strata_benches::kvconn::run(&a),
         Cmd::CriterionSummary(a) => criterion_summary(&a),
     }
 }
