@@ -57,6 +57,10 @@ echo "==> strata-bench data-path (TCP / shm vs Redis, raw sockets, memcpy, gRPC)
 "$BIN" data-path
 
 echo
+echo "==> strata-bench kv-connector (chat trace over Strata / Redis / none; 4k-prefix loads vs raw TCP and memcpy)"
+"$BIN" kv-connector --rounds "$ROUNDS"
+
+echo
 echo "==> strata-bench nvme-vs-odirect (the tier as configured by default: psync, O_DIRECT)"
 "$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS"
 
