@@ -157,17 +157,13 @@ pub fn gather(t: &Tensor, g: &CacheGeometry, blocks: &[u32], out: &mut [u8]) -> 
     let len = g.kv * g.num_blocks * g.row_bytes;
     let src = ArrayView3::from_shape((g.kv, g.num_blocks, g.row_bytes), &src[start..start + len])
         .map_err(|e| Error::Layout(e.to_string()))?;
-    let mut dst = ArrayViewMut3::from_shape((g.kv, blocks.len(), g.row_bytes), out)
+    let dst = ArrayViewMut3::from_shape((g.kv, blocks.len(), g.row_bytes), out)
         .map_err(|e| Error::Layout(format!("gather buffer: {e}")))?;
-    for (mut d, s) in dst.axis_iter_mut(Axis(0)).zip(src.axis_iter(Axis(0))) {
-        for (i, &b) in blocks.iter().enumerate() {
-            let row = s.index_axis(Axis(0), b as usize);
-            let mut to = d.index_axis_mut(Axis(0), i);
-            to.as_slice_mut()
-                .expect("rows are contiguous")
-                .copy_from_slice(row.as_slice().expect("rows are contiguous"));
-        }
-    }
+    copy_rows(
+        dst,
+        src,
+        blocks.iter().enumerate().map(|(i, &b)| (i, b as usize)),
+    );
     Ok(())
 }
 
@@ -199,6 +195,24 @@ pub fn scatter(
     Ok(())
 }
 
+/// For each `(to, from)`, copies row `from` of `src` to row `to` of `dst`, in every
+/// `kv` plane. Both are `(kv, blocks, row_bytes)` with contiguous rows.
+fn copy_rows(
+    mut dst: ArrayViewMut3<'_, u8>,
+    src: ArrayView3<'_, u8>,
+    pairs: impl Iterator<Item = (usize, usize)> + Clone,
+) {
+    for (mut d, s) in dst.axis_iter_mut(Axis(0)).zip(src.axis_iter(Axis(0))) {
+        for (to, from) in pairs.clone() {
+            let row = s.index_axis(Axis(0), from);
+            d.index_axis_mut(Axis(0), to)
+                .as_slice_mut()
+                .expect("rows are contiguous")
+                .copy_from_slice(row.as_slice().expect("rows are contiguous"));
+        }
+    }
+}
+
 struct Scatter<'a> {
     g: &'a CacheGeometry,
     src: &'a [u8],
@@ -217,22 +231,19 @@ impl candle_core::InplaceOp1 for Scatter<'_> {
         let dst = bytes_of_mut(storage).map_err(candle_core::Error::wrap)?;
         let start = layout.start_offset() * g.dtype.size_in_bytes();
         let len = g.kv * g.num_blocks * g.row_bytes;
-        let mut dst = ArrayViewMut3::from_shape(
+        let dst = ArrayViewMut3::from_shape(
             (g.kv, g.num_blocks, g.row_bytes),
             &mut dst[start..start + len],
         )
         .map_err(candle_core::Error::wrap)?;
         let src = ArrayView3::from_shape((g.kv, self.src_blocks, g.row_bytes), self.src)
             .map_err(candle_core::Error::wrap)?;
-        for (mut d, s) in dst.axis_iter_mut(Axis(0)).zip(src.axis_iter(Axis(0))) {
-            for (i, &b) in self.blocks.iter().enumerate() {
-                let row = s.index_axis(Axis(0), self.first + i);
-                let mut to = d.index_axis_mut(Axis(0), b as usize);
-                to.as_slice_mut()
-                    .expect("rows are contiguous")
-                    .copy_from_slice(row.as_slice().expect("rows are contiguous"));
-            }
-        }
+        let pairs = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b as usize, self.first + i));
+        copy_rows(dst, src, pairs);
         Ok(())
     }
 }

@@ -200,21 +200,8 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    pub(crate) fn llama() -> ModelFingerprint {
-        ModelFingerprint {
-            model_id: "meta-llama/Llama-3.1-8B-Instruct".into(),
-            revision: "main".into(),
-            dtype: "bf16".into(),
-            layout: KvLayout::Mha,
-            num_layers: 32,
-            num_kv_heads: 8,
-            head_size: 128,
-            tp_rank: 0,
-            tp_size: 1,
-            lora_id: None,
-            tenant: String::new(),
-            cache_salt: None,
-        }
+    fn llama() -> ModelFingerprint {
+        crate::sim::llama_8b()
     }
 
     #[test]

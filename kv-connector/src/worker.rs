@@ -546,6 +546,13 @@ struct Staged {
     failed: bool,
 }
 
+/// One of a request's chunks is written, skipped or abandoned.
+fn one_saved(shared: &Shared, req_id: &ReqId) {
+    if let Some(n) = shared.pending.lock().get_mut(req_id) {
+        *n = n.saturating_sub(1);
+    }
+}
+
 /// The saver thread: gathers each layer of the step's chunks as the engine hands
 /// it over, then writes each chunk in one PUT.
 fn saver(shared: Arc<Shared>, reg: Arc<Registered>, rx: mpsc::Receiver<SaveJob>) {
@@ -554,12 +561,6 @@ fn saver(shared: Arc<Shared>, reg: Arc<Registered>, rx: mpsc::Receiver<SaveJob>)
     let lb = shape.layer_bytes as usize;
     let total = shape.value_len();
     let mut step: Vec<Staged> = Vec::new();
-    let finish = |shared: &Arc<Shared>, req_id: &ReqId| {
-        let mut p = shared.pending.lock();
-        if let Some(n) = p.get_mut(req_id) {
-            *n = n.saturating_sub(1);
-        }
-    };
     while let Ok(job) = rx.recv() {
         match job {
             SaveJob::Step(chunks) => {
@@ -569,14 +570,14 @@ fn saver(shared: Arc<Shared>, reg: Arc<Registered>, rx: mpsc::Receiver<SaveJob>)
                         "kv chunk save abandoned: not every layer was saved"
                     );
                     shared.save_bytes.fetch_sub(total, Ordering::Relaxed);
-                    finish(&shared, &s.req_id);
+                    one_saved(&shared, &s.req_id);
                 }
                 for (req_id, chunk) in chunks {
                     let used = shared.save_bytes.fetch_add(total, Ordering::Relaxed);
                     if used + total > shared.config.max_save_bytes {
                         shared.save_bytes.fetch_sub(total, Ordering::Relaxed);
                         shared.stats.saves_skipped.fetch_add(1, Ordering::Relaxed);
-                        finish(&shared, &req_id);
+                        one_saved(&shared, &req_id);
                         continue;
                     }
                     step.push(Staged {
@@ -609,7 +610,7 @@ fn saver(shared: Arc<Shared>, reg: Arc<Registered>, rx: mpsc::Receiver<SaveJob>)
                     if s.failed {
                         shared.stats.saves_failed.fetch_add(1, Ordering::Relaxed);
                         shared.save_bytes.fetch_sub(total, Ordering::Relaxed);
-                        finish(&shared, &s.req_id);
+                        one_saved(&shared, &s.req_id);
                         continue;
                     }
                     let header = Header {
@@ -629,10 +630,7 @@ fn saver(shared: Arc<Shared>, reg: Arc<Registered>, rx: mpsc::Receiver<SaveJob>)
                             }
                         };
                         sh.save_bytes.fetch_sub(total, Ordering::Relaxed);
-                        let mut p = sh.pending.lock();
-                        if let Some(n) = p.get_mut(&s.req_id) {
-                            *n = n.saturating_sub(1);
-                        }
+                        one_saved(&sh, &s.req_id);
                     });
                 }
             }
