@@ -37,6 +37,8 @@ echo "==> cargo test"
 cargo test --workspace
 echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor)"
 /usr/bin/python3 scripts/kv-keys-vectors.py
+echo "==> Epoch-plan vectors, recomputed in Python"
+/usr/bin/python3 scripts/epoch-plan-vectors.py
 
 echo "==> RDMA carrier: host fallback, then the Soft-RoCE VM (scripts/rdma-vm-test.sh)"
 scripts/rdma-vm-test.sh

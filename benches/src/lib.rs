@@ -28,6 +28,7 @@ pub mod rawtcp;
 pub mod redis;
 pub mod report;
 pub mod resp;
+pub mod shardsim;
 
 /// Fills `buf` with a cheap pseudo-random pattern derived from `seed`, so values
 /// are neither zero pages nor identical to one another.

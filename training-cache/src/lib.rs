@@ -1,6 +1,12 @@
-//! Strata's training shard loader.
+//! Strata's training shard cache, client and server sides.
 //!
-//! Coming with the training issue: dataset manifests (blob list with sizes and
-//! ETags), deterministic epoch plans from (seed, epoch) split by (rank, world size)
-//! and resumable from a step, a prefetching loader bounded in count and bytes, and
-//! plan registration so the `shard` namespace can evict clairvoyantly (Belady).
+//! - [`plan`]: deterministic epoch plans from `(seed, epoch)`, split by
+//!   `(rank, world_size)`, resumable from `(epoch, step)`.
+//! - [`oracle`]: the next use of every shard over the registered plans, for
+//!   clairvoyant (Belady) eviction.
+
+pub mod oracle;
+pub mod plan;
+
+pub use oracle::{JobId, JobPlan, Oracle};
+pub use plan::{Item, PlanSpec, Position, RankPlan, Remainder};

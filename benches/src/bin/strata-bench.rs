@@ -59,6 +59,8 @@ enum Cmd {
     DataPath(datapath::DataArgs),
     /// The KV connector: chat-trace replay (Strata, Redis, none) and 4k-prefix loads.
     KvConnector(strata_benches::kvconn::KvArgs),
+    /// Training-shard eviction: LRU, no-evict, clairvoyant and offline Belady, simulated.
+    ShardSim(strata_benches::shardsim::SimArgs),
     /// Ours / limit / ratio rows from the medians of the criterion `dram` bench.
     CriterionSummary(SummaryArgs),
 }
@@ -137,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::NvmeVsOdirect(a) => nvme_vs_odirect(&a),
         Cmd::DataPath(a) => datapath::run(&a),
         Cmd::KvConnector(a) => strata_benches::kvconn::run(&a),
+        Cmd::ShardSim(a) => strata_benches::shardsim::run(&a),
         Cmd::CriterionSummary(a) => criterion_summary(&a),
     }
 }
