@@ -7,6 +7,7 @@
 //! the tiers close.
 
 pub mod config;
+pub mod datasets;
 pub mod metrics;
 pub mod service;
 mod status;
@@ -17,16 +18,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use strata_proto::v1::cache_server::CacheServer;
+use strata_proto::v1::datasets_server::DatasetsServer;
 use strata_tiers::{
     DramConfig, DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig,
     TieredStore,
 };
+use strata_training_cache::dataset::{Datasets, OriginSpec};
 use strata_transport::data::{DataConfig, DataServer};
 use strata_transport::wire::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::config::{ByteSize, Config, Overrides};
+use self::datasets::DatasetService;
 use self::metrics::Metrics;
 use self::service::CacheService;
 
@@ -52,6 +56,8 @@ pub struct Running {
     pub data: Arc<DataServer>,
     /// The store (for tests and embedding).
     pub store: TieredStore,
+    /// The dataset registry (for tests and embedding).
+    pub datasets: Arc<Datasets>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -60,6 +66,18 @@ impl Server {
     /// Builds the tiers, binds both listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Running> {
         let store = build_store(&config).await?;
+        let origin_spec = match config.origin.kind {
+            config::OriginKindConfig::Localdir => OriginSpec::Dir(config.origin_dir()),
+            config::OriginKindConfig::Blob => match config.origin.blob.clone() {
+                Some(b) => OriginSpec::Blob(b),
+                None => OriginSpec::None,
+            },
+            config::OriginKindConfig::None => OriginSpec::None,
+        };
+        let datasets = Datasets::open(store.clone(), origin_spec)
+            .await
+            .context("loading the dataset registry")?;
+        let plans = datasets::Plans::default();
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -161,6 +179,7 @@ impl Server {
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let token = shutdown.clone();
         let store_for_close = store.clone();
+        let datasets_for_svc = datasets.clone();
         let task = tokio::spawn(async move {
             // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
             // stream must set it, or Nagle holds each response's trailing frames until
@@ -175,6 +194,11 @@ impl Server {
                 .add_service(reflection)
                 .add_service(
                     CacheServer::new(svc)
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                )
+                .add_service(
+                    DatasetsServer::new(DatasetService::new(datasets_for_svc, plans))
                         .max_decoding_message_size(MAX_MESSAGE)
                         .max_encoding_message_size(MAX_MESSAGE),
                 )
@@ -206,6 +230,7 @@ impl Server {
             shm_socket,
             data,
             store,
+            datasets,
             shutdown,
             task,
         })

@@ -18,6 +18,7 @@ pub(crate) fn to_status(e: Error) -> Status {
         Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         Error::ShuttingDown => Code::Unavailable,
         Error::Corrupt { .. } => Code::DataLoss,
+        Error::Changed { .. } => Code::FailedPrecondition,
         e if e.is_retryable() => Code::Unavailable,
         _ => Code::Internal,
     };

@@ -132,6 +132,15 @@ pub enum Error {
         /// Whether the original error was retryable.
         retryable: bool,
     },
+    /// The origin's object changed since the version being read was recorded (a
+    /// dataset version whose blob was rewritten): served from neither version.
+    #[error("{target} changed since this version was recorded: {detail}")]
+    Changed {
+        /// The object.
+        target: String,
+        /// What changed.
+        detail: String,
+    },
     /// A configuration value is invalid.
     #[error("invalid config {field}: {reason}")]
     Config {

@@ -22,7 +22,7 @@ mod stats;
 pub mod store;
 mod tier;
 
-pub use self::blob::{BlobAuth, BlobConfig, BlobTier};
+pub use self::blob::{BlobAuth, BlobConfig, BlobItem, BlobTier};
 pub use self::dram::{DramConfig, DramTier, EvictionKind};
 pub use self::error::{Error, Result};
 pub use self::key::{KEY_VERSION, Key, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};
@@ -31,7 +31,8 @@ pub use self::nvme::{NvmeConfig, NvmeTier};
 pub use self::policy::{NamespacePolicy, Namespaces, OriginKind, TierSet, WritePolicy};
 pub use self::stats::{Counters, CountersSnapshot, TierStats};
 pub use self::store::{
-    Entry, Head, ListedValue, Origin, Receipt, Reservation, StoreConfig, TierReport, TieredStore,
+    BoxFuture, Entry, Head, ListedValue, NamespaceOrigin, Origin, Receipt, Reservation,
+    StoreConfig, TierReport, TieredStore,
 };
 pub use self::tier::{
     ByteRange, Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage,

@@ -3,19 +3,16 @@
 
 #[path = "common/azurite.rs"]
 mod azurite;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strata_tiers::{
-    BlobConfig, BlobTier, ByteRange, Error, GetOptions, Key, PutOptions, PutOutcome, Tier,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use strata_tiers::{BlobTier, ByteRange, Error, GetOptions, Key, PutOptions, PutOutcome, Tier};
 
 use self::azurite::Azurite;
+use self::faultproxy::FaultProxy;
 
 fn key(body: impl AsRef<[u8]>) -> Key {
     Key::new("obj", "", body).expect("valid key")
@@ -493,110 +490,4 @@ async fn exhausted_retries_surface_a_retryable_503() {
         "{:?}",
         started.elapsed()
     );
-}
-
-/// An HTTP/1.1 proxy in front of Azurite: it answers the first `faults` requests
-/// with `503 Server Busy` (plus `hint`, a header line) and forwards the rest. Every
-/// request gets its own connections (`Connection: close`), so requests are counted
-/// exactly.
-struct FaultProxy {
-    port: u16,
-    seen: Arc<AtomicUsize>,
-    max_in_flight: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FaultProxy {
-    async fn start(upstream: u16, faults: usize, hint: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the proxy");
-        let port = listener.local_addr().expect("local addr").port();
-        let seen = Arc::new(AtomicUsize::new(0));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let max_in_flight = Arc::new(AtomicUsize::new(0));
-        let counters = (seen.clone(), in_flight, max_in_flight.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let (seen, in_flight, max_in_flight) = counters.clone();
-                tokio::spawn(async move {
-                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    max_in_flight.fetch_max(now, Ordering::SeqCst);
-                    let _ = serve(client, upstream, &seen, faults, hint).await;
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Self {
-            port,
-            seen,
-            max_in_flight,
-            task,
-        }
-    }
-
-    /// The emulator's tier configuration, pointed at the proxy.
-    fn config(&self, az: &Azurite, container: &str) -> BlobConfig {
-        let mut config = az.config(container);
-        config.endpoint = format!("http://127.0.0.1:{}/{}", self.port, azurite::ACCOUNT);
-        config
-    }
-
-    fn seen(&self) -> usize {
-        self.seen.load(Ordering::SeqCst)
-    }
-
-    fn max_in_flight(&self) -> usize {
-        self.max_in_flight.load(Ordering::SeqCst)
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-async fn serve(
-    mut client: TcpStream,
-    upstream: u16,
-    seen: &AtomicUsize,
-    faults: usize,
-    hint: &str,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while find(&buf, b"\r\n\r\n").is_none() {
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    if seen.fetch_add(1, Ordering::SeqCst) < faults {
-        let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code>\
-                    <Message>Injected by the test proxy.\nRequestId:0</Message></Error>";
-        let rsp = format!(
-            "HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\n{hint}Content-Type: application/xml\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        client.write_all(rsp.as_bytes()).await?;
-        return client.shutdown().await;
-    }
-    let line_end = find(&buf, b"\r\n").unwrap_or(0) + 2;
-    let mut out = buf[..line_end].to_vec();
-    out.extend_from_slice(b"Connection: close\r\n");
-    out.extend_from_slice(&buf[line_end..]);
-    let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
-    up.write_all(&out).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
-    Ok(())
 }

@@ -83,6 +83,45 @@ enum Cmd {
         /// NAMESPACE/[TENANT/]KEY
         key: String,
     },
+    /// Training datasets: manifests of shards on the origin.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetCmd {
+    /// List the blobs under SOURCE (an origin prefix, or a Blob URL of the origin's
+    /// account) into a manifest; a changed listing makes a new version.
+    Add {
+        /// The dataset's name.
+        name: String,
+        /// BLOB_URL_OR_PREFIX
+        source: String,
+        /// Origin requests in flight for this dataset (default 32).
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
+    /// List datasets.
+    Ls,
+    /// Show a dataset version and its first shards.
+    Show {
+        /// The dataset's name.
+        name: String,
+        /// A version (default: the current one).
+        #[arg(long, default_value = "")]
+        version: String,
+        /// Shards to print (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// Read every shard into the cache, skipping what is cached (rerun to resume).
+    Preload {
+        /// The dataset's name.
+        name: String,
+        /// A version (default: the current one).
+        #[arg(long, default_value = "")]
+        version: String,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -105,6 +144,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&args.addr, ClientOptions::default()).await?;
     let key = |s: &str| Key::parse_path(s);
     match args.cmd {
+        Cmd::Dataset(cmd) => dataset(&client, cmd).await?,
         Cmd::Status => {
             let s = client.stats().await?;
             println!(
@@ -287,4 +327,133 @@ fn print_stats(s: &proto::StatsResponse) {
             );
         }
     }
+}
+
+fn print_info(d: &proto::DatasetInfo) {
+    println!(
+        "{}  version {}  {} shards  {}  source {}  ({} version{}, {} origin requests in flight)",
+        d.name,
+        d.version,
+        d.shards,
+        human(d.bytes),
+        d.source,
+        d.versions,
+        if d.versions == 1 { "" } else { "s" },
+        d.concurrency
+    );
+}
+
+async fn dataset(client: &Client, cmd: DatasetCmd) -> anyhow::Result<()> {
+    let mut rpc = proto::datasets_client::DatasetsClient::new(client.channel().clone())
+        .max_decoding_message_size(64 << 20);
+    match cmd {
+        DatasetCmd::Add {
+            name,
+            source,
+            concurrency,
+        } => {
+            let r = rpc
+                .add(proto::DatasetAddRequest {
+                    name,
+                    source,
+                    concurrency: concurrency.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let d = r.info.unwrap_or_default();
+            print_info(&d);
+            eprintln!(
+                "{}",
+                if r.new_version {
+                    "new version recorded"
+                } else {
+                    "unchanged: the listing matches the current version"
+                }
+            );
+        }
+        DatasetCmd::Ls => {
+            let r = rpc.list(proto::DatasetListRequest {}).await?.into_inner();
+            for d in &r.datasets {
+                print_info(d);
+            }
+        }
+        DatasetCmd::Show {
+            name,
+            version,
+            limit,
+        } => {
+            let r = rpc
+                .show(proto::DatasetShowRequest {
+                    name,
+                    version,
+                    offset: 0,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            let d = r.info.unwrap_or_default();
+            print_info(&d);
+            for s in &r.shards {
+                println!("{:>12}  {:<24}  {}", s.size, s.etag, s.path);
+            }
+            if (r.shards.len() as u64) < d.shards {
+                eprintln!(
+                    "({} of {} shards; use --limit 0 for all)",
+                    r.shards.len(),
+                    d.shards
+                );
+            }
+        }
+        DatasetCmd::Preload { name, version } => {
+            let mut stream = rpc
+                .preload(proto::PreloadRequest { name, version })
+                .await?
+                .into_inner();
+            let start = std::time::Instant::now();
+            let mut last = proto::PreloadProgress::default();
+            while let Some(p) = stream.message().await? {
+                eprint!("\r{}", progress_line(&p, start.elapsed()));
+                last = p;
+            }
+            eprintln!();
+            eprintln!(
+                "preloaded {} shards, {} ({} already cached) in {:.1}s",
+                last.shards_done,
+                human(last.bytes_done),
+                human(last.bytes_cached),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `[#####-----] 1.2 GiB / 4.0 GiB  310 MiB/s  ETA 9s  (120/400 shards)`
+fn progress_line(p: &proto::PreloadProgress, elapsed: std::time::Duration) -> String {
+    const WIDTH: usize = 30;
+    let frac = if p.bytes_total == 0 {
+        1.0
+    } else {
+        p.bytes_done as f64 / p.bytes_total as f64
+    };
+    let filled = ((frac * WIDTH as f64) as usize).min(WIDTH);
+    // The rate counts what this run moved (cached bytes cost nothing).
+    let moved = p.bytes_done.saturating_sub(p.bytes_cached);
+    let rate = moved as f64 / elapsed.as_secs_f64().max(1e-3);
+    let left = p.bytes_total.saturating_sub(p.bytes_done);
+    let eta = if rate > 0.0 {
+        format!("{:.0}s", left as f64 / rate)
+    } else {
+        "?".into()
+    };
+    format!(
+        "[{}{}] {} / {}  {}/s  ETA {eta}  ({}/{} shards)   ",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        human(p.bytes_done),
+        human(p.bytes_total),
+        human(rate as u64),
+        p.shards_done,
+        p.shards_total
+    )
 }

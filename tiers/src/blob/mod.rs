@@ -65,6 +65,17 @@ impl std::fmt::Debug for BlobTier {
     }
 }
 
+/// A listed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobItem {
+    /// Its name in the container.
+    pub name: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its ETag (changes whenever the blob does).
+    pub etag: String,
+}
+
 /// The outcome of one pass of a read.
 enum Read {
     Value(Option<Bytes>),
@@ -159,6 +170,73 @@ impl BlobTier {
         Ok(name)
     }
 
+    /// Reads `range` of blob `name` (a name in this container, verbatim) only while
+    /// its ETag is `etag`: a blob that changed since it was listed is an error
+    /// ([`Error::Changed`]), never a mix of two versions. `Ok(None)` if it is gone.
+    pub async fn read_pinned(
+        &self,
+        name: &str,
+        range: ByteRange,
+        etag: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Bytes>> {
+        self.check_open()?;
+        match self
+            .read(name, range, Some(Etag::from(etag.to_owned())), deadline)
+            .await?
+        {
+            Read::Value(v) => Ok(v),
+            Read::Changed => Err(Error::Changed {
+                target: self.core.target(name),
+                detail: format!("its ETag is no longer {etag}"),
+            }),
+        }
+    }
+
+    /// Every blob whose name starts with `prefix` (verbatim, all pages), with its
+    /// size and ETag, sorted by name.
+    pub async fn list_blobs(&self, prefix: &str) -> Result<Vec<BlobItem>> {
+        self.check_open()?;
+        let target = self.core.target(prefix);
+        let container = &self.core.container;
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let options = BlobContainerClientListBlobsOptions {
+                prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+                marker: marker.clone(),
+                maxresults: i32::try_from(MAX_LIST_PAGE).ok(),
+                ..Default::default()
+            };
+            let options = &options;
+            let page: ListBlobsResponse = self
+                .core
+                .call("list", &target, None, move || async move {
+                    let mut pages = container.list_blobs(Some(options.clone()))?.into_pages();
+                    match pages.try_next().await? {
+                        Some(page) => page.into_model(),
+                        None => Ok(ListBlobsResponse::default()),
+                    }
+                })
+                .await?;
+            for item in page.blob_items {
+                let Some(name) = item.name else { continue };
+                let props = item.properties.unwrap_or_default();
+                out.push(BlobItem {
+                    name,
+                    size: props.content_length.unwrap_or(0),
+                    etag: props.etag.map(|e| e.to_string()).unwrap_or_default(),
+                });
+            }
+            marker = page.next_marker.filter(|m| !m.is_empty());
+            if marker.is_none() {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// `prefix/`, or nothing.
     fn name_base(&self) -> String {
         self.core
@@ -231,7 +309,13 @@ impl BlobTier {
 
     /// One pass of a read: the first chunk tells the size and the ETag, the rest
     /// are fetched in parallel, pinned to that ETag.
-    async fn read(&self, name: &str, range: ByteRange, deadline: Option<Instant>) -> Result<Read> {
+    async fn read(
+        &self,
+        name: &str,
+        range: ByteRange,
+        pin: Option<Etag>,
+        deadline: Option<Instant>,
+    ) -> Result<Read> {
         let blob = self.core.container.blob_client(name);
         let target = self.core.target(name);
         let chunk_size = self.core.config.range_chunk_size;
@@ -244,11 +328,13 @@ impl BlobTier {
         if first_len == 0 {
             return self.read_nothing(&blob, &target, range, deadline).await;
         }
+        let pinned = pin.is_some();
         let first = match self
-            .fetch(&blob, &target, range.offset, first_len, None, deadline)
+            .fetch(&blob, &target, range.offset, first_len, pin, deadline)
             .await
         {
             Ok(c) => c,
+            Err(f) if pinned && f.kind == Kind::PreconditionFailed => return Ok(Read::Changed),
             Err(f) if f.kind == Kind::NotFound => return Ok(Read::Value(None)),
             // The range starts at or past the end: the size says which.
             Err(f) if f.kind == Kind::RangeNotSatisfiable => {
@@ -420,7 +506,7 @@ impl Tier for BlobTier {
         let name = self.blob_name(key)?;
         let range = opts.range.unwrap_or_default();
         for _ in 0..MAX_READ_RESTARTS {
-            match self.read(&name, range, opts.deadline).await? {
+            match self.read(&name, range, None, opts.deadline).await? {
                 Read::Value(v) => return Ok(v),
                 Read::Changed => {
                     tracing::debug!(blob = %name, "blob changed during a chunked read; restarting")

@@ -22,6 +22,7 @@ mod record;
 mod reservation;
 mod singleflight;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use self::origin::Origin;
+use self::origin::Source;
+pub use self::origin::{BoxFuture, NamespaceOrigin, Origin};
 pub use self::record::Head;
 use self::record::Payload;
 pub use self::reservation::Reservation;
@@ -118,6 +120,8 @@ pub(crate) struct Inner {
     dram: DramTier,
     nvme: Option<NvmeTier>,
     origin: Option<Origin>,
+    /// Namespaces whose origin reads go elsewhere (`shard`: the dataset registry).
+    ns_origins: parking_lot::RwLock<HashMap<String, Arc<dyn NamespaceOrigin>>>,
     page_size: u32,
     head_flights: SingleFlight<Key, Option<Head>>,
     page_flights: SingleFlight<Key, Bytes>,
@@ -179,6 +183,7 @@ impl TieredStore {
             dram,
             nvme,
             origin,
+            ns_origins: parking_lot::RwLock::default(),
             page_size: config.page_size,
             head_flights: SingleFlight::default(),
             page_flights: SingleFlight::default(),
@@ -188,6 +193,12 @@ impl TieredStore {
             inner,
             demoter: Arc::new(parking_lot::Mutex::new(Some(demoter))),
         })
+    }
+
+    /// Sends the origin reads of namespace `ns` (whose policy has an origin) to
+    /// `origin` instead of the configured origin, from now on.
+    pub fn set_namespace_origin(&self, ns: &str, origin: Arc<dyn NamespaceOrigin>) {
+        self.inner.ns_origins.write().insert(ns.to_owned(), origin);
     }
 
     /// The namespace registry.
@@ -233,6 +244,35 @@ impl TieredStore {
     pub async fn read_page(&self, entry: &Entry, index: u32) -> Result<Bytes> {
         let policy = self.policy(&entry.key)?.clone();
         self.inner.read_page(entry, index, &policy).await
+    }
+
+    /// Makes a value fully cached, reading from the origin only the pages that no
+    /// cache tier holds (a preload, resumable: what is cached is skipped). Returns
+    /// `(value length, bytes read from the origin)`, or `None` if there is no value.
+    pub async fn warm(&self, key: &Key) -> Result<Option<(u64, u64)>> {
+        let policy = self.policy(key)?.clone();
+        let was_cached = self.inner.cached_head(key).await.is_some();
+        let Some(entry) = self.inner.lookup(key, &policy, false).await? else {
+            return Ok(None);
+        };
+        let head = &entry.head;
+        if head.inline.is_some() {
+            let fetched = if was_cached { 0 } else { head.total_len };
+            return Ok(Some((head.total_len, fetched)));
+        }
+        let mut fetched = 0;
+        for index in 0..head.page_count() {
+            let pk = key.page(head.generation, index);
+            if self
+                .inner
+                .cached_page(&pk, head.generation, index)
+                .await
+                .is_none()
+            {
+                fetched += self.inner.read_page(&entry, index, &policy).await?.len() as u64;
+            }
+        }
+        Ok(Some((head.total_len, fetched)))
     }
 
     /// Reads `range` of a value (all of it by default). Small reads are zero-copy
@@ -536,6 +576,10 @@ impl Inner {
         if !(policy.tiers.nvme && policy.demote) {
             return false;
         }
+        // Filled from the origin into both tiers: already there.
+        if policy.origin == OriginKind::Origin && nvme.contains(&e.key).await.unwrap_or(false) {
+            return true;
+        }
         match nvme.put(&e.key, e.value, &PutOptions::default()).await {
             Ok(PutOutcome::Stored) => {
                 Counters::inc(&self.dram.stats().ns(e.key.namespace()).demotions);
@@ -688,9 +732,9 @@ impl Inner {
                 Counters::inc(&ns.misses);
             }
         }
-        if policy.origin != OriginKind::Origin || self.origin.is_none() {
+        let Some(source) = self.source(key, policy) else {
             return Ok(None);
-        }
+        };
         let me = self.clone();
         let (k, p) = (key.clone(), policy.clone());
         let head = self
@@ -705,7 +749,7 @@ impl Inner {
                 me.fill_head(&k, &p).await
             })
             .await?;
-        let tier = self.origin.as_ref().map_or("origin", Origin::name);
+        let tier = source.name();
         Ok(head.map(|head| Entry {
             key: key.clone(),
             head,
@@ -728,7 +772,7 @@ impl Inner {
         key: &Key,
         policy: &NamespacePolicy,
     ) -> Result<Option<Head>> {
-        let Some(origin) = &self.origin else {
+        let Some(origin) = self.source(key, policy) else {
             return Ok(None);
         };
         let ostats = origin.stats().ns(key.namespace());
@@ -768,7 +812,8 @@ impl Inner {
         Counters::inc(&ostats.hits);
         let rec = self.encode_head(&head, payload.as_deref(), policy)?;
         head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
-        self.store_record(key, rec, policy).await?;
+        let stored = self.store_record(key, rec, policy).await?;
+        self.fill_nvme(key, stored, policy).await;
         Ok(Some(head))
     }
 
@@ -802,12 +847,20 @@ impl Inner {
     /// older record of the key from the other tier, so that the older value is never
     /// served in place of this one (a pinned copy in a full DRAM, or a copy on NVMe
     /// that would resurface once this one leaves DRAM without being demoted).
-    async fn store_record(&self, key: &Key, rec: Record, policy: &NamespacePolicy) -> Result<()> {
+    ///
+    /// Returns the record if it went to DRAM (`None`: it went to NVMe).
+    async fn store_record(
+        &self,
+        key: &Key,
+        rec: Record,
+        policy: &NamespacePolicy,
+    ) -> Result<Option<Bytes>> {
         let v = match rec {
             Record::Arena(buf) => {
-                self.dram.insert_frozen(key, buf.freeze())?;
+                let frozen = buf.freeze();
+                self.dram.insert_frozen(key, frozen.clone())?;
                 self.drop_from_nvme(key).await;
-                return Ok(());
+                return Ok(Some(frozen));
             }
             Record::Heap(v) => Bytes::from(v),
         };
@@ -819,7 +872,7 @@ impl Inner {
                 .is_ok()
         {
             self.drop_from_nvme(key).await;
-            return Ok(());
+            return Ok(Some(v));
         }
         // Not in DRAM: an older copy there (pinned, say) must go, whatever happens
         // below (a write-through origin already has the new value).
@@ -837,13 +890,42 @@ impl Inner {
             });
         };
         match nvme.put(key, v, &PutOptions::default()).await? {
-            PutOutcome::Stored => Ok(()),
+            PutOutcome::Stored => Ok(None),
             PutOutcome::Dropped => Err(Error::Exhausted {
                 what: "nvme tier".into(),
                 detail: "the write buffer was full; the write was dropped".into(),
                 retry_after: Some(Duration::from_millis(100)),
             }),
         }
+    }
+
+    /// Writes a record just filled from the origin (and stored in DRAM) to NVMe as
+    /// well, when the namespace may live there: a fill lands in both tiers, so
+    /// leaving DRAM costs no write and never a second origin read. Best effort: a
+    /// dropped or failed write leaves the DRAM copy (demotion will try again).
+    async fn fill_nvme(&self, key: &Key, stored: Option<Bytes>, policy: &NamespacePolicy) {
+        let (Some(rec), Some(nvme)) = (stored, &self.nvme) else {
+            return;
+        };
+        if !policy.tiers.nvme {
+            return;
+        }
+        match nvme.put(key, rec, &PutOptions::default()).await {
+            Ok(PutOutcome::Stored) => {}
+            Ok(PutOutcome::Dropped) => tracing::debug!(?key, "NVMe fill dropped (buffer full)"),
+            Err(e) => tracing::warn!(?key, error = %e, "NVMe fill failed"),
+        }
+    }
+
+    /// Where origin reads of `key` go, if its namespace has an origin.
+    fn source(&self, key: &Key, policy: &NamespacePolicy) -> Option<Source<'_>> {
+        if policy.origin != OriginKind::Origin {
+            return None;
+        }
+        if let Some(o) = self.ns_origins.read().get(key.namespace()) {
+            return Some(Source::Namespace(o.clone()));
+        }
+        self.origin.as_ref().map(Source::Tier)
     }
 
     /// Drops an older record of `key` from NVMe (after a newer one went to DRAM).
@@ -906,7 +988,7 @@ impl Inner {
                 Err(e) => tracing::error!(key = ?pk, error = %e, "NVMe page read failed"),
             }
         }
-        if policy.origin == OriginKind::Origin && self.origin.is_some() {
+        if self.source(&entry.key, policy).is_some() {
             let me = self.clone();
             let (entry, p) = (entry.clone(), policy.clone());
             let (pk2, generation) = (pk.clone(), head.generation);
@@ -938,7 +1020,7 @@ impl Inner {
         index: u32,
         policy: &NamespacePolicy,
     ) -> Result<Bytes> {
-        let Some(origin) = &self.origin else {
+        let Some(origin) = self.source(&entry.key, policy) else {
             return Err(Error::NotFound {
                 key: entry.key.display_path(),
             });
@@ -988,8 +1070,9 @@ impl Inner {
         let buf = rec.as_mut_slice();
         buf[record::PAGE_HEADER_LEN..].copy_from_slice(&data);
         record::write_page(buf, head.generation, index);
-        self.store_record(&entry.key.page(head.generation, index), rec, policy)
-            .await?;
+        let pk = entry.key.page(head.generation, index);
+        let stored = self.store_record(&pk, rec, policy).await?;
+        self.fill_nvme(&pk, stored, policy).await;
         Ok(data)
     }
 }

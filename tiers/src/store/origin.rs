@@ -72,3 +72,64 @@ impl Origin {
         delegate!(self, t => t.close().await)
     }
 }
+
+/// A boxed future, for the object-safe [`NamespaceOrigin`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// An origin for one namespace whose keys map to origin objects by a rule the
+/// store does not know (the `shard` namespace: a dataset version's manifest says
+/// which blob, of what size and ETag, a key stands for). Registered with
+/// [`TieredStore::set_namespace_origin`](super::TieredStore::set_namespace_origin),
+/// it replaces the configured origin for that namespace's reads; the store keeps
+/// doing the rest (single-flight, pages, checksums, filling DRAM and NVMe).
+pub trait NamespaceOrigin: Send + Sync + std::fmt::Debug + 'static {
+    /// A name for logs and stats.
+    fn name(&self) -> &'static str;
+    /// Counters (origin reads and misses are counted here).
+    fn stats(&self) -> &Arc<TierStats>;
+    /// The value's length; `Ok(None)` if the key stands for nothing.
+    fn size<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<u64>>>;
+    /// The value's bytes in `range` (all of it without one); `Ok(None)` if absent.
+    fn get<'a>(
+        &'a self,
+        key: &'a Key,
+        range: Option<crate::tier::ByteRange>,
+    ) -> BoxFuture<'a, Result<Option<Bytes>>>;
+}
+
+/// Where a key's origin reads go: the configured origin or a namespace's own.
+#[derive(Clone)]
+pub(crate) enum Source<'a> {
+    Tier(&'a Origin),
+    Namespace(Arc<dyn NamespaceOrigin>),
+}
+
+impl Source<'_> {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Source::Tier(o) => o.name(),
+            Source::Namespace(o) => o.name(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<TierStats> {
+        match self {
+            Source::Tier(o) => o.stats(),
+            Source::Namespace(o) => o.stats(),
+        }
+    }
+
+    pub(crate) async fn size(&self, key: &Key) -> Result<Option<u64>> {
+        match self {
+            Source::Tier(o) => o.size(key).await,
+            Source::Namespace(o) => o.size(key).await,
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
+        match self {
+            Source::Tier(o) => o.get(key, opts).await,
+            Source::Namespace(o) => o.get(key, opts.range).await,
+        }
+    }
+}
