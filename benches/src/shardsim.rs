@@ -230,6 +230,7 @@ pub fn clairvoyant(s: &Scenario, cap: u64) -> Rates {
                     at: next,
                     end_epoch: Some(s.epochs),
                     rate: 1.0,
+                    lead: 0,
                 },
             );
         } else {

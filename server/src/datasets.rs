@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt as _};
 use parking_lot::Mutex;
 use strata_proto::v1 as pb;
 use strata_proto::v1::datasets_server::Datasets as DatasetsRpc;
+use strata_tiers::{Key, NextUse, Planned};
 use strata_training_cache::dataset::{Datasets, Manifest};
 use strata_training_cache::{JobPlan, Oracle, PlanSpec, Position, Remainder};
 use tonic::{Request, Response, Status};
@@ -21,6 +22,50 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// The registered plans, per dataset version.
 pub type Plans = Arc<Mutex<HashMap<(String, String), Oracle>>>;
+
+/// The `shard` namespace's next uses, from the registered plans: what the DRAM
+/// tier's clairvoyant eviction asks.
+#[derive(Debug)]
+pub struct ShardOracle {
+    datasets: Arc<Datasets>,
+    plans: Plans,
+}
+
+impl ShardOracle {
+    /// An oracle over `datasets` and the plans registered in `plans`.
+    pub fn new(datasets: Arc<Datasets>, plans: Plans) -> Self {
+        Self { datasets, plans }
+    }
+}
+
+impl ShardOracle {
+    fn ask(&self, key: &Key, after_read: bool) -> Planned {
+        let Some((name, version, index)) = self.datasets.locate(key) else {
+            return Planned::Unplanned;
+        };
+        match self.plans.lock().get_mut(&(name, version)) {
+            Some(o) if !o.is_empty() => {
+                let t = if after_read {
+                    o.next_use_after_read(index)
+                } else {
+                    o.next_use(index)
+                };
+                t.map_or(Planned::Never, Planned::In)
+            }
+            _ => Planned::Unplanned,
+        }
+    }
+}
+
+impl NextUse for ShardOracle {
+    fn next_use(&self, key: &Key) -> Planned {
+        self.ask(key, false)
+    }
+
+    fn next_use_after_read(&self, key: &Key) -> Planned {
+        self.ask(key, true)
+    }
+}
 
 /// The gRPC service over the dataset registry.
 #[derive(Debug, Clone)]
@@ -223,7 +268,12 @@ impl DatasetsRpc for DatasetService {
                 step: r.step,
             },
             end_epoch: (r.end_epoch > 0).then_some(r.end_epoch),
-            rate: if r.rate > 0.0 { r.rate } else { 1.0 },
+            rate: if r.rate > 0.0 {
+                r.rate * f64::from(r.world_size.max(1))
+            } else {
+                1.0
+            },
+            lead: (u64::from(r.window) + 1) * u64::from(r.world_size.max(1)),
         };
         self.plans
             .lock()

@@ -78,6 +78,12 @@ impl Server {
             .await
             .context("loading the dataset registry")?;
         let plans = datasets::Plans::default();
+        store
+            .dram()
+            .set_next_use(Arc::new(datasets::ShardOracle::new(
+                datasets.clone(),
+                plans.clone(),
+            )));
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;

@@ -158,6 +158,17 @@ impl Key {
         self.enc.first() == Some(&PAGE_KEY_VERSION)
     }
 
+    /// The value a page key belongs to (`None` for a value's own key).
+    pub fn page_owner(&self) -> Option<Key> {
+        if !self.is_page() || self.enc.len() < 13 {
+            return None;
+        }
+        let mut enc = BytesMut::with_capacity(self.enc.len() - 12);
+        enc.put_u8(KEY_VERSION);
+        enc.put_slice(&self.enc[1..self.enc.len() - 12]);
+        Some(Self { enc: enc.freeze() })
+    }
+
     /// Whether a listing of `namespace`/`tenant` by body `prefix` includes this key
     /// (page keys are never listed).
     pub fn is_listed_under(&self, namespace: &str, tenant: &str, prefix: &[u8]) -> bool {

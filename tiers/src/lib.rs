@@ -23,7 +23,7 @@ pub mod store;
 mod tier;
 
 pub use self::blob::{BlobAuth, BlobConfig, BlobItem, BlobTier};
-pub use self::dram::{DramConfig, DramTier, EvictionKind};
+pub use self::dram::{DramConfig, DramTier, EvictionKind, NextUse, Planned};
 pub use self::error::{Error, Result};
 pub use self::key::{KEY_VERSION, Key, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};
 pub use self::localdir::LocalDirTier;

@@ -28,6 +28,9 @@ pub struct Counters {
     pub dropped_writes: AtomicU64,
     /// Reads whose bytes failed their checksum (dropped, never served).
     pub checksum_failures: AtomicU64,
+    /// Origin fills this tier declined (clairvoyant bypass: read later than
+    /// everything it would have evicted).
+    pub bypasses: AtomicU64,
 }
 
 /// A plain copy of [`Counters`].
@@ -51,6 +54,8 @@ pub struct CountersSnapshot {
     pub dropped_writes: u64,
     /// See [`Counters::checksum_failures`].
     pub checksum_failures: u64,
+    /// See [`Counters::bypasses`].
+    pub bypasses: u64,
 }
 
 impl Counters {
@@ -72,6 +77,7 @@ impl Counters {
             origin_reads: l(&self.origin_reads),
             dropped_writes: l(&self.dropped_writes),
             checksum_failures: l(&self.checksum_failures),
+            bypasses: l(&self.bypasses),
         }
     }
 }
@@ -87,6 +93,7 @@ impl std::ops::AddAssign for CountersSnapshot {
         self.origin_reads += o.origin_reads;
         self.dropped_writes += o.dropped_writes;
         self.checksum_failures += o.checksum_failures;
+        self.bypasses += o.bypasses;
     }
 }
 

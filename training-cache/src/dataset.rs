@@ -604,6 +604,15 @@ impl Datasets {
             .collect()
     }
 
+    /// The dataset version and shard index a shard key stands for.
+    pub fn locate(&self, key: &Key) -> Option<(String, String, u32)> {
+        let (name, version, path) = parse_shard_key(key)?;
+        let loaded = self.loaded.read();
+        let l = loaded.get(&(name.to_owned(), version.to_owned()))?;
+        let i = *l.by_path.get(path)?;
+        Some((name.to_owned(), version.to_owned(), i as u32))
+    }
+
     /// The origin counters of the `shard` namespace.
     pub fn stats(&self) -> &Arc<TierStats> {
         &self.stats

@@ -46,6 +46,8 @@ pub struct LoaderConfig {
     pub job_id: u64,
     /// Register the plan with the server and report progress.
     pub register: bool,
+    /// How often progress is reported.
+    pub progress_every: Duration,
 }
 
 impl Default for LoaderConfig {
@@ -57,6 +59,7 @@ impl Default for LoaderConfig {
             range_parallelism: 4,
             job_id: 0,
             register: true,
+            progress_every: Duration::from_secs(1),
         }
     }
 }
@@ -357,6 +360,7 @@ fn register_request(
         step: from.step,
         end_epoch,
         rate: 0.0,
+        window: u32::try_from(config.window_items).unwrap_or(u32::MAX),
     }
 }
 
@@ -371,7 +375,7 @@ async fn report_progress(
     end_epoch: u64,
     position: Arc<AtomicU64>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(config.progress_every.max(Duration::from_millis(1)));
     let mut last = (from, Instant::now());
     loop {
         tick.tick().await;

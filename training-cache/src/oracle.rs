@@ -36,6 +36,10 @@ pub struct JobPlan {
     pub end_epoch: Option<u64>,
     /// Global positions per unit of time (any unit, the same for every job).
     pub rate: f64,
+    /// How far (global positions) the job's reads may run ahead of its reported
+    /// cursor (its prefetch window): a read of a shard this close ahead is taken
+    /// to be the read happening now.
+    pub lead: u64,
 }
 
 struct Job {
@@ -57,21 +61,24 @@ impl Job {
         })
     }
 
-    /// Global positions from the job's cursor to its next read of `shard`.
-    fn distance(&mut self, shard: u32) -> Option<u64> {
+    /// Global positions from the job's cursor to its first read of `shard` at
+    /// least `skip` positions ahead.
+    fn distance(&mut self, shard: u32, skip: u64) -> Option<u64> {
         let spec = self.plan.spec;
         let (n, len) = (u64::from(spec.shards), spec.global_len());
         if shard >= spec.shards || len == 0 {
             return None;
         }
         let w = u64::from(spec.world_size.max(1));
-        let (e0, p0) = (self.plan.at.epoch, self.plan.at.step * w);
+        let cursor = self.plan.at.epoch * len + (self.plan.at.step * w).min(len);
+        let start = cursor + skip;
+        let e0 = start / len;
         for e in e0..=e0 + LOOKAHEAD_EPOCHS {
             if self.plan.end_epoch.is_some_and(|end| e >= end) {
                 return None;
             }
             let first = u64::from(self.inverse(e)[shard as usize]);
-            let from = if e == e0 { p0 } else { 0 };
+            let from = if e == e0 { start % len } else { 0 };
             // Occurrences are first, first + n, first + 2n, … below len (padding repeats).
             let q = if first >= from {
                 first
@@ -79,7 +86,7 @@ impl Job {
                 first + (from - first).div_ceil(n) * n
             };
             if q < len {
-                return Some((e - e0) * len + q - p0);
+                return Some(e * len + q - cursor);
             }
         }
         None
@@ -127,14 +134,16 @@ impl Oracle {
         self.jobs.is_empty()
     }
 
-    /// Moves a job's cursor (and its rate, if given). Unknown jobs are ignored.
-    pub fn advance(&mut self, id: JobId, at: Position, rate: Option<f64>) -> bool {
+    /// Moves a job's cursor (and its rate, in steps per unit of time, if given).
+    /// Unknown jobs are ignored.
+    pub fn advance(&mut self, id: JobId, at: Position, steps_rate: Option<f64>) -> bool {
         let Some(job) = self.jobs.get_mut(&id) else {
             return false;
         };
         job.plan.at = at;
-        if let Some(r) = rate.filter(|r| r.is_finite() && *r > 0.0) {
-            job.plan.rate = r;
+        if let Some(r) = steps_rate.filter(|r| r.is_finite() && *r > 0.0) {
+            // A step is `world_size` global positions.
+            job.plan.rate = r * f64::from(job.plan.spec.world_size.max(1));
         }
         // Epochs behind the cursor will not be asked about again.
         job.inverse = job.inverse.split_off(&at.epoch);
@@ -147,7 +156,24 @@ impl Oracle {
             .values_mut()
             .filter_map(|j| {
                 let rate = if j.plan.rate > 0.0 { j.plan.rate } else { 1.0 };
-                j.distance(shard).map(|d| d as f64 / rate)
+                j.distance(shard, 0).map(|d| d as f64 / rate)
+            })
+            .min_by(f64::total_cmp)
+    }
+
+    /// Time until `shard` is read again after the read happening now: a job
+    /// whose next read of it is within its lead is the one reading it, and its
+    /// following read counts.
+    pub fn next_use_after_read(&mut self, shard: u32) -> Option<f64> {
+        self.jobs
+            .values_mut()
+            .filter_map(|j| {
+                let rate = if j.plan.rate > 0.0 { j.plan.rate } else { 1.0 };
+                let d = match j.distance(shard, 0)? {
+                    d if d <= j.plan.lead => j.distance(shard, d + 1)?,
+                    d => d,
+                };
+                Some(d as f64 / rate)
             })
             .min_by(f64::total_cmp)
     }
@@ -177,6 +203,7 @@ mod tests {
             at: Position::default(),
             end_epoch: None,
             rate: 1.0,
+            lead: 0,
         }
     }
 
@@ -197,6 +224,21 @@ mod tests {
         assert_eq!(o.next_use(s), Some((20 - 6 + q) as f64));
         assert_eq!(o.next_use(e0[6]), Some(0.0));
         assert_eq!(o.next_use(99), None);
+        // Read now (within a lead of 2): the next read is next epoch's.
+        o.register(
+            2,
+            JobPlan {
+                lead: 2,
+                at: Position { epoch: 0, step: 6 },
+                ..job(spec)
+            },
+        );
+        o.unregister(1);
+        let s = e0[7];
+        let q = e1.iter().position(|&x| x == s).unwrap();
+        assert_eq!(o.next_use(s), Some(1.0));
+        assert_eq!(o.next_use_after_read(s), Some((20 - 6 + q) as f64));
+        assert_eq!(o.next_use_after_read(e0[12]), Some(6.0), "beyond the lead");
     }
 
     #[test]

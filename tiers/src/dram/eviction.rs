@@ -4,6 +4,7 @@
 //! pinned) and names the next victim. It never sees values, only keys and sizes.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,11 @@ pub trait EvictionPolicy: Send + 'static {
     fn remove(&mut self, key: &Key);
     /// Picks a victim and forgets it; `None` when nothing is evictable.
     fn victim(&mut self) -> Option<Key>;
+    /// Whether a new entry under `key` is worth evicting for, when the tier is
+    /// full (`false`: serve it without caching it; Belady's bypass).
+    fn admits(&mut self, _key: &Key) -> bool {
+        true
+    }
     /// Number of tracked entries.
     fn len(&self) -> usize;
     /// Whether no entry is tracked.
@@ -233,6 +239,186 @@ impl EvictionPolicy for S3Fifo {
     }
 }
 
+/// When a key will next be read, as the training plans registered with the server
+/// say (see `strata_training_cache::oracle`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Planned {
+    /// No registered plan covers the key: the fallback policy decides.
+    Unplanned,
+    /// Plans cover the key and none reads it again.
+    Never,
+    /// The nearest registered read is this far ahead (any unit, larger is later).
+    In(f64),
+}
+
+/// Answers [`Planned`] for a key (a value's key; page keys are mapped to theirs).
+pub trait NextUse: Send + Sync + 'static {
+    /// When `key` is next read.
+    fn next_use(&self, key: &Key) -> Planned;
+    /// When `key` is read again after the read of it happening now.
+    fn next_use_after_read(&self, key: &Key) -> Planned {
+        self.next_use(key)
+    }
+}
+
+/// Keys of this namespace are candidates for clairvoyant eviction.
+const PLANNED_NS: &str = "shard";
+/// Candidates examined per eviction: all of them up to this many, else a sample
+/// of [`SAMPLE`] (approximate Belady, as Redis approximates LRU).
+const EXACT_UP_TO: usize = 1024;
+const SAMPLE: usize = 128;
+
+/// Clairvoyant eviction over a fallback policy.
+///
+/// Every key is tracked by the fallback (S3-FIFO or LRU); `shard` keys are also
+/// tracked here. A victim is chosen thus:
+///
+/// 1. a `shard` key that registered plans will never read again goes first;
+/// 2. otherwise the fallback names its victim; if that is a `shard` key covered
+///    by plans, the `shard` key read **furthest in the future** goes instead
+///    (Belady's rule among shards; the fallback only decides between shards and
+///    other keys);
+/// 3. unplanned keys (other namespaces, datasets without a plan) leave as the
+///    fallback says.
+pub struct Clairvoyant {
+    oracle: Arc<dyn NextUse>,
+    fallback: Box<dyn EvictionPolicy>,
+    keys: Vec<Key>,
+    at: HashMap<Key, (usize, u64)>,
+    rng: u64,
+}
+
+impl Clairvoyant {
+    /// Wraps `fallback`, asking `oracle` about `shard` keys.
+    pub fn new(oracle: Arc<dyn NextUse>, fallback: Box<dyn EvictionPolicy>) -> Self {
+        Self {
+            oracle,
+            fallback,
+            keys: Vec::new(),
+            at: HashMap::new(),
+            rng: 0x2545_F491_4F6C_DD1D,
+        }
+    }
+
+    fn planned_ns(key: &Key) -> bool {
+        key.namespace() == PLANNED_NS
+    }
+
+    fn when(&self, key: &Key) -> Planned {
+        match key.page_owner() {
+            Some(owner) => self.oracle.next_use(&owner),
+            None => self.oracle.next_use(key),
+        }
+    }
+
+    fn forget(&mut self, key: &Key) -> Option<u64> {
+        let (i, size) = self.at.remove(key)?;
+        self.keys.swap_remove(i);
+        if let Some(moved) = self.keys.get(i) {
+            self.at.get_mut(moved).expect("tracked").0 = i;
+        }
+        Some(size)
+    }
+
+    /// The tracked `shard` key read furthest ahead (`Never` beats everything),
+    /// with its answer; `Unplanned` keys are skipped.
+    fn furthest(&mut self) -> Option<(Key, Planned)> {
+        let n = self.keys.len();
+        let picks: Vec<usize> = if n <= EXACT_UP_TO {
+            (0..n).collect()
+        } else {
+            (0..SAMPLE)
+                .map(|_| {
+                    self.rng ^= self.rng << 13;
+                    self.rng ^= self.rng >> 7;
+                    self.rng ^= self.rng << 17;
+                    (self.rng % n as u64) as usize
+                })
+                .collect()
+        };
+        let mut best: Option<(Key, Planned, f64)> = None;
+        for i in picks {
+            let key = &self.keys[i];
+            let (p, t) = match self.when(key) {
+                Planned::Unplanned => continue,
+                Planned::Never => (Planned::Never, f64::INFINITY),
+                Planned::In(t) => (Planned::In(t), t),
+            };
+            if best.as_ref().is_none_or(|b| t > b.2) {
+                best = Some((key.clone(), p, t));
+            }
+        }
+        best.map(|(k, p, _)| (k, p))
+    }
+}
+
+impl EvictionPolicy for Clairvoyant {
+    fn insert(&mut self, key: &Key, size: u64) {
+        self.fallback.insert(key, size);
+        if Self::planned_ns(key) {
+            self.forget(key);
+            self.at.insert(key.clone(), (self.keys.len(), size));
+            self.keys.push(key.clone());
+        }
+    }
+
+    fn access(&mut self, key: &Key) {
+        self.fallback.access(key);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        self.fallback.remove(key);
+        self.forget(key);
+    }
+
+    fn victim(&mut self) -> Option<Key> {
+        let furthest = self.furthest();
+        if let Some((key, Planned::Never)) = &furthest {
+            let key = key.clone();
+            self.remove(&key);
+            return Some(key);
+        }
+        let v = self.fallback.victim()?;
+        let v_planned = self.at.contains_key(&v) && !matches!(self.when(&v), Planned::Unplanned);
+        match furthest {
+            Some((w, _)) if v_planned && w != v => {
+                // The fallback picked a shard; the shard read furthest ahead goes
+                // instead, and the fallback's pick stays.
+                let size = self.at.get(&v).map_or(0, |x| x.1);
+                self.fallback.insert(&v, size);
+                self.remove(&w);
+                Some(w)
+            }
+            _ => {
+                self.forget(&v);
+                Some(v)
+            }
+        }
+    }
+
+    fn admits(&mut self, key: &Key) -> bool {
+        if !Self::planned_ns(key) {
+            return true;
+        }
+        let t = match self
+            .oracle
+            .next_use_after_read(key.page_owner().as_ref().unwrap_or(key))
+        {
+            Planned::Unplanned => return true,
+            Planned::Never => return false,
+            Planned::In(t) => t,
+        };
+        match self.furthest() {
+            Some((_, Planned::In(tf))) => t < tf,
+            _ => true,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fallback.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -330,5 +516,59 @@ mod tests {
         fn s3fifo_invariants(ops in proptest::collection::vec(op(), 0..300)) {
             check(EvictionKind::S3fifo.build(), ops)?;
         }
+    }
+
+    struct Table(HashMap<Key, Planned>);
+
+    impl NextUse for Table {
+        fn next_use(&self, key: &Key) -> Planned {
+            self.0.get(key).copied().unwrap_or(Planned::Unplanned)
+        }
+    }
+
+    #[test]
+    fn clairvoyant_evicts_the_shard_read_furthest_ahead() {
+        let shard = |s: &str| Key::new("shard", "", s).unwrap();
+        let table: HashMap<Key, Planned> = [
+            (shard("a"), Planned::In(5.0)),
+            (shard("b"), Planned::In(50.0)),
+            (shard("c"), Planned::In(1.0)),
+            (shard("gone"), Planned::Never),
+        ]
+        .into_iter()
+        .collect();
+        let mut p = Clairvoyant::new(Arc::new(Table(table)), Box::new(Lru::default()));
+        let kv = Key::new("kv", "", "x").unwrap();
+        for k in [
+            shard("a"),
+            shard("b"),
+            kv.clone(),
+            shard("c"),
+            shard("gone"),
+            shard("free"),
+        ] {
+            p.insert(&k, 1);
+        }
+        // A page of "b" is b's.
+        let page = shard("b").page(7, 0);
+        p.insert(&page, 1);
+        assert_eq!(p.len(), 7);
+        assert_eq!(p.victim(), Some(shard("gone")), "never read again: first");
+        let mut order = Vec::new();
+        while let Some(v) = p.victim() {
+            order.push(v);
+        }
+        assert_eq!(order.len(), 6);
+        let pos = |k: &Key| order.iter().position(|x| x == k).unwrap();
+        // LRU alone would evict "a" first; among planned shards the order is by
+        // next read, furthest first (b and its page, then a, then c).
+        assert!(
+            pos(&shard("b")).max(pos(&page)) < pos(&shard("a")),
+            "{order:?}"
+        );
+        assert!(pos(&shard("a")) < pos(&shard("c")), "{order:?}");
+        // Unplanned keys leave in the fallback's (LRU) order.
+        assert!(pos(&kv) < pos(&shard("free")), "{order:?}");
+        assert!(p.is_empty());
     }
 }

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 
 pub use self::arena::{ALLOC_UNIT, Arena, ArenaBuf};
 pub use self::config::DramConfig;
-pub use self::eviction::{EvictionKind, EvictionPolicy, Lru, S3Fifo};
+pub use self::eviction::{
+    Clairvoyant, EvictionKind, EvictionPolicy, Lru, NextUse, Planned, S3Fifo,
+};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::stats::{Counters, TierStats};
@@ -92,6 +94,41 @@ impl DramTier {
     /// full, an evicted entry is dropped).
     pub fn set_demotion(&self, tx: mpsc::Sender<Evicted>) {
         *self.demote_tx.lock() = Some(tx);
+    }
+
+    /// Allocates `len` bytes for a fill of `key` from the origin: without
+    /// eviction while there is room; when full, only if the eviction policy
+    /// admits the key (`Ok(None)`: declined; clairvoyant eviction declines a shard
+    /// read later than everything it would evict, Belady's bypass).
+    pub fn reserve_for(&self, key: &Key, len: usize) -> Result<Option<ArenaBuf>> {
+        self.check_open()?;
+        if let Some(buf) = self.arena.alloc(len) {
+            return Ok(Some(buf));
+        }
+        if !self.inner.lock().policy.admits(key) {
+            return Ok(None);
+        }
+        self.reserve(len).map(Some)
+    }
+
+    /// Evicts `shard` keys clairvoyantly from now on (see [`Clairvoyant`]), over
+    /// the configured policy.
+    pub fn set_next_use(&self, oracle: Arc<dyn NextUse>) {
+        let mut inner = self.inner.lock();
+        let fallback = std::mem::replace(&mut inner.policy, Box::new(Lru::default()));
+        let mut policy = Clairvoyant::new(oracle, fallback);
+        // Entries already tracked stay with the fallback; re-track the shards.
+        let shards: Vec<(Key, u64)> = inner
+            .map
+            .iter()
+            .filter(|(k, e)| k.namespace() == "shard" && e.pins == 0)
+            .map(|(k, e)| (k.clone(), e.value.len() as u64))
+            .collect();
+        for (k, size) in shards {
+            policy.remove(&k);
+            policy.insert(&k, size);
+        }
+        inner.policy = Box::new(policy);
     }
 
     /// How many evicted entries may wait for demotion (`dram.demotion_queue`).

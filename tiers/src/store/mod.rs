@@ -810,6 +810,15 @@ impl Inner {
             None
         };
         Counters::inc(&ostats.hits);
+        let len = record::HEAD_LEN + payload.as_ref().map_or(0, Bytes::len);
+        if payload.is_some() && policy.tiers.dram && self.declines(key, len) {
+            // Read later than everything DRAM would give up for it: served, and
+            // kept on NVMe only.
+            let rec = self.encode_bypass(&head, payload.as_deref());
+            self.bypass(key, rec, policy).await;
+            head.inline = payload;
+            return Ok(Some(head));
+        }
         let rec = self.encode_head(&head, payload.as_deref(), policy)?;
         head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
         let stored = self.store_record(key, rec, policy).await?;
@@ -896,6 +905,34 @@ impl Inner {
                 detail: "the write buffer was full; the write was dropped".into(),
                 retry_after: Some(Duration::from_millis(100)),
             }),
+        }
+    }
+
+    /// Whether DRAM declines a fill of `len` bytes under `key` (full, and the
+    /// policy would rather not evict for it). Probes with a real allocation.
+    fn declines(&self, key: &Key, len: usize) -> bool {
+        matches!(self.dram.reserve_for(key, len), Ok(None))
+    }
+
+    /// A head record on the heap (for a fill DRAM declined).
+    fn encode_bypass(&self, head: &Head, payload: Option<&[u8]>) -> Vec<u8> {
+        let payload = payload.unwrap_or_default();
+        let mut v = vec![0u8; record::HEAD_LEN + payload.len()];
+        v[record::HEAD_LEN..].copy_from_slice(payload);
+        record::write_head(&mut v, head);
+        v
+    }
+
+    /// Keeps a fill that DRAM declined on NVMe only (when allowed), dropping any
+    /// older copy from DRAM so it is never served in place of this one.
+    async fn bypass(&self, key: &Key, rec: Vec<u8>, policy: &NamespacePolicy) {
+        Counters::inc(&self.dram.stats().ns(key.namespace()).bypasses);
+        if let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme)
+            && let Err(e) = nvme
+                .put(key, Bytes::from(rec), &PutOptions::default())
+                .await
+        {
+            tracing::warn!(?key, error = %e, "NVMe write of a bypassed fill failed");
         }
     }
 
@@ -1066,11 +1103,20 @@ impl Inner {
                 ),
             });
         }
-        let mut rec = self.alloc_record(record::PAGE_HEADER_LEN + data.len(), policy);
+        let pk = entry.key.page(head.generation, index);
+        let len = record::PAGE_HEADER_LEN + data.len();
+        let (mut rec, declined) = match policy.tiers.dram.then(|| self.dram.reserve_for(&pk, len)) {
+            Some(Ok(Some(buf))) => (Record::Arena(buf), false),
+            Some(Ok(None)) => (Record::Heap(vec![0u8; len]), true),
+            _ => (self.alloc_record(len, policy), false),
+        };
         let buf = rec.as_mut_slice();
         buf[record::PAGE_HEADER_LEN..].copy_from_slice(&data);
         record::write_page(buf, head.generation, index);
-        let pk = entry.key.page(head.generation, index);
+        if let (true, Record::Heap(v)) = (declined, &mut rec) {
+            self.bypass(&pk, std::mem::take(v), policy).await;
+            return Ok(data);
+        }
         let stored = self.store_record(&pk, rec, policy).await?;
         self.fill_nvme(&pk, stored, policy).await;
         Ok(data)
