@@ -61,6 +61,15 @@ echo "==> strata-bench kv-connector (chat trace over Strata / Redis / none; 4k-p
 "$BIN" kv-connector --rounds "$ROUNDS"
 
 echo
+echo "==> strata-bench shard-sim (training-shard eviction: LRU, no-evict, clairvoyant, offline Belady)"
+"$BIN" shard-sim
+
+echo
+echo "==> strata-bench training (the loader over Azurite, cold and warm, vs the Blob SDK)"
+"$BIN" training
+"$BIN" training --compute-ms 40
+
+echo
 echo "==> strata-bench nvme-vs-odirect (the tier as configured by default: psync, O_DIRECT)"
 "$BIN" nvme-vs-odirect --dir "$NVME_DIR" --total "$NVME_TOTAL" --rounds "$NVME_ROUNDS"
 

@@ -12,6 +12,10 @@
 //!   TCP request/response of the same size.
 //! - `strata-bench data-path`: the binary data path (TCP and shared memory) against
 //!   Redis, raw TCP and Unix sockets, memcpy, and the gRPC Get.
+//! - `strata-bench shard-sim`: training-shard eviction policies (LRU, no-evict,
+//!   clairvoyant, offline Belady), simulated over epoch plans.
+//! - `strata-bench training`: the training loader over a Strata server whose
+//!   origin is Azurite, cold and warm, against reading Azurite with the SDK.
 //! - `strata-bench nvme-vs-odirect`: the NVMe tier's reads against plain `O_DIRECT`
 //!   reads of a file of the same size.
 //!
@@ -29,6 +33,7 @@ pub mod redis;
 pub mod report;
 pub mod resp;
 pub mod shardsim;
+pub mod training;
 
 /// Fills `buf` with a cheap pseudo-random pattern derived from `seed`, so values
 /// are neither zero pages nor identical to one another.

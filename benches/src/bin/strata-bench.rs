@@ -61,6 +61,8 @@ enum Cmd {
     KvConnector(strata_benches::kvconn::KvArgs),
     /// Training-shard eviction: LRU, no-evict, clairvoyant and offline Belady, simulated.
     ShardSim(strata_benches::shardsim::SimArgs),
+    /// The training loader end to end with Azurite as the origin, vs the Blob SDK.
+    Training(strata_benches::training::TrainingArgs),
     /// Ours / limit / ratio rows from the medians of the criterion `dram` bench.
     CriterionSummary(SummaryArgs),
 }
@@ -140,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::DataPath(a) => datapath::run(&a),
         Cmd::KvConnector(a) => strata_benches::kvconn::run(&a),
         Cmd::ShardSim(a) => strata_benches::shardsim::run(&a),
+        Cmd::Training(a) => strata_benches::training::run(&a),
         Cmd::CriterionSummary(a) => criterion_summary(&a),
     }
 }
