@@ -252,13 +252,16 @@ impl Loader {
         let window_units = config.window_bytes.div_ceil(PERMIT_BYTES).max(1);
         let permits = Arc::new(Semaphore::new(window_units as usize));
         let (tx, rx) = mpsc::channel(config.window_items.max(1));
-        tasks.push(tokio::spawn(produce(
+        let reading = Reading {
             client,
-            manifest.clone(),
+            manifest: manifest.clone(),
             plan,
             from,
             end_epoch,
             config,
+        };
+        tasks.push(tokio::spawn(produce(
+            reading,
             permits.clone(),
             window_units,
             tx,
@@ -412,21 +415,30 @@ async fn report_progress(
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the producer task owns each of these"
-)]
-async fn produce(
+/// What the producer reads, and for whom.
+struct Reading {
     client: Arc<Client>,
     manifest: Arc<Manifest>,
     plan: RankPlan,
     from: Position,
     end_epoch: u64,
     config: LoaderConfig,
+}
+
+async fn produce(
+    r: Reading,
     permits: Arc<Semaphore>,
     window_units: u64,
     tx: mpsc::Sender<(Fetch, u32)>,
 ) {
+    let Reading {
+        client,
+        manifest,
+        plan,
+        from,
+        end_epoch,
+        config,
+    } = r;
     for item in plan.items(from, end_epoch) {
         let shard = &manifest.shards[item.shard as usize];
         let units = shard.size.div_ceil(PERMIT_BYTES).clamp(1, window_units) as u32;

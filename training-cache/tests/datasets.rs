@@ -69,6 +69,23 @@ async fn add(c: &Client, name: &str, source: &str) -> proto::DatasetAddResponse 
         .into_inner()
 }
 
+/// Runs a preload to its end; its last progress message.
+async fn preload(c: &Client, name: &str) -> proto::PreloadProgress {
+    let mut s = rpc(c)
+        .preload(proto::PreloadRequest {
+            name: name.into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = s.message().await.unwrap() {
+        last = Some(p);
+    }
+    last.expect("at least one progress message")
+}
+
 /// Writes `n` shards of `size(i)` bytes under `<origin>/<dir>/`.
 fn write_dir_shards(origin: &std::path::Path, dir: &str, n: usize, size: impl Fn(usize) -> usize) {
     let d = origin.join(dir);
@@ -290,19 +307,7 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
 
     // Preload the rest with the dataset's limit of 2 requests in flight.
     let before = proxy.seen();
-    let mut s = rpc(&c)
-        .preload(proto::PreloadRequest {
-            name: "imagenet".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(p) = s.message().await.unwrap() {
-        last = Some(p);
-    }
-    let last = last.unwrap();
+    let last = preload(&c, "imagenet").await;
     assert_eq!((last.shards_done, last.shards_total), (6, 6));
     assert_eq!(last.bytes_done, 18 << 20);
     assert_eq!(last.bytes_cached, 3 << 20, "shard 0 was cached");
@@ -318,19 +323,7 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
     );
     // Resumed: everything cached, nothing read.
     let before = proxy.seen();
-    let mut s = rpc(&c)
-        .preload(proto::PreloadRequest {
-            name: "imagenet".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(p) = s.message().await.unwrap() {
-        last = Some(p);
-    }
-    assert_eq!(last.unwrap().bytes_cached, 18 << 20);
+    assert_eq!(preload(&c, "imagenet").await.bytes_cached, 18 << 20);
     assert_eq!(proxy.seen(), before);
 
     // A blob rewritten after the listing is refused, not mixed.

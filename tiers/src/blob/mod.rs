@@ -197,28 +197,10 @@ impl BlobTier {
     /// size and ETag, sorted by name.
     pub async fn list_blobs(&self, prefix: &str) -> Result<Vec<BlobItem>> {
         self.check_open()?;
-        let target = self.core.target(prefix);
-        let container = &self.core.container;
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let options = BlobContainerClientListBlobsOptions {
-                prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
-                marker: marker.clone(),
-                maxresults: i32::try_from(MAX_LIST_PAGE).ok(),
-                ..Default::default()
-            };
-            let options = &options;
-            let page: ListBlobsResponse = self
-                .core
-                .call("list", &target, None, move || async move {
-                    let mut pages = container.list_blobs(Some(options.clone()))?.into_pages();
-                    match pages.try_next().await? {
-                        Some(page) => page.into_model(),
-                        None => Ok(ListBlobsResponse::default()),
-                    }
-                })
-                .await?;
+            let page = self.list_page(prefix, marker.take(), MAX_LIST_PAGE).await?;
             for item in page.blob_items {
                 let Some(name) = item.name else { continue };
                 let props = item.properties.unwrap_or_default();
@@ -235,6 +217,38 @@ impl BlobTier {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// One page of the listing of names starting with `prefix` (all names when
+    /// empty), from `marker`.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        marker: Option<String>,
+        max: usize,
+    ) -> Result<ListBlobsResponse> {
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+            marker,
+            maxresults: i32::try_from(max).ok(),
+            ..Default::default()
+        };
+        let (options, container) = (&options, &self.core.container);
+        Ok(self
+            .core
+            .call(
+                "list",
+                &self.core.target(prefix),
+                None,
+                move || async move {
+                    let mut pages = container.list_blobs(Some(options.clone()))?.into_pages();
+                    match pages.try_next().await? {
+                        Some(page) => page.into_model(),
+                        None => Ok(ListBlobsResponse::default()),
+                    }
+                },
+            )
+            .await?)
     }
 
     /// `prefix/`, or nothing.
@@ -602,27 +616,11 @@ impl Tier for BlobTier {
                 .unwrap_or(prefix.len());
             format!("{base}{}", encode_segment(&prefix[..cut]))
         };
-        let target = self.core.target(&name_prefix);
-        let container = &self.core.container;
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let options = BlobContainerClientListBlobsOptions {
-                prefix: Some(name_prefix.clone()),
-                marker: marker.clone(),
-                maxresults: i32::try_from(limit.min(MAX_LIST_PAGE)).ok(),
-                ..Default::default()
-            };
-            let options = &options;
-            let page: ListBlobsResponse = self
-                .core
-                .call("list", &target, None, move || async move {
-                    let mut pages = container.list_blobs(Some(options.clone()))?.into_pages();
-                    match pages.try_next().await? {
-                        Some(page) => page.into_model(),
-                        None => Ok(ListBlobsResponse::default()),
-                    }
-                })
+            let page = self
+                .list_page(&name_prefix, marker.take(), limit.min(MAX_LIST_PAGE))
                 .await?;
             for item in page.blob_items {
                 let Some(name) = item.name else { continue };
