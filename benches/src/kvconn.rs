@@ -221,12 +221,7 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
             reply_tokens: (64, 256),
         });
         let total: usize = trace.requests.iter().map(|(_, t)| t.len()).sum();
-        let longest = trace
-            .requests
-            .iter()
-            .map(|(_, t)| t.len())
-            .max()
-            .unwrap_or(0);
+        let longest = trace.longest();
         println!(
             "\n### Chat trace: {} requests, {} prompt tokens (longest {longest}), seed 42\n",
             trace.requests.len(),

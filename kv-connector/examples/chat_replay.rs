@@ -46,12 +46,7 @@ fn main() -> anyhow::Result<()> {
         user_tokens: (64, 512),
         reply_tokens: (64, 256),
     });
-    let longest = trace
-        .requests
-        .iter()
-        .map(|(_, t)| t.len())
-        .max()
-        .unwrap_or(0);
+    let longest = trace.longest();
     let mut engine = SimEngine::new(
         llama_8b(),
         256,

@@ -283,78 +283,26 @@ mod tests {
         gather(&t, &g, &[3, 1], &mut buf).unwrap();
         let dst = Tensor::zeros((2, 5, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
         scatter(&dst, &g, &buf, 2, 0, &[0, 4]).unwrap();
+        // Block `b` of the K (kv = 0) or V (kv = 1) half, flattened.
+        let block = |x: &Tensor, kv: usize, b: usize| {
+            x.get(kv)
+                .unwrap()
+                .get(b)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         for kv in 0..2 {
-            let want3 = t
-                .get(kv)
-                .unwrap()
-                .get(3)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let got0 = dst
-                .get(kv)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(want3, got0);
-            let want1 = t
-                .get(kv)
-                .unwrap()
-                .get(1)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let got4 = dst
-                .get(kv)
-                .unwrap()
-                .get(4)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(want1, got4);
-            let untouched = dst
-                .get(kv)
-                .unwrap()
-                .get(2)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert!(untouched.iter().all(|&x| x == 0.0));
+            assert_eq!(block(&t, kv, 3), block(&dst, kv, 0));
+            assert_eq!(block(&t, kv, 1), block(&dst, kv, 4));
+            assert!(block(&dst, kv, 2).iter().all(|&x| x == 0.0));
         }
         // A partial scatter: the second stored block only.
         let dst2 = Tensor::zeros((2, 5, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
         scatter(&dst2, &g, &buf, 2, 1, &[2]).unwrap();
-        let a = dst2
-            .get(0)
-            .unwrap()
-            .get(2)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = t
-            .get(0)
-            .unwrap()
-            .get(1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(a, b);
+        assert_eq!(block(&dst2, 0, 2), block(&t, 0, 1));
     }
 
     #[test]

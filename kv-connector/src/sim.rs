@@ -275,6 +275,15 @@ pub struct ChatShape {
 }
 
 impl ChatTrace {
+    /// Tokens of the longest prompt.
+    pub fn longest(&self) -> usize {
+        self.requests
+            .iter()
+            .map(|(_, t)| t.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Builds the trace.
     pub fn new(s: &ChatShape) -> Self {
         let mut rng = s.seed ^ 0x9e37_79b9_7f4a_7c15;

@@ -96,8 +96,11 @@ impl DatasetService {
     }
 
     async fn info(&self, m: &Manifest) -> pb::DatasetInfo {
-        let listed = self.datasets.list().await;
-        let entry = listed.iter().find(|d| d.name == m.name);
+        let (versions, concurrency) = self
+            .datasets
+            .versions_and_concurrency(&m.name)
+            .await
+            .unwrap_or((1, 0));
         pb::DatasetInfo {
             name: m.name.clone(),
             source: m.source.clone(),
@@ -105,8 +108,8 @@ impl DatasetService {
             shards: m.shards.len() as u64,
             bytes: m.total_bytes(),
             created_ms: m.created_ms,
-            versions: entry.map_or(1, |e| e.versions),
-            concurrency: entry.map_or(0, |e| e.concurrency),
+            versions,
+            concurrency,
         }
     }
 }

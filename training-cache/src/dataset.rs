@@ -582,6 +582,13 @@ impl Datasets {
         self.manifest(name, &version)
     }
 
+    /// How many versions of `name` are recorded, and its concurrency limit.
+    pub async fn versions_and_concurrency(&self, name: &str) -> Option<(u32, u32)> {
+        let index = self.index.lock().await;
+        let e = index.datasets.get(name)?;
+        Some((e.versions.len() as u32, e.concurrency))
+    }
+
     /// Every dataset, by name.
     pub async fn list(&self) -> Vec<DatasetInfo> {
         let index = self.index.lock().await;

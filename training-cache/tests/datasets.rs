@@ -5,6 +5,8 @@
 mod azurite;
 #[path = "../../tiers/tests/common/faultproxy.rs"]
 mod faultproxy;
+#[path = "../../tiers/tests/common/pattern.rs"]
+mod pattern;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use strata_transport::{Client, ClientOptions, proto};
 
 use self::azurite::Azurite;
 use self::faultproxy::FaultProxy;
+use self::pattern::pattern;
 
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::default();
@@ -32,19 +35,6 @@ fn config(dir: &std::path::Path) -> Config {
     c.nvme.buffer_pool_size = ByteSize(16 << 20);
     c.store.page_size = ByteSize(1 << 20);
     c
-}
-
-fn pattern(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<_>>()
-        .into()
 }
 
 async fn client(r: &Running) -> Client {
@@ -96,7 +86,7 @@ fn write_dir_shards(origin: &std::path::Path, dir: &str, n: usize, size: impl Fn
         } else {
             d.join(format!("shard-{i:04}.bin"))
         };
-        std::fs::write(p, pattern(size(i), i as u64)).unwrap();
+        std::fs::write(p, pattern(i as u64, size(i))).unwrap();
     }
 }
 
@@ -133,12 +123,12 @@ async fn local_datasets_version_by_listing_and_never_mix() {
     // Read one shard of v1 (cached now); leave another uncached.
     assert_eq!(
         c.get(&m1.shard_key(i0)).await.unwrap().unwrap(),
-        pattern(1001, 1)
+        pattern(1, 1001)
     );
 
     // Rewrite shard 2: a new version.
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(origin.join("ds/shard-0002.bin"), pattern(3000, 99)).unwrap();
+    std::fs::write(origin.join("ds/shard-0002.bin"), pattern(99, 3000)).unwrap();
     let r = add(&c, "ds", "ds").await;
     assert!(r.new_version);
     let v2 = r.info.unwrap();
@@ -147,7 +137,7 @@ async fn local_datasets_version_by_listing_and_never_mix() {
     let m2 = fetch_manifest(&c, "ds", "").await.unwrap();
     assert_eq!(
         c.get(&m2.shard_key(i1)).await.unwrap().unwrap(),
-        pattern(3000, 99)
+        pattern(99, 3000)
     );
     // v1's uncached shard 2 no longer exists as v1 listed it: refused, never the
     // new bytes under the old version.
@@ -156,7 +146,7 @@ async fn local_datasets_version_by_listing_and_never_mix() {
     // v1's cached shard still serves v1's bytes.
     assert_eq!(
         c.get(&m1.shard_key(i0)).await.unwrap().unwrap(),
-        pattern(1001, 1)
+        pattern(1, 1001)
     );
 
     // ls / show, and bad input.
@@ -248,7 +238,7 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
     let dir = tempfile::tempdir().unwrap();
     let data = raw_tier(&az, "training").await;
     let shards: Vec<(String, Bytes)> = (0..6)
-        .map(|i| (format!("imagenet/train/{i:02}.tar"), pattern(3 << 20, i)))
+        .map(|i| (format!("imagenet/train/{i:02}.tar"), pattern(i, 3 << 20)))
         .collect();
     put_blobs(&data, &shards).await;
     let _origin = raw_tier(&az, "origin").await;
@@ -330,7 +320,7 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
     running.store.evict(&m.shard_key(5)).await.unwrap();
     put_blobs(
         &data,
-        &[("imagenet/train/05.tar".to_string(), pattern(3 << 20, 77))],
+        &[("imagenet/train/05.tar".to_string(), pattern(77, 3 << 20))],
     )
     .await;
     assert!(!nvme.contains(&m.shard_key(5)).await.unwrap());
@@ -393,7 +383,7 @@ async fn loader_follows_the_plan_whatever_the_window_with_samples_and_stall() {
             let i: u64 = shard.path.trim_start_matches("sub/")[6..10]
                 .parse()
                 .unwrap();
-            assert_eq!(s.bytes, pattern(shard.size as usize, i));
+            assert_eq!(s.bytes, pattern(i, shard.size as usize));
             got.push(s.shard);
         }
         assert_eq!(got, want, "window {window_items}");

@@ -263,12 +263,9 @@ impl TieredStore {
         let mut fetched = 0;
         for index in 0..head.page_count() {
             let pk = key.page(head.generation, index);
-            if self
-                .inner
-                .cached_page(&pk, head.generation, index)
-                .await
-                .is_none()
-            {
+            // Presence only: reading the bytes back from NVMe to skip them would
+            // double a resumed preload's I/O.
+            if !self.inner.cached(&pk).await {
                 fetched += self.inner.read_page(&entry, index, &policy).await?.len() as u64;
             }
         }
@@ -810,16 +807,22 @@ impl Inner {
             None
         };
         Counters::inc(&ostats.hits);
-        let len = record::HEAD_LEN + payload.as_ref().map_or(0, Bytes::len);
-        if payload.is_some() && policy.tiers.dram && self.declines(key, len) {
-            // Read later than everything DRAM would give up for it: served, and
-            // kept on NVMe only.
-            let rec = self.encode_bypass(&head, payload.as_deref());
-            self.bypass(key, rec, policy).await;
-            head.inline = payload;
-            return Ok(Some(head));
-        }
-        let rec = self.encode_head(&head, payload.as_deref(), policy)?;
+        let rec = if payload.is_some() {
+            let len = record::HEAD_LEN + payload.as_ref().map_or(0, Bytes::len);
+            let Some(mut rec) = self.fill_record(key, len, policy) else {
+                // Read later than everything DRAM would give up for it: served, and
+                // kept on NVMe only.
+                let mut rec = Record::Heap(vec![0u8; len]);
+                write_head_record(&mut rec, &head, payload.as_deref());
+                self.bypass(key, rec, policy).await;
+                head.inline = payload;
+                return Ok(Some(head));
+            };
+            write_head_record(&mut rec, &head, payload.as_deref());
+            rec
+        } else {
+            self.encode_head(&head, None, policy)?
+        };
         head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
         let stored = self.store_record(key, rec, policy).await?;
         self.fill_nvme(key, stored, policy).await;
@@ -832,13 +835,24 @@ impl Inner {
         payload: Option<&[u8]>,
         policy: &NamespacePolicy,
     ) -> Result<Record> {
-        let payload = payload.unwrap_or_default();
-        let len = record::HEAD_LEN + payload.len();
+        let len = record::HEAD_LEN + payload.map_or(0, <[u8]>::len);
         let mut rec = self.alloc_record(len, policy);
-        let buf = rec.as_mut_slice();
-        buf[record::HEAD_LEN..].copy_from_slice(payload);
-        record::write_head(buf, head);
+        write_head_record(&mut rec, head, payload);
         Ok(rec)
+    }
+
+    /// A buffer for a record filled from the origin, allocated once: in the DRAM
+    /// arena when there is room or the eviction policy admits the key, on the heap
+    /// when DRAM cannot take it; `None` when DRAM declines it (Belady's bypass).
+    fn fill_record(&self, key: &Key, len: usize, policy: &NamespacePolicy) -> Option<Record> {
+        if !policy.tiers.dram {
+            return Some(Record::Heap(vec![0u8; len]));
+        }
+        match self.dram.reserve_for(key, len) {
+            Ok(Some(buf)) => Some(Record::Arena(buf)),
+            Ok(None) => None,
+            Err(_) => Some(Record::Heap(vec![0u8; len])),
+        }
     }
 
     /// A buffer for a record: in the DRAM arena when the namespace may live there and
@@ -908,29 +922,16 @@ impl Inner {
         }
     }
 
-    /// Whether DRAM declines a fill of `len` bytes under `key` (full, and the
-    /// policy would rather not evict for it). Probes with a real allocation.
-    fn declines(&self, key: &Key, len: usize) -> bool {
-        matches!(self.dram.reserve_for(key, len), Ok(None))
-    }
-
-    /// A head record on the heap (for a fill DRAM declined).
-    fn encode_bypass(&self, head: &Head, payload: Option<&[u8]>) -> Vec<u8> {
-        let payload = payload.unwrap_or_default();
-        let mut v = vec![0u8; record::HEAD_LEN + payload.len()];
-        v[record::HEAD_LEN..].copy_from_slice(payload);
-        record::write_head(&mut v, head);
-        v
-    }
-
     /// Keeps a fill that DRAM declined on NVMe only (when allowed), dropping any
     /// older copy from DRAM so it is never served in place of this one.
-    async fn bypass(&self, key: &Key, rec: Vec<u8>, policy: &NamespacePolicy) {
+    async fn bypass(&self, key: &Key, rec: Record, policy: &NamespacePolicy) {
         Counters::inc(&self.dram.stats().ns(key.namespace()).bypasses);
+        let rec = match rec {
+            Record::Heap(v) => Bytes::from(v),
+            Record::Arena(buf) => buf.freeze(),
+        };
         if let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme)
-            && let Err(e) = nvme
-                .put(key, Bytes::from(rec), &PutOptions::default())
-                .await
+            && let Err(e) = nvme.put(key, rec, &PutOptions::default()).await
         {
             tracing::warn!(?key, error = %e, "NVMe write of a bypassed fill failed");
         }
@@ -1105,22 +1106,27 @@ impl Inner {
         }
         let pk = entry.key.page(head.generation, index);
         let len = record::PAGE_HEADER_LEN + data.len();
-        let (mut rec, declined) = match policy.tiers.dram.then(|| self.dram.reserve_for(&pk, len)) {
-            Some(Ok(Some(buf))) => (Record::Arena(buf), false),
-            Some(Ok(None)) => (Record::Heap(vec![0u8; len]), true),
-            _ => (self.alloc_record(len, policy), false),
-        };
+        let fill = self.fill_record(&pk, len, policy);
+        let declined = fill.is_none();
+        let mut rec = fill.unwrap_or_else(|| Record::Heap(vec![0u8; len]));
         let buf = rec.as_mut_slice();
         buf[record::PAGE_HEADER_LEN..].copy_from_slice(&data);
         record::write_page(buf, head.generation, index);
-        if let (true, Record::Heap(v)) = (declined, &mut rec) {
-            self.bypass(&pk, std::mem::take(v), policy).await;
+        if declined {
+            self.bypass(&pk, rec, policy).await;
             return Ok(data);
         }
         let stored = self.store_record(&pk, rec, policy).await?;
         self.fill_nvme(&pk, stored, policy).await;
         Ok(data)
     }
+}
+
+/// Writes a head record (header, then `payload`) into `rec`, sized for both.
+fn write_head_record(rec: &mut Record, head: &Head, payload: Option<&[u8]>) {
+    let buf = rec.as_mut_slice();
+    buf[record::HEAD_LEN..].copy_from_slice(payload.unwrap_or_default());
+    record::write_head(buf, head);
 }
 
 /// A record being built: in the DRAM arena or on the heap.
