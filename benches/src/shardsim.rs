@@ -15,6 +15,11 @@
 //! - **offline**: Belady's rule over the realized trace, computed separately from a
 //!   backward pass over the trace (it also knows the jobs that have not started).
 //!
+//! Reads of shards no plan covers fall back to a policy of the DRAM tier; the
+//! shipped ones (LRU, S3-FIFO and the size-aware GDSF the clairvoyant policy
+//! uses for unplanned shards) replay the same traces, and a Zipf-skewed random
+//! trace, through their real implementations in `strata_tiers`.
+//!
 //! With equal sizes Belady's rule is optimal; with unequal sizes it is the
 //! classic heuristic (the optimum is NP-hard), so "offline" is a reference there,
 //! not a bound. Both object and byte hit rates are reported.
@@ -24,6 +29,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::ensure;
 use clap::Args;
+use strata_tiers::Key;
+use strata_tiers::dram::{EvictionKind, EvictionPolicy, Gdsf};
 use strata_training_cache::plan::SplitMix64;
 use strata_training_cache::{JobPlan, Oracle, PlanSpec, Position};
 
@@ -116,6 +123,41 @@ impl Scenario {
             plans,
             starts,
             epochs,
+            trace,
+        }
+    }
+
+    /// `reads` random reads of `sizes.len()` shards, shard `i` (in a shuffled
+    /// order) drawn with weight `1 / (i + 1)^alpha`; no plan describes them.
+    pub fn zipf(sizes: Vec<u64>, reads: usize, alpha: f64, seed: u64) -> Self {
+        let n = sizes.len();
+        let rank = PlanSpec::new(n as u32, seed ^ 0x21FF, 1).global_order(0);
+        let mut cdf = Vec::with_capacity(n);
+        let mut sum = 0.0;
+        for i in 0..n {
+            sum += 1.0 / ((i + 1) as f64).powf(alpha);
+            cdf.push(sum);
+        }
+        let mut rng = SplitMix64::new(seed ^ 0x2199);
+        let trace = (0..reads)
+            .map(|k| {
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * sum;
+                let i = cdf.partition_point(|&c| c < u).min(n - 1);
+                Access {
+                    job: 0,
+                    at: Position {
+                        epoch: 0,
+                        step: k as u64,
+                    },
+                    shard: rank[i],
+                }
+            })
+            .collect();
+        Self {
+            sizes,
+            plans: Vec::new(),
+            starts: Vec::new(),
+            epochs: 1,
             trace,
         }
     }
@@ -314,6 +356,50 @@ pub fn offline(s: &Scenario, cap: u64) -> Rates {
     t.rates()
 }
 
+/// One of the DRAM tier's own policies, replayed: reads are `access`es, misses
+/// `insert`s after `victim`s make room.
+pub fn replay(s: &Scenario, cap: u64, mut policy: Box<dyn EvictionPolicy>) -> Rates {
+    let keys: Vec<Key> = (0..s.sizes.len() as u32)
+        .map(|i| Key::new("shard", "", i.to_be_bytes()).expect("a valid key"))
+        .collect();
+    let index: HashMap<&Key, u32> = keys.iter().zip(0..).collect();
+    let mut cached = vec![false; s.sizes.len()];
+    let (mut used, mut t) = (0u64, Tally::default());
+    for a in &s.trace {
+        let (i, size) = (a.shard as usize, s.sizes[a.shard as usize]);
+        t.add(cached[i], size);
+        if cached[i] {
+            policy.access(&keys[i]);
+            continue;
+        }
+        if size > cap {
+            continue;
+        }
+        while used + size > cap {
+            let v = index[&policy.victim().expect("used > 0")] as usize;
+            cached[v] = false;
+            used -= s.sizes[v];
+        }
+        policy.insert(&keys[i], size);
+        cached[i] = true;
+        used += size;
+    }
+    t.rates()
+}
+
+/// The fallback policies for reads without a plan, in report order: the
+/// simulated size unit is taken as 1 MiB, so GDSF's request cost is one unit.
+pub fn fallbacks() -> [(&'static str, Box<dyn EvictionPolicy>); 3] {
+    [
+        ("LRU", EvictionKind::Lru.build()),
+        ("S3-FIFO", EvictionKind::S3fifo.build()),
+        (
+            "GDSF (size-aware)",
+            Box::new(Gdsf::new(strata_tiers::dram::GDSF_REQUEST_BYTES >> 20)),
+        ),
+    ]
+}
+
 /// All four policies at `cap`, in [`POLICIES`] order.
 pub fn all(s: &Scenario, cap: u64) -> [Rates; 4] {
     [
@@ -379,6 +465,7 @@ pub fn run(a: &SimArgs) -> anyhow::Result<()> {
             }
         }
     }
+    fallback_tables(a);
     println!("\n### Verdicts at a 50% cache (equal sizes, object hit rate)\n");
     println!(
         "| jobs | clairvoyant / offline | clairvoyant / LRU | clairvoyant / no-evict | offline / no-evict | offline / LRU | targets |"
@@ -408,6 +495,50 @@ pub fn run(a: &SimArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The policies reads without a plan fall back to, on the training traces (no
+/// job registered) and on a Zipf-skewed random trace, at a 50% cache.
+fn fallback_tables(a: &SimArgs) {
+    let sizes = unequal_sizes(a.shards, a.seed);
+    let mut traces: Vec<(String, Scenario)> = a
+        .jobs
+        .iter()
+        .map(|&j| {
+            (
+                format!("{j} job(s), no plan registered"),
+                Scenario::new(sizes.clone(), j.max(1), a.epochs, a.seed),
+            )
+        })
+        .collect();
+    let reads = a.shards as usize * a.epochs as usize * 2;
+    for alpha in [0.8, 1.0] {
+        traces.push((
+            format!("random reads, Zipf {alpha}"),
+            Scenario::zipf(sizes.clone(), reads, alpha, a.seed),
+        ));
+    }
+    let names: Vec<&str> = fallbacks().iter().map(|(n, _)| *n).collect();
+    println!(
+        "\n### Without a plan: the fallback policies, unequal sizes, 50% cache\n\n| trace | {} |\n|---|{}",
+        names
+            .iter()
+            .map(|p| format!("{p} obj / byte"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(names.len())
+    );
+    for (label, s) in &traces {
+        let cap = s.total_bytes() / 2;
+        let cells: Vec<String> = fallbacks()
+            .into_iter()
+            .map(|(_, p)| {
+                let r = replay(s, cap, p);
+                format!("{:.1}% / {:.1}%", r.object * 100.0, r.byte * 100.0)
+            })
+            .collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    }
 }
 
 #[cfg(test)]
@@ -449,5 +580,21 @@ mod tests {
         for r in all(&s, cap) {
             assert!(r.object > 0.0 && r.object < 1.0 && r.byte > 0.0 && r.byte < 1.0);
         }
+    }
+
+    #[test]
+    fn replayed_lru_matches_the_simulated_one() {
+        let s = Scenario::new(unequal_sizes(120, 5), 2, 2, 5);
+        let cap = s.total_bytes() / 3;
+        assert_eq!(replay(&s, cap, EvictionKind::Lru.build()), lru(&s, cap));
+    }
+
+    #[test]
+    fn size_aware_fallback_wins_object_hits_on_skewed_unequal_reads() {
+        let s = Scenario::zipf(unequal_sizes(300, 2), 6000, 1.0, 2);
+        let cap = s.total_bytes() / 4;
+        let [(_, l), _, (_, g)] = fallbacks();
+        let (l, g) = (replay(&s, cap, l), replay(&s, cap, g));
+        assert!(g.object > l.object, "GDSF {g:?} vs LRU {l:?}");
     }
 }

@@ -38,7 +38,7 @@ impl Metrics {
     pub fn render(&self, store: &TieredStore) -> String {
         let mut out = String::with_capacity(4096);
         let reports = store.stats();
-        let counters: [(&str, &str, bool, Getter); 9] = [
+        let counters: [(&str, &str, bool, Getter); 10] = [
             ("entries", "Entries resident", false, |c| c.entries),
             ("bytes", "Bytes resident", false, |c| c.bytes),
             ("hits_total", "Lookups that hit", true, |c| c.hits),
@@ -67,6 +67,12 @@ impl Metrics {
                 "Records that failed verification (never served)",
                 true,
                 |c| c.checksum_failures,
+            ),
+            (
+                "bypasses_total",
+                "Origin fills declined by the clairvoyant policy (served, not cached here)",
+                true,
+                |c| c.bypasses,
             ),
         ];
         for (name, help, monotonic, get) in counters {

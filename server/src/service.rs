@@ -92,6 +92,7 @@ fn counters(c: &strata_tiers::CountersSnapshot) -> pb::Counters {
         origin_reads: c.origin_reads,
         dropped_writes: c.dropped_writes,
         checksum_failures: c.checksum_failures,
+        bypasses: c.bypasses,
     }
 }
 

@@ -43,6 +43,38 @@ async fn dram_lru_conformance() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dram_gdsf_conformance() {
+    conformance(&dram(EvictionKind::Gdsf, 16 * MIB)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dram_gdsf_capacity_and_eviction() {
+    capacity_and_eviction(&dram(EvictionKind::Gdsf, 2 * MIB), 2 * MIB).await;
+}
+
+/// A pin taken on one value never releases a pin on the value that replaced it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dram_unpin_value_leaves_a_replacement_pinned() {
+    let t = dram(EvictionKind::Lru, 2 * MIB);
+    let k = strata_tiers::Key::new("kv", "", "k").expect("key");
+    let opts = strata_tiers::PutOptions::default();
+    t.put(&k, bytes::Bytes::from_static(b"old"), &opts)
+        .await
+        .expect("put");
+    let old = t.pin_value(&k).expect("pinned");
+    t.put(&k, bytes::Bytes::from_static(b"new"), &opts)
+        .await
+        .expect("put");
+    assert!(t.pin(&k), "the replacement is pinned by someone else");
+    assert!(!t.unpin_value(&k, &old), "the old pin releases nothing");
+    assert!(t.is_pinned(&k), "the replacement's pin stands");
+    let new = t.pin_value(&k).expect("pinned");
+    assert!(t.unpin_value(&k, &new));
+    assert!(t.unpin(&k));
+    assert!(!t.is_pinned(&k));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dram_s3fifo_capacity_and_eviction() {
     capacity_and_eviction(&dram(EvictionKind::S3fifo, 2 * MIB), 2 * MIB).await;
 }

@@ -53,12 +53,6 @@ async fn open(dir: &Path, dram_capacity: u64) -> TieredStore {
 }
 
 async fn open_with(dir: &Path, dram_capacity: u64, eviction: EvictionKind) -> TieredStore {
-    let dram = DramTier::new(&DramConfig {
-        capacity: dram_capacity,
-        eviction,
-        ..DramConfig::default()
-    })
-    .expect("DRAM tier");
     let nvme = NvmeTier::open(&NvmeConfig {
         dir: nvme_dir(dir),
         capacity: 64 * MIB,
@@ -69,6 +63,22 @@ async fn open_with(dir: &Path, dram_capacity: u64, eviction: EvictionKind) -> Ti
     })
     .await
     .expect("NVMe tier");
+    open_tiers(dir, dram_capacity, eviction, Some(nvme))
+}
+
+/// A store of DRAM (and `nvme`, if given) over the origin in `dir/origin`.
+fn open_tiers(
+    dir: &Path,
+    dram_capacity: u64,
+    eviction: EvictionKind,
+    nvme: Option<NvmeTier>,
+) -> TieredStore {
+    let dram = DramTier::new(&DramConfig {
+        capacity: dram_capacity,
+        eviction,
+        ..DramConfig::default()
+    })
+    .expect("DRAM tier");
     let origin = LocalDirTier::open(origin_dir(dir)).expect("origin");
     TieredStore::new(
         &StoreConfig {
@@ -76,7 +86,7 @@ async fn open_with(dir: &Path, dram_capacity: u64, eviction: EvictionKind) -> Ti
         },
         Namespaces::default(),
         dram,
-        Some(nvme),
+        nvme,
         Some(Origin::LocalDir(origin)),
     )
     .expect("store")
@@ -183,6 +193,66 @@ async fn single_flight_reads_each_page_from_the_origin_once() {
         "cached read",
     );
     assert_eq!(totals(&store, "localdir").origin_reads, before);
+}
+
+/// A cache with no room passes origin reads through: served, counted as dropped
+/// writes, never failed (a failure would send the client to retry and read the
+/// origin again).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_cache_serves_origin_reads_without_keeping_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // DRAM only: 256 KiB, nearly all of it pinned.
+    let store = open_tiers(dir.path(), 256 * KIB, EvictionKind::default(), None);
+    let pinned = key("kv", "pinned");
+    store
+        .put(&pinned, &pattern(7, 200 * KIB as usize))
+        .await
+        .expect("put");
+    assert!(store.pin(&pinned).await.expect("pin"));
+    let shard = key("shard", "ds/v1/big.tar");
+    let value = pattern(8, 3 * PAGE);
+    place_in_origin(dir.path(), &shard, &value);
+    for round in 0..2 {
+        let before = totals(&store, "localdir").origin_reads;
+        assert_value(
+            read(&store, &shard).await,
+            &value,
+            "a read through a full cache",
+        );
+        assert_eq!(
+            totals(&store, "localdir").origin_reads - before,
+            3,
+            "round {round}: each page read from the origin once"
+        );
+    }
+    assert!(totals(&store, "dram").dropped_writes >= 3);
+
+    // Unpinned, the same DRAM cycles through values larger than itself, each
+    // page read from the origin once per pass (evicted entries free their
+    // memory at once: there is no NVMe to demote them to).
+    assert!(store.unpin(&pinned).await.expect("unpin"));
+    let keys: Vec<Key> = (0..12)
+        .map(|i| {
+            let k = key("shard", &format!("ds/v1/s{i}.tar"));
+            place_in_origin(dir.path(), &k, &pattern(100 + i, 2 * PAGE));
+            k
+        })
+        .collect();
+    let dropped = totals(&store, "dram").dropped_writes;
+    let before = totals(&store, "localdir").origin_reads;
+    for (i, k) in keys.iter().enumerate() {
+        assert_value(
+            read(&store, k).await,
+            &pattern(100 + i as u64, 2 * PAGE),
+            "pass",
+        );
+    }
+    assert_eq!(totals(&store, "localdir").origin_reads - before, 24);
+    assert_eq!(
+        totals(&store, "dram").dropped_writes,
+        dropped,
+        "with room to evict, every fill is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

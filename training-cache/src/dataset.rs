@@ -693,6 +693,11 @@ impl NamespaceOrigin for DatasetOrigin {
             l.source.read(&l.manifest.shards[i], range).await
         })
     }
+
+    /// Keys name a dataset version, and reads are pinned to the listed ETag.
+    fn immutable(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

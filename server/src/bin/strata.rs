@@ -266,6 +266,7 @@ fn counters_json(c: &proto::Counters) -> serde_json::Value {
         "entries": c.entries, "bytes": c.bytes, "hits": c.hits, "misses": c.misses,
         "evictions": c.evictions, "demotions": c.demotions, "origin_reads": c.origin_reads,
         "dropped_writes": c.dropped_writes, "checksum_failures": c.checksum_failures,
+        "bypasses": c.bypasses,
     })
 }
 
@@ -293,7 +294,7 @@ fn stats_json(s: &proto::StatsResponse) -> serde_json::Value {
 
 fn print_stats(s: &proto::StatsResponse) {
     println!(
-        "{:<9} {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:<9} {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "TIER",
         "NS",
         "ENTRIES",
@@ -304,7 +305,8 @@ fn print_stats(s: &proto::StatsResponse) {
         "DEMOTE",
         "ORIGIN",
         "DROPPED",
-        "BADSUM"
+        "BADSUM",
+        "BYPASS"
     );
     for t in &s.tiers {
         let mut rows: Vec<(String, proto::Counters)> =
@@ -312,7 +314,7 @@ fn print_stats(s: &proto::StatsResponse) {
         rows.push(("*".into(), t.total.unwrap_or_default()));
         for (ns, c) in rows {
             println!(
-                "{:<9} {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+                "{:<9} {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
                 t.tier,
                 ns,
                 c.entries,
@@ -323,7 +325,8 @@ fn print_stats(s: &proto::StatsResponse) {
                 c.demotions,
                 c.origin_reads,
                 c.dropped_writes,
-                c.checksum_failures
+                c.checksum_failures,
+                c.bypasses
             );
         }
     }

@@ -42,6 +42,8 @@ pub enum EvictionKind {
     S3fifo,
     /// Least recently used.
     Lru,
+    /// GreedyDual-Size-Frequency, size-aware (see [`Gdsf`]).
+    Gdsf,
 }
 
 impl EvictionKind {
@@ -50,6 +52,7 @@ impl EvictionKind {
         match self {
             EvictionKind::S3fifo => Box::new(S3Fifo::default()),
             EvictionKind::Lru => Box::new(Lru::default()),
+            EvictionKind::Gdsf => Box::new(Gdsf::default()),
         }
     }
 }
@@ -239,6 +242,117 @@ impl EvictionPolicy for S3Fifo {
     }
 }
 
+/// What one miss costs beyond its bytes, in bytes: what the origin could have
+/// sent during one request's latency (~10 ms at ~100 MB/s per Blob stream).
+pub const GDSF_REQUEST_BYTES: u64 = 1 << 20;
+
+struct GdsfMeta {
+    freq: u32,
+    size: u64,
+    prio: f64,
+    seq: u64,
+}
+
+/// GreedyDual-Size-Frequency (Cherkasova, 1998): the entry of lowest
+/// `clock + freq × cost / size` leaves, and the clock rises to its priority, so
+/// entries not read since age out. The cost of a miss is one request plus its
+/// bytes (`overhead + size`), so per cached byte a small entry is worth more
+/// than a large one read as often (a miss of it costs a whole request for few
+/// bytes), and a large entry is kept by being read often (frequency), not by
+/// having been read last.
+pub struct Gdsf {
+    overhead: f64,
+    clock: f64,
+    seq: u64,
+    meta: HashMap<Key, GdsfMeta>,
+    /// By (priority, insertion order); priorities are finite and non-negative,
+    /// so their bit patterns sort as the numbers do.
+    order: BTreeMap<(u64, u64), Key>,
+}
+
+impl Default for Gdsf {
+    fn default() -> Self {
+        Self::new(GDSF_REQUEST_BYTES)
+    }
+}
+
+impl Gdsf {
+    /// A policy whose misses cost `overhead` bytes beyond their own.
+    pub fn new(overhead: u64) -> Self {
+        Self {
+            overhead: overhead as f64,
+            clock: 0.0,
+            seq: 0,
+            meta: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+
+    fn place(&mut self, key: &Key, freq: u32, size: u64) {
+        let s = size.max(1) as f64;
+        let prio = self.clock + f64::from(freq) * (s + self.overhead) / s;
+        self.seq += 1;
+        self.order.insert((prio.to_bits(), self.seq), key.clone());
+        self.meta.insert(
+            key.clone(),
+            GdsfMeta {
+                freq,
+                size,
+                prio,
+                seq: self.seq,
+            },
+        );
+    }
+
+    /// The lowest-priority entry among the first `scan` that `eligible` accepts;
+    /// it is forgotten and the clock rises to its priority.
+    pub fn lowest_where(
+        &mut self,
+        scan: usize,
+        mut eligible: impl FnMut(&Key) -> bool,
+    ) -> Option<Key> {
+        let (&at, key) = self
+            .order
+            .iter()
+            .take(scan)
+            .find(|(_, key)| eligible(key))?;
+        let key = key.clone();
+        self.order.remove(&at);
+        if let Some(m) = self.meta.remove(&key) {
+            self.clock = self.clock.max(m.prio);
+        }
+        Some(key)
+    }
+}
+
+impl EvictionPolicy for Gdsf {
+    fn insert(&mut self, key: &Key, size: u64) {
+        self.remove(key);
+        self.place(key, 1, size);
+    }
+
+    fn access(&mut self, key: &Key) {
+        if let Some(m) = self.meta.remove(key) {
+            self.order.remove(&(m.prio.to_bits(), m.seq));
+            self.place(key, m.freq.saturating_add(1), m.size);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(m) = self.meta.remove(key) {
+            self.order.remove(&(m.prio.to_bits(), m.seq));
+        }
+    }
+
+    fn victim(&mut self) -> Option<Key> {
+        self.lowest_where(usize::MAX, |_| true)
+    }
+
+    fn len(&self) -> usize {
+        self.meta.len()
+    }
+}
+
 /// When a key will next be read, as the training plans registered with the server
 /// say (see `strata_training_cache::oracle`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -268,24 +382,39 @@ const PLANNED_NS: &str = "shard";
 const EXACT_UP_TO: usize = 1024;
 const SAMPLE: usize = 128;
 
+/// Unplanned shard entries examined, lowest priority first, for the size-aware
+/// choice among them.
+const UNPLANNED_SCAN: usize = 256;
+
 /// Clairvoyant eviction over a fallback policy.
 ///
-/// Every key is tracked by the fallback (S3-FIFO or LRU); `shard` keys are also
-/// tracked here. A victim is chosen thus:
+/// Every key is tracked by the fallback (the configured policy, S3-FIFO or LRU);
+/// `shard` keys are also tracked here, by their next read and by a size-aware
+/// policy ([`Gdsf`]). A victim is chosen thus:
 ///
 /// 1. a `shard` key that registered plans will never read again goes first;
-/// 2. otherwise the fallback names its victim; if that is a `shard` key covered
-///    by plans, the `shard` key read **furthest in the future** goes instead
-///    (Belady's rule among shards; the fallback only decides between shards and
-///    other keys);
-/// 3. unplanned keys (other namespaces, datasets without a plan) leave as the
-///    fallback says.
+/// 2. otherwise the fallback names its victim, which decides between shards and
+///    other keys (it has seen them all); if that is a `shard` key covered by
+///    plans, the `shard` key read **furthest in the future** goes instead
+///    (Belady's rule among shards);
+/// 3. if it is a `shard` key no plan covers (a dataset read without a registered
+///    plan), the unplanned shard entry GDSF ranks lowest goes instead: the
+///    size-aware fallback;
+/// 4. keys of other namespaces leave as the fallback says.
 pub struct Clairvoyant {
     oracle: Arc<dyn NextUse>,
     fallback: Box<dyn EvictionPolicy>,
+    sized: Gdsf,
     keys: Vec<Key>,
     at: HashMap<Key, (usize, u64)>,
     rng: u64,
+}
+
+fn when(oracle: &dyn NextUse, key: &Key) -> Planned {
+    match key.page_owner() {
+        Some(owner) => oracle.next_use(&owner),
+        None => oracle.next_use(key),
+    }
 }
 
 impl Clairvoyant {
@@ -294,6 +423,7 @@ impl Clairvoyant {
         Self {
             oracle,
             fallback,
+            sized: Gdsf::default(),
             keys: Vec::new(),
             at: HashMap::new(),
             rng: 0x2545_F491_4F6C_DD1D,
@@ -305,14 +435,12 @@ impl Clairvoyant {
     }
 
     fn when(&self, key: &Key) -> Planned {
-        match key.page_owner() {
-            Some(owner) => self.oracle.next_use(&owner),
-            None => self.oracle.next_use(key),
-        }
+        when(self.oracle.as_ref(), key)
     }
 
     fn forget(&mut self, key: &Key) -> Option<u64> {
         let (i, size) = self.at.remove(key)?;
+        self.sized.remove(key);
         self.keys.swap_remove(i);
         if let Some(moved) = self.keys.get(i) {
             self.at.get_mut(moved).expect("tracked").0 = i;
@@ -350,6 +478,14 @@ impl Clairvoyant {
         }
         best.map(|(k, p, _)| (k, p))
     }
+
+    /// Evicts `w` in place of the fallback's pick `v`, which stays tracked.
+    fn instead(&mut self, v: &Key, w: Key) -> Key {
+        let size = self.at.get(v).map_or(0, |x| x.1);
+        self.fallback.insert(v, size);
+        self.remove(&w);
+        w
+    }
 }
 
 impl EvictionPolicy for Clairvoyant {
@@ -359,11 +495,15 @@ impl EvictionPolicy for Clairvoyant {
             self.forget(key);
             self.at.insert(key.clone(), (self.keys.len(), size));
             self.keys.push(key.clone());
+            self.sized.insert(key, size);
         }
     }
 
     fn access(&mut self, key: &Key) {
         self.fallback.access(key);
+        if Self::planned_ns(key) {
+            self.sized.access(key);
+        }
     }
 
     fn remove(&mut self, key: &Key) {
@@ -379,21 +519,31 @@ impl EvictionPolicy for Clairvoyant {
             return Some(key);
         }
         let v = self.fallback.victim()?;
-        let v_planned = self.at.contains_key(&v) && !matches!(self.when(&v), Planned::Unplanned);
-        match furthest {
-            Some((w, _)) if v_planned && w != v => {
-                // The fallback picked a shard; the shard read furthest ahead goes
-                // instead, and the fallback's pick stays.
-                let size = self.at.get(&v).map_or(0, |x| x.1);
-                self.fallback.insert(&v, size);
-                self.remove(&w);
-                Some(w)
-            }
+        if !self.at.contains_key(&v) {
+            return Some(v);
+        }
+        if matches!(self.when(&v), Planned::Unplanned) {
+            // An unplanned shard: the size-aware policy picks which one.
+            let oracle = self.oracle.clone();
+            let w = self.sized.lowest_where(UNPLANNED_SCAN, |k| {
+                matches!(when(oracle.as_ref(), k), Planned::Unplanned)
+            });
+            return Some(match w {
+                Some(w) if w != v => self.instead(&v, w),
+                _ => {
+                    self.forget(&v);
+                    v
+                }
+            });
+        }
+        Some(match furthest {
+            // A planned shard: the one read furthest ahead goes.
+            Some((w, _)) if w != v => self.instead(&v, w),
             _ => {
                 self.forget(&v);
-                Some(v)
+                v
             }
-        }
+        })
     }
 
     fn admits(&mut self, key: &Key) -> bool {
@@ -478,7 +628,19 @@ mod tests {
         ]
     }
 
-    fn check(mut p: Box<dyn EvictionPolicy>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    fn check(p: Box<dyn EvictionPolicy>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        check_keys(p, ops, k)
+    }
+
+    fn shard_key(i: u32) -> Key {
+        Key::new("shard", "", i.to_be_bytes()).unwrap()
+    }
+
+    fn check_keys(
+        mut p: Box<dyn EvictionPolicy>,
+        ops: Vec<Op>,
+        k: fn(u32) -> Key,
+    ) -> Result<(), TestCaseError> {
         let mut live = HashSet::new();
         for op in ops {
             match op {
@@ -515,6 +677,35 @@ mod tests {
         #[test]
         fn s3fifo_invariants(ops in proptest::collection::vec(op(), 0..300)) {
             check(EvictionKind::S3fifo.build(), ops)?;
+        }
+
+        #[test]
+        fn gdsf_invariants(ops in proptest::collection::vec(op(), 0..300)) {
+            check(EvictionKind::Gdsf.build(), ops)?;
+        }
+
+        /// Over keys of the `shard` namespace, some planned, some not, some never
+        /// read again.
+        #[test]
+        fn clairvoyant_invariants(
+            ops in proptest::collection::vec(op(), 0..300),
+            plans in proptest::collection::vec(0u8..4, 256),
+        ) {
+            let table = (0..=255u8)
+                .map(|i| {
+                    let p = match plans[usize::from(i)] {
+                        0 => Planned::Unplanned,
+                        1 => Planned::Never,
+                        _ => Planned::In(f64::from(i)),
+                    };
+                    (shard_key(i.into()), p)
+                })
+                .collect();
+            check_keys(
+                Box::new(Clairvoyant::new(Arc::new(Table(table)), EvictionKind::S3fifo.build())),
+                ops,
+                shard_key,
+            )?;
         }
     }
 
@@ -570,5 +761,70 @@ mod tests {
         // Unplanned keys leave in the fallback's (LRU) order.
         assert!(pos(&kv) < pos(&shard("free")), "{order:?}");
         assert!(p.is_empty());
+    }
+
+    fn shard(s: &str) -> Key {
+        Key::new("shard", "", s).unwrap()
+    }
+
+    #[test]
+    fn gdsf_prefers_keeping_small_entries_and_frequent_ones() {
+        const MIB: u64 = 1 << 20;
+        let mut p = Gdsf::default();
+        p.insert(&shard("big"), 64 * MIB);
+        p.insert(&shard("small"), MIB / 4);
+        p.insert(&shard("mid"), 4 * MIB);
+        // Read once each: the largest is worth least per byte.
+        assert_eq!(p.victim(), Some(shard("big")));
+        // A large entry read often outranks a small one read once.
+        p.insert(&shard("big"), 64 * MIB);
+        for _ in 0..8 {
+            p.access(&shard("big"));
+        }
+        assert_eq!(p.victim(), Some(shard("mid")));
+        assert_eq!(p.victim(), Some(shard("small")));
+        assert_eq!(p.victim(), Some(shard("big")));
+        assert_eq!(p.victim(), None);
+    }
+
+    #[test]
+    fn gdsf_ages_entries_not_read_since() {
+        let mut p = Gdsf::new(0);
+        p.insert(&shard("old"), 1);
+        for _ in 0..3 {
+            p.access(&shard("old"));
+        }
+        // Read-once newcomers go first at first, but each eviction raises the
+        // clock, so they soon outrank the entry nobody reads any more.
+        let victims: Vec<Key> = (0..6)
+            .map(|i| {
+                p.insert(&shard(&format!("n{i}")), 1);
+                p.victim().unwrap()
+            })
+            .collect();
+        let at = victims.iter().position(|v| *v == shard("old"));
+        assert_eq!(at, Some(3), "{victims:?}");
+    }
+
+    #[test]
+    fn unplanned_shards_fall_back_to_the_size_aware_policy() {
+        const MIB: u64 = 1 << 20;
+        let plans = [(shard("p"), Planned::In(3.0))].into_iter().collect();
+        let mut p = Clairvoyant::new(Arc::new(Table(plans)), Box::new(Lru::default()));
+        let kv = Key::new("kv", "", "x").unwrap();
+        // LRU order: small, kv, p, big. Unplanned: small and big.
+        p.insert(&shard("small"), MIB);
+        p.insert(&kv, MIB);
+        p.insert(&shard("p"), MIB);
+        p.insert(&shard("big"), 32 * MIB);
+        // The fallback names "small", an unplanned shard: the size-aware policy
+        // sends the big one instead (worth least per byte).
+        assert_eq!(p.victim(), Some(shard("big")));
+        // Then the fallback's order resumes between namespaces: kv, and the
+        // planned shard, each its own kind's choice.
+        assert_eq!(p.victim(), Some(kv));
+        let rest = [p.victim().unwrap(), p.victim().unwrap()];
+        assert!(rest.contains(&shard("small")) && rest.contains(&shard("p")));
+        assert_eq!(p.victim(), None);
     }
 }

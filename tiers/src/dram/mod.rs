@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 pub use self::arena::{ALLOC_UNIT, Arena, ArenaBuf};
 pub use self::config::DramConfig;
 pub use self::eviction::{
-    Clairvoyant, EvictionKind, EvictionPolicy, Lru, NextUse, Planned, S3Fifo,
+    Clairvoyant, EvictionKind, EvictionPolicy, GDSF_REQUEST_BYTES, Gdsf, Lru, NextUse, Planned,
+    S3Fifo,
 };
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -262,6 +263,11 @@ impl DramTier {
     /// Pins an entry so eviction skips it; pins nest. `false` if absent. An entry
     /// evicted but still being demoted is taken back.
     pub fn pin(&self, key: &Key) -> bool {
+        self.pin_value(key).is_some()
+    }
+
+    /// [`Self::pin`], answering the value pinned (for [`Self::unpin_value`]).
+    pub fn pin_value(&self, key: &Key) -> Option<Bytes> {
         let mut inner = self.inner.lock();
         let Inner {
             map,
@@ -279,26 +285,32 @@ impl DramTier {
                     pins: 1,
                 },
             );
-            return true;
+            return Some(value.clone());
         }
-        match map.get_mut(key) {
-            Some(e) => {
-                if e.pins == 0 {
-                    policy.remove(key);
-                }
-                e.pins += 1;
-                true
-            }
-            None => false,
+        let e = map.get_mut(key)?;
+        if e.pins == 0 {
+            policy.remove(key);
         }
+        e.pins += 1;
+        Some(e.value.clone())
+    }
+
+    /// Releases one pin of `key` if it still holds `value` (a pin taken with
+    /// [`Self::pin_value`] never releases one on a value that replaced it).
+    pub fn unpin_value(&self, key: &Key, value: &Bytes) -> bool {
+        self.release(key, Some(value))
     }
 
     /// Releases one pin. `false` if the entry is absent or was not pinned.
     pub fn unpin(&self, key: &Key) -> bool {
+        self.release(key, None)
+    }
+
+    fn release(&self, key: &Key, only: Option<&Bytes>) -> bool {
         let mut inner = self.inner.lock();
         let Inner { map, policy, .. } = &mut *inner;
         match map.get_mut(key) {
-            Some(e) if e.pins > 0 => {
+            Some(e) if e.pins > 0 && only.is_none_or(|v| same(&e.value, v)) => {
                 e.pins -= 1;
                 if e.pins == 0 {
                     policy.insert(key, e.value.len() as u64);

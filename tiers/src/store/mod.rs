@@ -177,7 +177,11 @@ impl TieredStore {
             });
         }
         let (tx, rx) = mpsc::channel(dram.demotion_queue());
-        dram.set_demotion(tx);
+        // Without NVMe an evicted entry has nowhere to go: its memory returns as
+        // soon as its readers are done, not after a pass through the demoter.
+        if nvme.is_some() {
+            dram.set_demotion(tx);
+        }
         let inner = Arc::new(Inner {
             namespaces,
             dram,
@@ -824,8 +828,15 @@ impl Inner {
             self.encode_head(&head, None, policy)?
         };
         head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
-        let stored = self.store_record(key, rec, policy).await?;
-        self.fill_nvme(key, stored, policy).await;
+        if head.inline.is_some() {
+            self.keep_fill(key, rec, policy).await;
+        } else {
+            // A payload-less head must be cached: its pages are checked against
+            // it (a missing head reads as a replaced value). Failing costs only a
+            // size request on retry.
+            let stored = self.store_record(key, rec, policy).await?;
+            self.fill_nvme(key, stored, policy).await;
+        }
         Ok(Some(head))
     }
 
@@ -919,6 +930,26 @@ impl Inner {
                 detail: "the write buffer was full; the write was dropped".into(),
                 retry_after: Some(Duration::from_millis(100)),
             }),
+        }
+    }
+
+    /// Caches a record of bytes just read from the origin (an inline head or a
+    /// page), in DRAM and NVMe. Best effort: the bytes are served whatever happens here, so a cache with no room left
+    /// passes reads through instead of failing them (a failure would send the
+    /// client back to retry, and the origin would be read twice). What could not
+    /// be kept is counted in `dropped_writes`.
+    async fn keep_fill(&self, key: &Key, rec: Record, policy: &NamespacePolicy) {
+        match self.store_record(key, rec, policy).await {
+            Ok(stored) => self.fill_nvme(key, stored, policy).await,
+            Err(e) => {
+                Counters::inc(&self.dram.stats().ns(key.namespace()).dropped_writes);
+                match e {
+                    Error::Exhausted { .. } => {
+                        tracing::debug!(?key, error = %e, "origin fill served, not cached");
+                    }
+                    _ => tracing::warn!(?key, error = %e, "origin fill served, not cached"),
+                }
+            }
         }
     }
 
@@ -1072,6 +1103,10 @@ impl Inner {
             offset,
             length: Some(len),
         };
+        // The head is what tells a replaced value (below): hold it in DRAM while
+        // the page is read and stored, so that making room for the page cannot
+        // evict it.
+        let _head = (!origin.immutable()).then(|| HeadPin::new(&self.dram, &entry.key));
         let data = origin
             .get(
                 &entry.key,
@@ -1096,7 +1131,7 @@ impl Inner {
         // A write-through put writes the origin, then the new pages and head, then
         // drops the old pages. If the head changed, these bytes may be the new
         // value's: never serve (or cache) them as a page of the old one.
-        if self.replaced(entry).await {
+        if !origin.immutable() && self.replaced(entry).await {
             return Err(Error::NotFound {
                 key: format!(
                     "{} (replaced while page {index} was read)",
@@ -1116,9 +1151,34 @@ impl Inner {
             self.bypass(&pk, rec, policy).await;
             return Ok(data);
         }
-        let stored = self.store_record(&pk, rec, policy).await?;
-        self.fill_nvme(&pk, stored, policy).await;
+        self.keep_fill(&pk, rec, policy).await;
         Ok(data)
+    }
+}
+
+/// A pin on a head in DRAM (none if it is not there), released on drop.
+struct HeadPin<'a> {
+    dram: &'a DramTier,
+    key: Key,
+    value: Option<Bytes>,
+}
+
+impl<'a> HeadPin<'a> {
+    fn new(dram: &'a DramTier, key: &Key) -> Self {
+        let value = dram.pin_value(key);
+        Self {
+            dram,
+            key: key.clone(),
+            value,
+        }
+    }
+}
+
+impl Drop for HeadPin<'_> {
+    fn drop(&mut self) {
+        if let Some(value) = &self.value {
+            self.dram.unpin_value(&self.key, value);
+        }
     }
 }
 

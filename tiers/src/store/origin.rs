@@ -95,6 +95,12 @@ pub trait NamespaceOrigin: Send + Sync + std::fmt::Debug + 'static {
         key: &'a Key,
         range: Option<crate::tier::ByteRange>,
     ) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// Whether a key's bytes never change once its size is known (versioned keys,
+    /// reads pinned to that version): its pages then need no check against a
+    /// write that replaced the value while they were read.
+    fn immutable(&self) -> bool {
+        false
+    }
 }
 
 /// Where a key's origin reads go: the configured origin or a namespace's own.
@@ -123,6 +129,14 @@ impl Source<'_> {
         match self {
             Source::Tier(o) => o.size(key).await,
             Source::Namespace(o) => o.size(key).await,
+        }
+    }
+
+    /// See [`NamespaceOrigin::immutable`]; the configured origin takes writes.
+    pub(crate) fn immutable(&self) -> bool {
+        match self {
+            Source::Tier(_) => false,
+            Source::Namespace(o) => o.immutable(),
         }
     }
 
