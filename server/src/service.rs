@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use strata_proto::v1 as pb;
 use strata_proto::v1::cache_server::Cache;
 use strata_tiers::{ByteRange, Key, TieredStore};
@@ -231,9 +232,15 @@ impl Cache for CacheService {
         tokio::spawn(async move {
             let mut info = Some(info);
             let mut pos = start;
-            while pos < end {
-                let index = (pos / ps) as u32;
-                let page = match store.read_page(&entry, index).await {
+            let (first, last) = ((start / ps) as u32, ((end - 1) / ps) as u32);
+            // Pages missing from the cache are read from the origin a few at a
+            // time while earlier ones are sent.
+            let mut pages = futures::stream::iter(first..=last)
+                .map(|i| store.read_page(&entry, i))
+                .buffered(strata_tiers::PAGE_READAHEAD)
+                .zip(futures::stream::iter(first..=last));
+            while let Some((page, index)) = pages.next().await {
+                let page = match page {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(to_status(e))).await;

@@ -31,8 +31,8 @@ pub use self::nvme::{NvmeConfig, NvmeTier};
 pub use self::policy::{NamespacePolicy, Namespaces, OriginKind, TierSet, WritePolicy};
 pub use self::stats::{Counters, CountersSnapshot, TierStats};
 pub use self::store::{
-    BoxFuture, Entry, Head, ListedValue, NamespaceOrigin, Origin, Receipt, Reservation,
-    StoreConfig, TierReport, TieredStore,
+    BoxFuture, Entry, Head, ListedValue, NamespaceOrigin, Origin, PAGE_READAHEAD, Receipt,
+    Reservation, StoreConfig, TierReport, TieredStore,
 };
 pub use self::tier::{
     ByteRange, Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage,

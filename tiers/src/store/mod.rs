@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -44,6 +45,11 @@ use crate::nvme::NvmeTier;
 use crate::policy::{NamespacePolicy, Namespaces, OriginKind};
 use crate::stats::{Counters, CountersSnapshot};
 use crate::tier::{ByteRange, GetOptions, PutOptions, PutOutcome, Tier, Usage};
+
+/// Pages of one read in flight at once (a cold multi-page read then costs about
+/// one origin round trip per this many pages, not one per page). Bounds what a
+/// read holds beyond the page being sent to this many pages.
+pub const PAGE_READAHEAD: usize = 4;
 
 /// Store-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,17 +341,31 @@ impl TieredStore {
         range: Option<ByteRange>,
     ) -> Result<(u64, Vec<Bytes>)> {
         let (start, end) = range.unwrap_or_default().resolve(entry.len())?;
-        let ps = u64::from(entry.head.page_size);
-        let mut out = Vec::with_capacity((end - start).div_ceil(ps) as usize + 1);
-        let mut pos = start;
-        while pos < end {
-            let index = (pos / ps) as u32;
-            let page = self.read_page(entry, index).await?;
-            let base = u64::from(index) * ps;
-            let e = (base + page.len() as u64).min(end);
-            out.push(page.slice((pos - base) as usize..(e - base) as usize));
-            pos = e;
+        if start == end {
+            return Ok((start, Vec::new()));
         }
+        let ps = u64::from(entry.head.page_size);
+        let (first, last) = ((start / ps) as u32, ((end - 1) / ps) as u32);
+        let pages = if first == last {
+            vec![self.read_page(entry, first).await?]
+        } else {
+            // Missing pages are read from the origin up to PAGE_READAHEAD at a time.
+            futures::stream::iter(first..=last)
+                .map(|i| self.read_page(entry, i))
+                .buffered(PAGE_READAHEAD)
+                .try_collect::<Vec<_>>()
+                .await?
+        };
+        let out = pages
+            .into_iter()
+            .zip(first..)
+            .map(|(page, index)| {
+                let base = u64::from(index) * ps;
+                let from = start.max(base) - base;
+                let to = (base + page.len() as u64).min(end) - base;
+                page.slice(from as usize..to as usize)
+            })
+            .collect();
         Ok((start, out))
     }
 
