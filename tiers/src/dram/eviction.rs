@@ -305,23 +305,40 @@ impl Gdsf {
     }
 
     /// The lowest-priority entry among the first `scan` that `eligible` accepts;
-    /// it is forgotten and the clock rises to its priority.
+    /// it is forgotten and the clock rises to its priority. Entries passed over
+    /// are forgotten too (the caller tracks them otherwise, e.g. shards a plan
+    /// now covers, and may insert them again), so that they cannot pile up at
+    /// the bottom and hide the eligible ones from every later scan.
     pub fn lowest_where(
         &mut self,
         scan: usize,
         mut eligible: impl FnMut(&Key) -> bool,
     ) -> Option<Key> {
-        let (&at, key) = self
-            .order
-            .iter()
-            .take(scan)
-            .find(|(_, key)| eligible(key))?;
-        let key = key.clone();
-        self.order.remove(&at);
+        let mut passed = Vec::new();
+        let mut found = None;
+        for (&at, key) in self.order.iter().take(scan) {
+            if eligible(key) {
+                found = Some(key.clone());
+                break;
+            }
+            passed.push(at);
+        }
+        for at in passed {
+            if let Some(key) = self.order.remove(&at) {
+                self.meta.remove(&key);
+            }
+        }
+        let key = found?;
         if let Some(m) = self.meta.remove(&key) {
+            self.order.remove(&(m.prio.to_bits(), m.seq));
             self.clock = self.clock.max(m.prio);
         }
         Some(key)
+    }
+
+    /// Whether `key` is tracked.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.meta.contains_key(key)
     }
 }
 
@@ -501,8 +518,11 @@ impl EvictionPolicy for Clairvoyant {
 
     fn access(&mut self, key: &Key) {
         self.fallback.access(key);
-        if Self::planned_ns(key) {
+        if self.sized.contains(key) {
             self.sized.access(key);
+        } else if let Some(&(_, size)) = self.at.get(key) {
+            // Dropped from GDSF while a plan covered it: ranked afresh.
+            self.sized.insert(key, size);
         }
     }
 
@@ -804,6 +824,45 @@ mod tests {
             .collect();
         let at = victims.iter().position(|v| *v == shard("old"));
         assert_eq!(at, Some(3), "{victims:?}");
+    }
+
+    /// More planned shards than one scan rank lowest in GDSF's order: the
+    /// unplanned ones are still ranked by size within a couple of evictions.
+    #[test]
+    fn planned_shards_do_not_hide_unplanned_ones_from_the_size_aware_choice() {
+        const MIB: u64 = 1 << 20;
+        let planned: Vec<Key> = (0..300).map(|i| shard(&format!("p{i}"))).collect();
+        let plans = planned
+            .iter()
+            .map(|k| (k.clone(), Planned::In(1.0)))
+            .collect();
+        let mut p = Clairvoyant::new(Arc::new(Table(plans)), Box::new(Lru::default()));
+        for k in &planned {
+            p.insert(k, 64 * MIB);
+        }
+        let unplanned = ["s1", "s2", "s3", "mid", "big"].map(shard);
+        for (k, size) in unplanned
+            .iter()
+            .zip([MIB / 4, MIB / 4, MIB / 4, MIB / 2, 900 << 10])
+        {
+            p.insert(k, size);
+        }
+        // LRU: the unplanned shards first (s1 .. big), then the planned ones,
+        // still the lowest in GDSF (worth 2.03 against 2.14 for "big").
+        for k in &planned {
+            p.access(k);
+        }
+        let victims: Vec<Key> = (0..5).map(|_| p.victim().unwrap()).collect();
+        let at = |k: &Key| victims.iter().position(|v| v == k);
+        assert!(at(&shard("big")).is_some(), "{victims:?}");
+        assert!(
+            at(&shard("big")) < at(&shard("mid")).or(Some(usize::MAX)),
+            "{victims:?}"
+        );
+        assert!(
+            at(&shard("big")) < at(&shard("s3")).or(Some(usize::MAX)),
+            "{victims:?}"
+        );
     }
 
     #[test]

@@ -122,6 +122,53 @@ async fn serve(
     out.extend_from_slice(&buf[line_end..]);
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
     up.write_all(&out).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
-    Ok(())
+    // The exchange is over once the whole response (by its Content-Length) is
+    // forwarded: the client may start its next request before it closes this
+    // connection, so waiting for either side to close would count two requests
+    // in flight.
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = up.split();
+    let upload = tokio::io::copy(&mut cr, &mut uw);
+    let download = async {
+        let mut head = Vec::new();
+        let end = loop {
+            if let Some(i) = find(&head, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = ur.read(&mut chunk).await?;
+            if n == 0 {
+                cw.write_all(&head).await?;
+                return Ok::<(), std::io::Error>(());
+            }
+            head.extend_from_slice(&chunk[..n]);
+        };
+        let length = String::from_utf8_lossy(&head[..end]).lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<u64>().ok())?
+        });
+        cw.write_all(&head).await?;
+        match length {
+            Some(len) => {
+                let rest = len.saturating_sub((head.len() - end) as u64);
+                tokio::io::copy(&mut (&mut ur).take(rest), &mut cw).await?;
+            }
+            None => {
+                tokio::io::copy(&mut ur, &mut cw).await?;
+            }
+        }
+        cw.flush().await
+    };
+    tokio::pin!(upload, download);
+    let mut uploading = true;
+    loop {
+        tokio::select! {
+            r = &mut upload, if uploading => {
+                r?;
+                uploading = false;
+            }
+            r = &mut download => return r,
+        }
+    }
 }
