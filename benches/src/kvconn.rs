@@ -329,52 +329,61 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
         a.rounds
     );
     println!(
-        "| store | read unit | load time | GB/s | limit | limit GB/s | bytes / limit | ratio (time / ideal) |"
+        "| store | read unit | lanes | load time | GB/s | limit | limit GB/s | bytes / limit | ratio (time / ideal) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let tcp_limit = raw_gbps(a.rounds)?;
     let shm_limit = memcpy_gbps(a.rounds);
-    type Case<'a> = (&'a str, Arc<dyn ChunkStore>, ReadUnit, &'a str, f64);
+    type Case<'a> = (&'a str, Arc<dyn ChunkStore>, ReadUnit, usize, &'a str, f64);
+    let shm = strata(CarrierChoice::Shm)?;
+    let tcp = strata(CarrierChoice::Tcp)?;
     let cases: Vec<Case> = vec![
         (
             "strata shm",
-            strata(CarrierChoice::Shm)?,
+            shm.clone(),
             ReadUnit::Layer,
+            2,
             "memcpy",
             shm_limit,
         ),
         (
             "strata shm",
-            strata(CarrierChoice::Shm)?,
-            ReadUnit::Chunk,
+            shm.clone(),
+            ReadUnit::Layer,
+            1,
             "memcpy",
             shm_limit,
         ),
+        ("strata shm", shm, ReadUnit::Chunk, 2, "memcpy", shm_limit),
         (
             "strata tcp",
-            strata(CarrierChoice::Tcp)?,
+            tcp.clone(),
             ReadUnit::Layer,
+            2,
             "raw TCP",
             tcp_limit,
         ),
         (
             "strata tcp",
-            strata(CarrierChoice::Tcp)?,
-            ReadUnit::Chunk,
+            tcp.clone(),
+            ReadUnit::Layer,
+            1,
             "raw TCP",
             tcp_limit,
         ),
+        ("strata tcp", tcp, ReadUnit::Chunk, 2, "raw TCP", tcp_limit),
         (
             "redis (LMCache-style)",
             redis_store()?,
             ReadUnit::Layer,
+            2,
             "raw TCP",
             tcp_limit,
         ),
     ];
-    for (name, store, unit, limit_name, limit) in cases {
+    for (name, store, unit, lanes, limit_name, limit) in cases {
         let mut fp = llama_8b();
-        fp.cache_salt = Some(format!("prefix-{name}"));
+        fp.cache_salt = Some(format!("prefix-{name}-{unit:?}-{lanes}"));
         let blocks = tokens.len().div_ceil(BLOCK) + 1;
         // Fill: one engine computes and saves the prefix.
         let mut writer = SimEngine::new(
@@ -392,6 +401,7 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
         drop(writer);
         let config = WorkerConfig {
             read_unit: unit,
+            load_lanes: lanes,
             ..WorkerConfig::default()
         };
         let mut reader = SimEngine::new(
@@ -420,7 +430,7 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
         let gbps = bytes as f64 / secs / 1e9;
         let ideal = bytes as f64 / (limit * 1e9);
         println!(
-            "| {name} | {unit:?} | {:.0} ms | {gbps:.2} | {limit_name} | {limit:.2} | {:.0} ms | {:.2}x |",
+            "| {name} | {unit:?} | {lanes} | {:.0} ms | {gbps:.2} | {limit_name} | {limit:.2} | {:.0} ms | {:.2}x |",
             secs * 1e3,
             ideal * 1e3,
             secs / ideal

@@ -11,6 +11,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 use ndarray::{ArrayView3, ArrayViewMut3, Axis};
+use strata_transport::data::ValueReader;
 
 use crate::error::{Error, Result};
 use crate::keys::{KvLayout, ModelFingerprint};
@@ -167,32 +168,39 @@ pub fn gather(t: &Tensor, g: &CacheGeometry, blocks: &[u32], out: &mut [u8]) -> 
     Ok(())
 }
 
-/// Copies stored blocks `first .. first + blocks.len()` of a layer (`src`, laid out
-/// `(kv, src_blocks, row)`) into the cache's `blocks`, in place.
-pub fn scatter(
+/// Reads one stored layer, laid out `(kv, src_blocks, row)`, from `src` in order,
+/// copies stored blocks `first .. first + blocks.len()` into the cache's `blocks` and
+/// returns the CRC-32C of the whole layer. Each row is summed right after it is
+/// copied, out of the copy (still in L1): the bytes are read once, and what is
+/// checked is what was placed, not the source, which for a leased arena could change
+/// under a broken lease. Rows not loaded pass through a scratch row to be summed.
+pub fn scatter_from(
     t: &Tensor,
     g: &CacheGeometry,
-    src: &[u8],
+    src: &mut ValueReader<'_>,
     src_blocks: usize,
     first: usize,
     blocks: &[u32],
-) -> Result<()> {
+) -> Result<u32> {
     check_blocks(g, blocks)?;
-    if first + blocks.len() > src_blocks || src.len() != g.kv * src_blocks * g.row_bytes {
+    let len = (g.kv * src_blocks * g.row_bytes) as u64;
+    if first + blocks.len() > src_blocks || src.remaining() < len {
         return Err(Error::Layout(format!(
-            "scatter of {} blocks from {first} out of a {src_blocks}-block source of {} bytes",
+            "scatter of {} blocks from {first} out of a {src_blocks}-block source with {} bytes left",
             blocks.len(),
-            src.len()
+            src.remaining()
         )));
     }
-    t.inplace_op1(&Scatter {
+    let op = ScatterFrom {
         g,
-        src,
+        src: std::cell::RefCell::new(src),
         src_blocks,
         first,
         blocks,
-    })?;
-    Ok(())
+        crc: std::cell::Cell::new(0),
+    };
+    t.inplace_op1(&op)?;
+    Ok(op.crc.get())
 }
 
 /// For each `(to, from)`, copies row `from` of `src` to row `to` of `dst`, in every
@@ -213,17 +221,18 @@ fn copy_rows(
     }
 }
 
-struct Scatter<'a> {
+struct ScatterFrom<'a, 'r, 's> {
     g: &'a CacheGeometry,
-    src: &'a [u8],
+    src: std::cell::RefCell<&'r mut ValueReader<'s>>,
     src_blocks: usize,
     first: usize,
     blocks: &'a [u32],
+    crc: std::cell::Cell<u32>,
 }
 
-impl candle_core::InplaceOp1 for Scatter<'_> {
+impl candle_core::InplaceOp1 for ScatterFrom<'_, '_, '_> {
     fn name(&self) -> &'static str {
-        "strata-kv-scatter"
+        "strata-kv-scatter-from"
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
@@ -231,19 +240,32 @@ impl candle_core::InplaceOp1 for Scatter<'_> {
         let dst = bytes_of_mut(storage).map_err(candle_core::Error::wrap)?;
         let start = layout.start_offset() * g.dtype.size_in_bytes();
         let len = g.kv * g.num_blocks * g.row_bytes;
-        let dst = ArrayViewMut3::from_shape(
+        let mut dst = ArrayViewMut3::from_shape(
             (g.kv, g.num_blocks, g.row_bytes),
             &mut dst[start..start + len],
         )
         .map_err(candle_core::Error::wrap)?;
-        let src = ArrayView3::from_shape((g.kv, self.src_blocks, g.row_bytes), self.src)
-            .map_err(candle_core::Error::wrap)?;
-        let pairs = self
-            .blocks
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| (b as usize, self.first + i));
-        copy_rows(dst, src, pairs);
+        let mut src = self.src.borrow_mut();
+        let mut scratch = Vec::new();
+        let mut crc = 0u32;
+        for mut plane in dst.axis_iter_mut(Axis(0)) {
+            for j in 0..self.src_blocks {
+                let row: &mut [u8] =
+                    match j.checked_sub(self.first).and_then(|i| self.blocks.get(i)) {
+                        Some(&b) => plane
+                            .index_axis_mut(Axis(0), b as usize)
+                            .into_slice()
+                            .expect("rows are contiguous"),
+                        None => {
+                            scratch.resize(g.row_bytes, 0);
+                            &mut scratch
+                        }
+                    };
+                src.read_exact(row).map_err(candle_core::Error::wrap)?;
+                crc = crc32c::crc32c_append(crc, row);
+            }
+        }
+        self.crc.set(crc);
         Ok(())
     }
 }
@@ -282,7 +304,8 @@ mod tests {
         let mut buf = vec![0u8; 2 * 2 * g.row_bytes];
         gather(&t, &g, &[3, 1], &mut buf).unwrap();
         let dst = Tensor::zeros((2, 5, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
-        scatter(&dst, &g, &buf, 2, 0, &[0, 4]).unwrap();
+        let crc = scatter_from(&dst, &g, &mut ValueReader::new(&buf), 2, 0, &[0, 4]).unwrap();
+        assert_eq!(crc, crc32c::crc32c(&buf), "the whole layer is summed");
         // Block `b` of the K (kv = 0) or V (kv = 1) half, flattened.
         let block = |x: &Tensor, kv: usize, b: usize| {
             x.get(kv)
@@ -301,7 +324,9 @@ mod tests {
         }
         // A partial scatter: the second stored block only.
         let dst2 = Tensor::zeros((2, 5, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
-        scatter(&dst2, &g, &buf, 2, 1, &[2]).unwrap();
+        // A partial scatter sums the rows it skips as well.
+        let crc = scatter_from(&dst2, &g, &mut ValueReader::new(&buf), 2, 1, &[2]).unwrap();
+        assert_eq!(crc, crc32c::crc32c(&buf));
         assert_eq!(block(&dst2, 0, 2), block(&t, 0, 1));
     }
 
@@ -317,8 +342,14 @@ mod tests {
         let mut buf = vec![0u8; g.row_bytes];
         let e = gather(&t, &g, &[6], &mut buf).unwrap_err().to_string();
         assert!(e.contains("out of range"), "{e}");
-        let e = scatter(&t, &g, &buf, 1, 1, &[0]).unwrap_err().to_string();
+        let e = scatter_from(&t, &g, &mut ValueReader::new(&buf), 1, 1, &[0])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("scatter of 1 blocks"), "{e}");
+        let e = scatter_from(&t, &g, &mut ValueReader::new(&buf[1..]), 1, 0, &[0])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bytes left"), "a short source is refused: {e}");
         let bf = Tensor::zeros((6, 4, 3), DType::BF16, &Device::Cpu).unwrap();
         let e = CacheGeometry::of(&bf, &fp(KvLayout::Mla))
             .unwrap_err()

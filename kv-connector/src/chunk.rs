@@ -159,11 +159,16 @@ impl Header {
                 self.shape.layer_bytes
             ));
         }
+        self.check_layer_crc(layer, crc32c::crc32c(bytes))
+    }
+
+    /// Checks the CRC-32C of one layer's bytes, computed by the caller as it copied
+    /// them, against the header's.
+    pub fn check_layer_crc(&self, layer: usize, got: u32) -> std::result::Result<(), String> {
         let want = self
             .layer_crcs
             .get(layer)
             .ok_or_else(|| format!("no layer {layer}"))?;
-        let got = crc32c::crc32c(bytes);
         if got != *want {
             return Err(format!(
                 "layer {layer} checksum {got:08x}, header says {want:08x}"

@@ -4,35 +4,41 @@
 //! `get_block_ids_with_load_errors`.
 //!
 //! Loads run on the connector's tokio runtime: every (layer, chunk) is one ranged
-//! GET, issued layer-major with a bounded window, so layer L+1 is in flight while
-//! the engine computes layer L. Each layer is checked against the chunk header's
-//! CRC before it is scattered; a chunk that is missing, short, corrupt or
-//! unreachable marks its destination blocks as load errors and nothing else of it
-//! is copied. Saves gather each layer on a saver thread as the forward pass goes,
+//! read, issued layer-major with a bounded window on a few lanes, so layer L+1 is in
+//! flight while the engine computes layer L. Each layer is copied straight into the
+//! cache's blocks (over shared memory, out of the server's arena) and summed as it
+//! goes; the sum is checked against the chunk header's CRC. A chunk that is
+//! missing, short, corrupt or unreachable marks its destination blocks as load
+//! errors and no further layer of it is read. Saves gather each layer on a saver thread as the forward pass goes,
 //! and the chunk is written in one PUT after its last layer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use bytes::Bytes;
 use candle_core::Tensor;
 use futures::StreamExt;
 use parking_lot::{Condvar, Mutex};
+use strata_transport::data::ValueReader;
 
 use crate::cache::{self, CacheGeometry};
 use crate::chunk::{ChunkShape, Header, corrupt};
 use crate::error::{Error, Result};
 use crate::keys::{ChunkKeys, Hash};
 use crate::meta::{ConnectorMetadata, LoadChunk, ReqId, SaveChunk};
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, Sink};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Ranged GETs in flight during a load. Default 32.
+    /// Ranged GETs in flight during a load, over all its lanes. Default 32.
     pub load_window: usize,
+    /// Tasks that place a load's layers at once (each copies and checksums on its
+    /// own runtime thread; see `docs/kv-keys.md`). Default 2.
+    pub load_lanes: usize,
     /// Bytes of chunks being gathered or written at once; chunks beyond it are not
     /// saved (counted in [`WorkerStats::saves_skipped`]). Default 2 GiB.
     pub max_save_bytes: u64,
@@ -56,6 +62,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             load_window: 32,
+            load_lanes: 2,
             max_save_bytes: 2 << 30,
             read_unit: ReadUnit::Layer,
         }
@@ -79,26 +86,51 @@ pub struct WorkerStats {
     pub saves_skipped: AtomicU64,
 }
 
-/// Layers loaded so far in the current step.
+/// Layers loaded so far in the current step: the first `prefix` are all done.
+/// Lanes finish layers out of order; a waiter sees a layer once it and every layer
+/// before it are done.
 #[derive(Default)]
 struct Progress {
-    layers_done: Mutex<usize>,
+    state: Mutex<ProgressState>,
     cv: Condvar,
 }
 
+#[derive(Default)]
+struct ProgressState {
+    prefix: usize,
+    done: Vec<bool>,
+}
+
 impl Progress {
+    /// Marks the first `n` layers done (`usize::MAX`: all of them).
     fn set(&self, n: usize) {
-        let mut d = self.layers_done.lock();
-        if n > *d {
-            *d = n;
+        let mut s = self.state.lock();
+        if n > s.prefix {
+            s.prefix = n;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Marks layer `l` done.
+    fn layer_done(&self, l: usize) {
+        let mut s = self.state.lock();
+        if s.done.len() <= l {
+            s.done.resize(l + 1, false);
+        }
+        s.done[l] = true;
+        let before = s.prefix;
+        while s.done.get(s.prefix) == Some(&true) {
+            s.prefix += 1;
+        }
+        if s.prefix > before {
             self.cv.notify_all();
         }
     }
 
     fn wait_for(&self, layer: usize) {
-        let mut d = self.layers_done.lock();
-        while *d <= layer {
-            self.cv.wait(&mut d);
+        let mut s = self.state.lock();
+        while s.prefix <= layer {
+            self.cv.wait(&mut s);
         }
     }
 }
@@ -374,113 +406,135 @@ impl Drop for Worker {
     }
 }
 
-/// Loads `chunks` layer-major; marks each layer done when every chunk has it.
+/// One load: its chunks and how far each has come. Shared by the load's lanes.
+struct LoadState {
+    shared: Arc<Shared>,
+    reg: Arc<Registered>,
+    chunks: Vec<LoadChunk>,
+    /// Each chunk's header, from its layer 0 (read first).
+    headers: Vec<OnceLock<Header>>,
+    /// A chunk that failed: its blocks are reported, nothing more of it is read.
+    failed: Vec<AtomicBool>,
+    /// Layers of each chunk not yet placed.
+    layers_left: Vec<AtomicUsize>,
+    /// Chunks of each layer not yet placed or given up.
+    chunks_left: Vec<AtomicUsize>,
+    progress: Arc<Progress>,
+}
+
+/// Loads `chunks`: every layer's copy is checked against the chunk header's CRC
+/// as it is placed, and layer L is marked done once every chunk has it.
+///
+/// Layer 0 goes first, since it carries each chunk's header; the other layers
+/// then run on [`WorkerConfig::load_lanes`] tasks at once (layer `l` on lane `l %
+/// lanes`), each with its share of the window. A lane copies on whichever runtime
+/// thread polls it, so lanes spread the copies over cores; two lanes never write
+/// the same layer's tensor at once.
 async fn load(
     shared: Arc<Shared>,
     reg: Arc<Registered>,
     chunks: Vec<LoadChunk>,
     progress: Arc<Progress>,
 ) {
-    if shared.config.read_unit == ReadUnit::Chunk {
-        return load_whole(shared, reg, chunks, progress).await;
-    }
-    let shape = reg.shape;
-    let layers = shape.layers as usize;
     let n = chunks.len();
-    let hl = shape.header_len();
-    let failed: Vec<std::sync::atomic::AtomicBool> = (0..n).map(|_| Default::default()).collect();
-    let mut headers: Vec<Option<Header>> = vec![None; n];
-    let jobs = (0..layers).flat_map(|l| (0..n).map(move |c| (l, c)));
-    let fetch = |(l, c): (usize, usize)| {
-        let (shared, chunks, failed) = (&shared, &chunks, &failed);
-        async move {
-            if failed[c].load(Ordering::Relaxed) {
-                return (l, c, Ok(None));
-            }
-            let (off, len) = if l == 0 {
-                (0, hl as u64 + shape.layer_bytes)
-            } else {
-                (shape.layer_offset(l), shape.layer_bytes)
-            };
-            (l, c, shared.store.get_range(&chunks[c].key, off, len).await)
+    let layers = reg.shape.layers as usize;
+    let lanes = shared.config.load_lanes.clamp(1, layers.max(1));
+    let window = (shared.config.load_window / lanes).max(1);
+    let unit = shared.config.read_unit;
+    let st = Arc::new(LoadState {
+        shared,
+        reg,
+        headers: (0..n).map(|_| OnceLock::new()).collect(),
+        failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        layers_left: (0..n).map(|_| AtomicUsize::new(layers)).collect(),
+        chunks_left: (0..layers).map(|_| AtomicUsize::new(n)).collect(),
+        chunks,
+        progress: progress.clone(),
+    });
+    let lane_jobs: Vec<Vec<(usize, usize)>> = match unit {
+        ReadUnit::Layer => {
+            run_lane(st.clone(), (0..n).map(|c| (0, c)).collect(), window).await;
+            (0..lanes)
+                .map(|k| {
+                    (1..layers)
+                        .filter(|l| l % lanes == k)
+                        .flat_map(|l| (0..n).map(move |c| (l, c)))
+                        .collect()
+                })
+                .collect()
         }
+        // A whole chunk per job (`l` is unused), chunks dealt round-robin.
+        ReadUnit::Chunk => (0..lanes)
+            .map(|k| (k..n).step_by(lanes).map(|c| (0, c)).collect())
+            .collect(),
     };
-    let mut results = futures::stream::iter(jobs)
-        .map(fetch)
-        .buffered(shared.config.load_window.max(1));
-    while let Some((l, c, r)) = results.next().await {
-        if !failed[c].load(Ordering::Relaxed) {
-            let chunk = &chunks[c];
-            let outcome = match r {
-                Err(e) => Err(e),
-                Ok(None) => Err(corrupt(&chunk.key, "absent")),
-                Ok(Some(bytes)) => place(
-                    &reg,
-                    chunk,
-                    &mut headers[c],
-                    l,
-                    hl,
-                    &shared.fingerprint,
-                    &bytes,
-                ),
-            };
-            if outcome.is_err() {
-                failed[c].store(true, Ordering::Relaxed);
-                record(&shared, &reg, chunk, outcome, l);
-            } else if l + 1 == layers {
-                record(&shared, &reg, chunk, outcome, l);
-            }
-        }
-        if c + 1 == n {
-            progress.set(l + 1);
+    let tasks: Vec<_> = lane_jobs
+        .into_iter()
+        .filter(|jobs| !jobs.is_empty())
+        .map(|jobs| tokio::spawn(run_lane(st.clone(), jobs, window)))
+        .collect();
+    for t in tasks {
+        if let Err(e) = t.await {
+            tracing::error!(error = %e, "kv load lane panicked");
         }
     }
     progress.set(usize::MAX);
 }
 
-/// Loads each chunk with one GET; every layer is done when every chunk is.
-async fn load_whole(
-    shared: Arc<Shared>,
-    reg: Arc<Registered>,
-    chunks: Vec<LoadChunk>,
-    progress: Arc<Progress>,
-) {
-    let shape = reg.shape;
-    let hl = shape.header_len();
-    let len = shape.value_len();
-    let fetch = |i: usize| {
-        let (shared, chunks) = (&shared, &chunks);
-        async move { shared.store.get_range(&chunks[i].key, 0, len).await }
-    };
-    let mut results = futures::stream::iter(0..chunks.len())
-        .map(fetch)
-        .buffered(shared.config.load_window.max(1));
-    let mut i = 0;
-    while let Some(r) = results.next().await {
-        let chunk = &chunks[i];
-        i += 1;
-        let outcome = match r {
-            Err(e) => Err(e),
-            Ok(None) => Err(corrupt(&chunk.key, "absent")),
-            Ok(Some(bytes)) => {
-                let mut header = None;
-                (0..shape.layers as usize).try_for_each(|l| {
-                    let data = if l == 0 {
-                        bytes.slice(..(hl + shape.layer_bytes as usize).min(bytes.len()))
-                    } else {
-                        let off = shape.layer_offset(l) as usize;
-                        bytes.slice(
-                            off.min(bytes.len())
-                                ..(off + shape.layer_bytes as usize).min(bytes.len()),
-                        )
-                    };
-                    place(&reg, chunk, &mut header, l, hl, &shared.fingerprint, &data)
-                })
-            }
+/// Runs `jobs` (layer, chunk) with up to `window` reads in flight.
+async fn run_lane(st: Arc<LoadState>, jobs: Vec<(usize, usize)>, window: usize) {
+    futures::stream::iter(jobs)
+        .map(|(l, c)| load_one(&st, l, c))
+        .buffer_unordered(window)
+        .collect::<()>()
+        .await;
+}
+
+/// Reads and places layer `l` of chunk `c` (the whole chunk when reading by
+/// chunk), then counts it.
+async fn load_one(st: &LoadState, l: usize, c: usize) {
+    let (shared, reg, chunk) = (&st.shared, &st.reg, &st.chunks[c]);
+    let whole = shared.config.read_unit == ReadUnit::Chunk;
+    if !st.failed[c].load(Ordering::Acquire) {
+        let shape = reg.shape;
+        let (off, len) = if whole {
+            (0, shape.value_len())
+        } else if l == 0 {
+            (0, shape.header_len() as u64 + shape.layer_bytes)
+        } else {
+            (shape.layer_offset(l), shape.layer_bytes)
         };
-        record(&shared, &reg, chunk, outcome, 0);
+        let header = &st.headers[c];
+        let fp = &shared.fingerprint;
+        let sink: Sink<'_> = if whole {
+            Box::new(move |r| {
+                (0..shape.layers as usize).try_for_each(|l| place(reg, chunk, header, l, fp, r))
+            })
+        } else {
+            Box::new(move |r| place(reg, chunk, header, l, fp, r))
+        };
+        let outcome = match shared.store.read_range(&chunk.key, off, len, sink).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(corrupt(&chunk.key, "absent")),
+            Err(e) => Err(e),
+        };
+        let placed = if whole { shape.layers as usize } else { 1 };
+        match outcome {
+            Err(e) => {
+                if !st.failed[c].swap(true, Ordering::AcqRel) {
+                    record(shared, reg, chunk, Err(e), l);
+                }
+            }
+            Ok(()) => {
+                if st.layers_left[c].fetch_sub(placed, Ordering::AcqRel) == placed {
+                    record(shared, reg, chunk, Ok(()), l);
+                }
+            }
+        }
     }
-    progress.set(usize::MAX);
+    if !whole && st.chunks_left[l].fetch_sub(1, Ordering::AcqRel) == 1 {
+        st.progress.layer_done(l);
+    }
 }
 
 /// Counts a chunk's outcome; a failure reports its blocks.
@@ -503,37 +557,56 @@ fn record(shared: &Shared, reg: &Registered, chunk: &LoadChunk, outcome: Result<
     }
 }
 
-/// Checks one fetched layer (and, for layer 0, the header) and scatters it.
+/// Places layer `l` of a chunk from `r` (for layer 0, after the chunk header,
+/// which it decodes and checks first): the bytes are copied into the cache's
+/// blocks and summed as they go, and the sum is checked against the header's. On a
+/// mismatch the blocks already hold the bad bytes, and the error reports them for
+/// recompute.
 fn place(
     reg: &Registered,
     chunk: &LoadChunk,
-    header: &mut Option<Header>,
+    header: &OnceLock<Header>,
     l: usize,
-    hl: usize,
     fingerprint: &Hash,
-    bytes: &Bytes,
+    r: &mut ValueReader<'_>,
 ) -> Result<()> {
-    let data = if l == 0 {
-        let h = Header::decode(bytes, &reg.shape, fingerprint, &chunk.hash)
+    let shape = &reg.shape;
+    if l == 0 {
+        let mut hb = vec![0u8; shape.header_len()];
+        r.read_exact(&mut hb).map_err(|_| {
+            corrupt(
+                &chunk.key,
+                format!("{} bytes, no whole header", r.remaining()),
+            )
+        })?;
+        let h = Header::decode(&hb, shape, fingerprint, &chunk.hash)
             .map_err(|w| corrupt(&chunk.key, w))?;
-        *header = Some(h);
-        &bytes[hl.min(bytes.len())..]
-    } else {
-        &bytes[..]
-    };
+        let _ = header.set(h);
+    }
+    if r.remaining() < shape.layer_bytes {
+        return Err(corrupt(
+            &chunk.key,
+            format!(
+                "layer {l}: {} bytes, expected {}",
+                r.remaining(),
+                shape.layer_bytes
+            ),
+        ));
+    }
     let h = header
-        .as_ref()
+        .get()
         .ok_or_else(|| corrupt(&chunk.key, "no header"))?;
-    h.check_layer(l, data).map_err(|w| corrupt(&chunk.key, w))?;
-    let bpc = reg.shape.tokens as usize / reg.geometry.block_size;
-    cache::scatter(
+    let bpc = shape.tokens as usize / reg.geometry.block_size;
+    let crc = cache::scatter_from(
         &reg.layers[l],
         &reg.geometry,
-        data,
+        r,
         bpc,
         chunk.first_block as usize,
         &chunk.block_ids,
-    )
+    )?;
+    h.check_layer_crc(l, crc)
+        .map_err(|w| corrupt(&chunk.key, w))
 }
 
 /// One chunk being gathered.
@@ -638,5 +711,29 @@ fn saver(shared: Arc<Shared>, reg: Arc<Registered>, rx: mpsc::Receiver<SaveJob>)
                 let _ = done.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_is_done_once_it_and_every_layer_before_it_are() {
+        let p = Arc::new(Progress::default());
+        p.layer_done(2);
+        p.layer_done(0);
+        assert_eq!(p.state.lock().prefix, 1, "layer 1 is missing");
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || p.wait_for(2))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "layer 2 waits for layer 1");
+        p.layer_done(1);
+        waiter.join().unwrap();
+        assert_eq!(p.state.lock().prefix, 3);
+        p.set(usize::MAX);
+        p.wait_for(1000);
     }
 }

@@ -90,10 +90,16 @@ struct Engine {
 
 impl Engine {
     fn new(rt: &tokio::runtime::Runtime, store: Arc<dyn ChunkStore>) -> Self {
-        Self::with(rt, store, ReadUnit::Layer)
+        Self::with(rt, store, ReadUnit::Layer, 2)
     }
 
-    fn with(rt: &tokio::runtime::Runtime, store: Arc<dyn ChunkStore>, read_unit: ReadUnit) -> Self {
+    /// An engine whose loads read by `read_unit` on `lanes` lanes.
+    fn with(
+        rt: &tokio::runtime::Runtime,
+        store: Arc<dyn ChunkStore>,
+        read_unit: ReadUnit,
+        lanes: usize,
+    ) -> Self {
         let caches: Vec<Tensor> = (0..LAYERS)
             .map(|_| {
                 Tensor::zeros((2, BLOCKS, BLOCK, HEADS, HEAD), DType::F32, &Device::Cpu).unwrap()
@@ -106,6 +112,7 @@ impl Engine {
             rt.handle().clone(),
             WorkerConfig {
                 load_window: 1,
+                load_lanes: lanes,
                 read_unit,
                 ..Default::default()
             },
@@ -366,16 +373,18 @@ fn shared_prefix_over_shm() {
 }
 
 #[test]
-fn corrupt_chunks_are_reported_per_block_and_never_copied() {
-    corrupt_chunks(ReadUnit::Layer);
-    corrupt_chunks(ReadUnit::Chunk);
+fn corrupt_chunks_are_reported_per_block() {
+    for carrier in [CarrierChoice::Tcp, CarrierChoice::Shm] {
+        corrupt_chunks(ReadUnit::Layer, carrier);
+        corrupt_chunks(ReadUnit::Chunk, carrier);
+    }
 }
 
-fn corrupt_chunks(read_unit: ReadUnit) {
+fn corrupt_chunks(read_unit: ReadUnit, carrier: CarrierChoice) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let r = server(&rt, dir.path());
-    let c = Arc::new(client(&rt, &r, CarrierChoice::Tcp));
+    let c = Arc::new(client(&rt, &r, carrier));
     let store: Arc<dyn ChunkStore> = c.clone();
     let (mut sched, mut a) = (
         scheduler(&rt, store.clone()),
@@ -398,7 +407,7 @@ fn corrupt_chunks(read_unit: ReadUnit) {
 
     let (mut sched_b, mut b) = (
         scheduler(&rt, store.clone()),
-        Engine::with(&rt, store.clone(), read_unit),
+        Engine::with(&rt, store.clone(), read_unit, 2),
     );
     assert_eq!(sched_b.get_num_new_matched_tokens(&tokens, 0), 3 * CHUNK);
     let blocks_b: Vec<u32> = (20..33).collect();
@@ -498,9 +507,10 @@ fn a_server_stopped_mid_load_fails_the_unloaded_blocks() {
     let blocks: Vec<u32> = (0..9).collect();
     prefill_and_save(&mut sched, &mut a, "a", &tokens, &blocks);
 
+    // One lane, so the reads come in a known order.
     let (mut sched_b, mut b) = (
         scheduler(&rt, store.clone()),
-        Engine::new(&rt, store.clone()),
+        Engine::with(&rt, store.clone(), ReadUnit::Layer, 1),
     );
     assert_eq!(sched_b.get_num_new_matched_tokens(&tokens, 0), 2 * CHUNK);
     let blocks_b: Vec<u32> = (30..39).collect();

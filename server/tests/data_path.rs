@@ -77,6 +77,29 @@ async fn exercise(c: &Client) {
         .unwrap();
     assert_eq!(info.total_length, big.len() as u64);
     assert_eq!(part, big.slice((1 << 20) - 7..(1 << 20) + 93));
+    // The same range handed to a reader (over shm: straight out of the leased
+    // arena, across the page edge), in pieces and with a skip.
+    let (total, piece) = c
+        .get_range_with(&k("kv/t/big"), (1 << 20) - 7, Some(100), |total, r| {
+            let mut out = vec![0u8; 90];
+            r.read_exact(&mut out[..5]).unwrap();
+            r.skip(10).unwrap();
+            r.read_exact(&mut out[5..]).unwrap();
+            assert_eq!(r.remaining(), 0);
+            (total, out)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, big.len() as u64);
+    assert_eq!(&piece[..5], &big[(1 << 20) - 7..(1 << 20) - 2]);
+    assert_eq!(&piece[5..], &big[(1 << 20) + 8..(1 << 20) + 93]);
+    assert!(
+        c.get_range_with(&k("kv/t/none"), 0, None, |_, _| 0u8)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // MGET: hits and a miss, in order.
     let got = c
         .mget(&[k("kv/t/big"), k("kv/t/none"), k("kv/t/small")])

@@ -11,7 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::convert::key_to_proto;
-use crate::data::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions};
+use crate::data::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions, ValueReader};
 use crate::error::{ClientError, Result};
 
 /// Largest message the client accepts or sends.
@@ -288,6 +288,26 @@ impl Client {
                 }));
         }
         self.grpc_get_range(key, offset, length).await
+    }
+
+    /// Reads `[offset, offset + length)` of a value and hands it to `f` as a
+    /// [`ValueReader`], with the value's total length; `Ok(None)` if absent. Over
+    /// shared memory `f` copies straight out of the server's arena; see
+    /// [`DataClient::get_range_with`] for when `f`'s work is void.
+    pub async fn get_range_with<R>(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+        f: impl FnOnce(u64, &mut ValueReader<'_>) -> R,
+    ) -> Result<Option<R>> {
+        if let Some(d) = &self.data {
+            return d.get_range_with(key, offset, length, f).await;
+        }
+        Ok(self
+            .grpc_get_range(key, offset, length)
+            .await?
+            .map(|(info, b)| f(info.total_length, &mut ValueReader::new(&b))))
     }
 
     /// Reads whole values of many keys (one request on the data path); `None` for

@@ -20,7 +20,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::oneshot;
 
 use super::server::write_all_vectored;
-use super::shm::{self, Mapping};
+use super::shm::{self, Mapping, ValueReader};
 use crate::error::{ClientError, Result};
 use crate::wire::{
     FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, Op, Request, Status,
@@ -402,6 +402,64 @@ impl DataClient {
         .await
     }
 
+    /// Reads `[offset, offset + length)` of a value (to its end when `length` is
+    /// `None`) and hands it to `f` as a [`ValueReader`], with the value's total length:
+    /// over shared memory `f` copies straight out of the leased arena, with no
+    /// buffer in between. `None` when the key is absent (and `f` is not called).
+    ///
+    /// When this returns an error after `f` ran (the lease outlived half its ttl
+    /// while `f` copied, so the server may have reused the memory), what `f` copied
+    /// is void. Only the request is retried, never `f`.
+    pub async fn get_range_with<R>(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+        f: impl FnOnce(u64, &mut ValueReader<'_>) -> R,
+    ) -> Result<Option<R>> {
+        let req = Request::Get {
+            key: key.clone(),
+            offset,
+            length,
+        };
+        let frame = self
+            .retry(|| async {
+                match self.call(&req, self.lease_flag(), None).await {
+                    Err(ClientError::Data {
+                        status: Status::NotFound,
+                        ..
+                    }) => Ok(None),
+                    other => other.map(Some),
+                }
+            })
+            .await?;
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+        let info: GetInfo = response::decode_get(&frame.meta).map_err(proto)?;
+        let Some(lease) = info.lease.as_ref() else {
+            if frame.data.len() as u64 != info.len {
+                return Err(proto(format!(
+                    "{} bytes of data for a length of {}",
+                    frame.data.len(),
+                    info.len
+                )));
+            }
+            return Ok(Some(f(info.total_len, &mut ValueReader::new(&frame.data))));
+        };
+        let start = Instant::now();
+        let out = self.with_extents(&lease.extents, info.len, |r| f(info.total_len, r));
+        let ok = start.elapsed() < Duration::from_millis(u64::from(lease.ttl_ms)) / 2;
+        self.release(lease.id).await;
+        let out = out?;
+        if !ok {
+            return Err(ClientError::Timeout(Duration::from_millis(u64::from(
+                lease.ttl_ms,
+            ))));
+        }
+        Ok(Some(out))
+    }
+
     /// Reads whole values of many keys in one request; `None` for each miss.
     pub async fn mget(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
         let req = Request::MGet {
@@ -549,6 +607,25 @@ impl DataClient {
         }
         match &self.inner.mapping {
             Some(m) => m.read(extents, len),
+            None => Err(std::io::Error::other("no shared memory and no RDMA link")),
+        }
+    }
+
+    /// Runs `f` over leased extents: a reader of the mapping (shm), or of the bytes
+    /// an RDMA READ brought.
+    fn with_extents<R>(
+        &self,
+        extents: &[crate::wire::Extent],
+        len: u64,
+        f: impl FnOnce(&mut ValueReader<'_>) -> R,
+    ) -> std::io::Result<R> {
+        #[cfg(feature = "rdma")]
+        if self.inner.rdma.get().is_some() {
+            let buf = self.read_extents(extents, len)?;
+            return Ok(f(&mut ValueReader::new(&buf)));
+        }
+        match &self.inner.mapping {
+            Some(m) => Ok(f(&mut m.reader(extents, len)?)),
             None => Err(std::io::Error::other("no shared memory and no RDMA link")),
         }
     }

@@ -12,4 +12,4 @@ mod shm;
 pub use self::client::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions};
 pub use self::lease::Leases;
 pub use self::server::{DataConfig, DataServer};
-pub use self::shm::{host_id, recv_fd};
+pub use self::shm::{ValueReader, host_id, recv_fd};

@@ -223,6 +223,34 @@ impl Mapping {
         Ok(out)
     }
 
+    /// A reader over `extents`, in order, whose lengths must sum to `len`; each is
+    /// checked against the mapping here.
+    pub(crate) fn reader<'a>(
+        &'a self,
+        extents: &'a [Extent],
+        len: u64,
+    ) -> io::Result<ValueReader<'a>> {
+        let mut total = 0u64;
+        for e in extents {
+            self.check(e)?;
+            total = total.saturating_add(e.len);
+        }
+        if total != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("extents hold {total} bytes for a length of {len}"),
+            ));
+        }
+        Ok(ValueReader {
+            parts: Parts::Mapped {
+                mapping: self,
+                extents,
+                at: 0,
+            },
+            left: len,
+        })
+    }
+
     /// Copies `data` into the bytes of `extents` (whose lengths sum to its length).
     pub(crate) fn write(&self, extents: &[Extent], data: &[u8]) -> io::Result<()> {
         let total: u64 = extents.iter().map(|e| e.len).sum();
@@ -245,6 +273,137 @@ impl Mapping {
     }
 }
 
+/// The bytes of one answer, read once and in order with no buffer in between: out
+/// of the server's arena under a lease (shared memory), or out of the buffer the
+/// answer arrived in (TCP, RDMA, gRPC).
+///
+/// The only way to read leased bytes is to copy them out ([`read_exact`]): were the
+/// lease broken (it outlived its ttl), the server could be reusing that memory, so a
+/// reader checks what it copied (a checksum), never the shared bytes themselves.
+///
+/// [`read_exact`]: ValueReader::read_exact
+pub struct ValueReader<'a> {
+    parts: Parts<'a>,
+    left: u64,
+}
+
+enum Parts<'a> {
+    Buf(&'a [u8]),
+    Mapped {
+        mapping: &'a Mapping,
+        /// Checked against the mapping when the reader was made; `at` is the offset
+        /// into the first one, whose bytes were all read once it is dropped.
+        extents: &'a [Extent],
+        at: u64,
+    },
+}
+
+impl<'a> ValueReader<'a> {
+    /// A reader over bytes in hand.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self {
+            left: buf.len() as u64,
+            parts: Parts::Buf(buf),
+        }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> u64 {
+        self.left
+    }
+
+    /// Copies the next `dst.len()` bytes into `dst`; `UnexpectedEof` (and nothing
+    /// read) if fewer remain.
+    pub fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        if (dst.len() as u64) > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} bytes wanted, {} left in the value",
+                    dst.len(),
+                    self.left
+                ),
+            ));
+        }
+        self.left -= dst.len() as u64;
+        match &mut self.parts {
+            Parts::Buf(b) => {
+                let (head, tail) = b.split_at(dst.len());
+                dst.copy_from_slice(head);
+                *b = tail;
+            }
+            Parts::Mapped {
+                mapping,
+                extents,
+                at,
+            } => {
+                let mut pos = 0;
+                while pos < dst.len() {
+                    let e = extents[0];
+                    let n = ((e.len - *at) as usize).min(dst.len() - pos);
+                    let off = e.offset + *at;
+                    // SAFETY: the extent lies inside the mapping (checked when the
+                    // reader was made) and [off, off + n) inside the extent.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            mapping.base.as_ptr().add(off as usize),
+                            dst.as_mut_ptr().add(pos),
+                            n,
+                        );
+                    }
+                    pos += n;
+                    *at += n as u64;
+                    if *at == e.len {
+                        *extents = &extents[1..];
+                        *at = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes over the next `n` bytes; `UnexpectedEof` if fewer remain.
+    pub fn skip(&mut self, n: u64) -> io::Result<()> {
+        if n > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{n} bytes skipped, {} left in the value", self.left),
+            ));
+        }
+        self.left -= n;
+        match &mut self.parts {
+            Parts::Buf(b) => *b = &b[n as usize..],
+            Parts::Mapped { extents, at, .. } => {
+                let mut n = n;
+                while n > 0 {
+                    let step = (extents[0].len - *at).min(n);
+                    n -= step;
+                    *at += step;
+                    if *at == extents[0].len {
+                        *extents = &extents[1..];
+                        *at = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ValueReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let carrier = match self.parts {
+            Parts::Buf(_) => "buffer",
+            Parts::Mapped { .. } => "leased arena",
+        };
+        f.debug_struct("ValueReader")
+            .field("from", &carrier)
+            .field("remaining", &self.left)
+            .finish()
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: our own mapping, unmapped once.
@@ -257,4 +416,107 @@ impl Drop for Mapping {
 fn unsafe_zeroed_stat() -> libc::stat {
     // SAFETY: stat is plain data; zeroed is valid.
     unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mapping of a fresh memfd of `len` bytes holding `i % 251` at offset `i`.
+    fn mapping(len: usize) -> Mapping {
+        // SAFETY: a valid C string; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"strata-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create");
+        // SAFETY: a descriptor just created and owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut f = std::fs::File::from(fd.try_clone().unwrap());
+        std::io::Write::write_all(&mut f, &bytes).unwrap();
+        Mapping::new(&fd, len as u64).unwrap()
+    }
+
+    fn expect(extents: &[Extent]) -> Vec<u8> {
+        extents
+            .iter()
+            .flat_map(|e| (e.offset..e.offset + e.len).map(|i| (i % 251) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_copies_extents_in_order_across_their_edges() {
+        let m = mapping(4096);
+        let extents = [
+            Extent { offset: 10, len: 5 },
+            Extent {
+                offset: 100,
+                len: 0,
+            },
+            Extent {
+                offset: 3000,
+                len: 20,
+            },
+            Extent { offset: 0, len: 7 },
+        ];
+        let want = expect(&extents);
+        let mut r = m.reader(&extents, 32).unwrap();
+        let mut got = [0u8; 32];
+        // Pieces that start and end inside extents, and a skip across one edge.
+        r.read_exact(&mut got[..3]).unwrap();
+        r.read_exact(&mut got[3..9]).unwrap();
+        r.skip(8).unwrap();
+        assert_eq!(r.remaining(), 15);
+        r.read_exact(&mut got[17..32]).unwrap();
+        assert_eq!(r.remaining(), 0);
+        assert_eq!(&got[..9], &want[..9]);
+        assert_eq!(&got[17..], &want[17..]);
+        let e = r.read_exact(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+
+        // The same through a buffer reader.
+        let mut b = ValueReader::new(&want);
+        let mut again = [0u8; 32];
+        b.read_exact(&mut again[..9]).unwrap();
+        b.skip(8).unwrap();
+        b.read_exact(&mut again[17..]).unwrap();
+        assert_eq!(&again[..9], &want[..9]);
+        assert!(b.skip(1).is_err());
+    }
+
+    #[test]
+    fn a_reader_refuses_extents_outside_the_mapping_or_of_the_wrong_length() {
+        let m = mapping(4096);
+        let e = m
+            .reader(
+                &[Extent {
+                    offset: 4090,
+                    len: 7,
+                }],
+                7,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the 4096-byte arena"), "{e}");
+        let e = m
+            .reader(
+                &[Extent {
+                    offset: u64::MAX,
+                    len: 2,
+                }],
+                2,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside"), "{e}");
+        let e = m
+            .reader(&[Extent { offset: 0, len: 7 }], 8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("7 bytes for a length of 8"), "{e}");
+        // A read past the end copies nothing.
+        let mut r = m.reader(&[Extent { offset: 0, len: 4 }], 4).unwrap();
+        let mut dst = [9u8; 5];
+        assert!(r.read_exact(&mut dst).is_err());
+        assert_eq!(dst, [9; 5]);
+        assert_eq!(r.remaining(), 4);
+    }
 }
