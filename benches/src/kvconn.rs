@@ -47,6 +47,9 @@ pub struct KvArgs {
     /// Skip the chat-trace replay (prefix loads only).
     #[arg(long)]
     pub no_trace: bool,
+    /// Reads in flight per prefix load (the worker's `load_window`).
+    #[arg(long, default_value_t = WorkerConfig::default().load_window)]
+    pub load_window: usize,
 }
 
 const CHUNK: usize = 256;
@@ -402,6 +405,7 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
         let config = WorkerConfig {
             read_unit: unit,
             load_lanes: lanes,
+            load_window: a.load_window,
             ..WorkerConfig::default()
         };
         let mut reader = SimEngine::new(
