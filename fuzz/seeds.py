@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the `frame` fuzz target: one valid frame per request
-op, built from docs/data-path.md independently of the Rust encoder, plus a few
-near-misses. Run from the repository root: python3 fuzz/seeds.py"""
+"""Writes the seed corpora of the fuzz targets, each built from its spec
+independently of the Rust encoders, plus near-misses:
+- `frame`: one valid frame per request op (docs/data-path.md);
+- `chunk`: a stored KV chunk header with its layers (docs/kv-keys.md, "Stored
+  chunk"), for the shape the target decodes against.
+Run from the repository root: python3 fuzz/seeds.py"""
 import os
 import struct
 
-OUT = "fuzz/corpus/frame"
 
 
 def key(ns=b"kv", tenant=b"t", body=b"block-0"):
@@ -37,8 +39,49 @@ seeds = {
     "truncated-key": frame(2, struct.pack("<I", 1000) + b"\x01\x02kv"),
     "huge-data": frame(4, kfield(key()) + struct.pack("<I", 0), b"")[:24] + struct.pack("<Q", 2**63),
 }
-os.makedirs(OUT, exist_ok=True)
-for name, b in seeds.items():
-    with open(os.path.join(OUT, name), "wb") as f:
-        f.write(b)
-print(f"{len(seeds)} seeds in {OUT}")
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+# The chunk target's shape (fuzz_targets/chunk.rs): kv 2, elem 2, 16 tokens,
+# 2 layers of 64 bytes, fingerprint 0x11 x 32, chunk hash 0x22 x 32.
+LAYERS = [bytes((i * 7 + l) % 256 for i in range(64)) for l in range(2)]
+
+
+def chunk(kv=2, elem=2, fp=b"\x11" * 32, ch=b"\x22" * 32, tokens=16, layers=2, layer_bytes=64,
+          version=1, magic=b"SKV1", crcs=None, fix_len=None):
+    crcs = crcs if crcs is not None else [crc32c(x) for x in LAYERS]
+    header_len = fix_len if fix_len is not None else 92 + 4 * layers + 4
+    h = magic + struct.pack("<HBB", version, kv, elem) + fp + ch
+    h += struct.pack("<IIQI", tokens, layers, layer_bytes, header_len)
+    h += b"".join(struct.pack("<I", c) for c in crcs)
+    return h + struct.pack("<I", crc32c(h)) + b"".join(LAYERS)
+
+
+valid = chunk()
+chunk_seeds = {
+    "valid": valid,
+    "bad-magic": chunk(magic=b"SKV0"),
+    "version-2": chunk(version=2),
+    "three-layers": chunk(layers=3, crcs=[1, 2, 3]),
+    "other-fingerprint": chunk(fp=b"\x33" * 32),
+    "other-chunk-hash": chunk(ch=b"\x44" * 32),
+    "header-len-lies": chunk(fix_len=4096),
+    "header-crc-wrong": valid[:100] + bytes([valid[100] ^ 1]) + valid[101:],
+    "layer-1-flipped": valid[:104 + 64 + 5] + bytes([valid[104 + 64 + 5] ^ 0x10]) + valid[104 + 64 + 6:],
+    "truncated": valid[:50],
+}
+
+for out, corpus in (("fuzz/corpus/frame", seeds), ("fuzz/corpus/chunk", chunk_seeds)):
+    os.makedirs(out, exist_ok=True)
+    for name, b in corpus.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b)
+    print(f"{len(corpus)} seeds in {out}")

@@ -3,7 +3,8 @@
 # Debian machine: apt packages (Node.js for Azurite, redis-server for the
 # benches, python3-cbor2 for the KV-key vectors), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
 # Azurite itself on a free port. Then fmt, clippy and `cargo test`, then the data
-# path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) on nightly
+# path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) and the KV
+# chunk header decoder for FUZZ_CHUNK_SECONDS (default 30) on nightly
 # (cargo-fuzz is installed into ./.tools if missing), and the RDMA carrier's tests
 # on this host and in the Soft-RoCE VM of ../shared/rdma-vm (scripts/rdma-vm-test.sh).
 set -euo pipefail
@@ -33,6 +34,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo clippy -p strata-kv-connector --no-default-features (the formats alone, as fuzz/ builds them)"
+cargo clippy -p strata-kv-connector --no-default-features -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
 echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor)"
@@ -55,6 +58,11 @@ if [ ! -x .tools/cargo-fuzz/bin/cargo-fuzz ]; then
 fi
 corpus="$(mktemp -d)"
 trap 'rm -rf "$corpus"' EXIT
-# New inputs go to the scratch corpus; the committed seeds are only read.
+# New inputs go to scratch corpora; the committed seeds are only read.
+mkdir -p "$corpus/frame" "$corpus/chunk"
 (cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
-  cargo +nightly fuzz run frame "$corpus" corpus/frame -- -max_total_time="$FUZZ_SECONDS")
+  cargo +nightly fuzz run frame "$corpus/frame" corpus/frame -- -max_total_time="$FUZZ_SECONDS")
+FUZZ_CHUNK_SECONDS="${FUZZ_CHUNK_SECONDS:-30}"
+echo "==> cargo fuzz run chunk (${FUZZ_CHUNK_SECONDS} s)"
+(cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
+  cargo +nightly fuzz run chunk "$corpus/chunk" corpus/chunk -- -max_total_time="$FUZZ_CHUNK_SECONDS")

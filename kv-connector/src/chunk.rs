@@ -3,7 +3,6 @@
 //! exact), read layer by layer with ranged GETs (so loading layer L+1 overlaps
 //! compute on layer L). Spec: `docs/kv-keys.md`, "Stored chunk".
 
-use crate::error::Error;
 use crate::keys::Hash;
 
 /// `b"SKV1"`.
@@ -192,14 +191,6 @@ impl<'a> Reader<'a> {
 
     fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
         Ok(self.take(N)?.try_into().expect("length checked"))
-    }
-}
-
-/// Turns a decode refusal into the connector's error.
-pub(crate) fn corrupt(key: &strata_tiers::Key, why: impl Into<String>) -> Error {
-    Error::Corrupt {
-        key: key.display_path(),
-        why: why.into(),
     }
 }
 

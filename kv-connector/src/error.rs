@@ -9,7 +9,8 @@ pub enum Error {
     /// A tensor does not have the layout the connector was set up for.
     #[error("kv cache layout: {0}")]
     Layout(String),
-    /// A stored chunk failed a check: it is never handed to the engine.
+    /// A stored chunk failed a check: its blocks are reported, never handed over as
+    /// good.
     #[error("kv chunk {key}: {why}")]
     Corrupt {
         /// The chunk's key, as text.
@@ -21,6 +22,7 @@ pub enum Error {
     #[error("kv chunk store: {0}")]
     Store(String),
     /// A candle operation failed.
+    #[cfg(feature = "engine")]
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }

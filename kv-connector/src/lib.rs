@@ -11,8 +11,14 @@
 //!   any other store behind the same four calls.
 //!
 //! Every stored chunk carries a header with a CRC-32C per layer; a chunk that fails
-//! any check is reported per block and never copied into the engine's caches.
+//! any check is reported per block for the engine to recompute, never handed over
+//! as good.
+//!
+//! Feature `engine` (default) holds the worker side and the simulated engine (candle
+//! and ndarray); without it the crate is the formats, the scheduler and the store
+//! trait.
 
+#[cfg(feature = "engine")]
 pub mod cache;
 pub mod cbor;
 pub mod chunk;
@@ -20,8 +26,10 @@ pub mod error;
 pub mod keys;
 pub mod meta;
 pub mod scheduler;
+#[cfg(feature = "engine")]
 pub mod sim;
 pub mod store;
+#[cfg(feature = "engine")]
 pub mod worker;
 
 pub use self::error::{Error, Result};
@@ -29,4 +37,5 @@ pub use self::keys::{ChunkKeys, KvLayout, ModelFingerprint};
 pub use self::meta::ConnectorMetadata;
 pub use self::scheduler::{ScheduledRequest, Scheduler};
 pub use self::store::ChunkStore;
+#[cfg(feature = "engine")]
 pub use self::worker::{ReadUnit, Worker, WorkerConfig, WorkerStats};

@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex};
 use strata_transport::data::ValueReader;
 
 use crate::cache::{self, CacheGeometry};
-use crate::chunk::{ChunkShape, Header, corrupt};
+use crate::chunk::{ChunkShape, Header};
 use crate::error::{Error, Result};
 use crate::keys::{ChunkKeys, Hash};
 use crate::meta::{ConnectorMetadata, LoadChunk, ReqId, SaveChunk};
@@ -534,6 +534,14 @@ async fn load_one(st: &LoadState, l: usize, c: usize) {
     }
     if !whole && st.chunks_left[l].fetch_sub(1, Ordering::AcqRel) == 1 {
         st.progress.layer_done(l);
+    }
+}
+
+/// Turns a decode refusal into the connector's error.
+fn corrupt(key: &strata_tiers::Key, why: impl Into<String>) -> Error {
+    Error::Corrupt {
+        key: key.display_path(),
+        why: why.into(),
     }
 }
 
