@@ -35,6 +35,8 @@ seeds = {
     "delete": frame(9, kfield(key(ns=b"shard", tenant=b"", body=b"ds/0001.tar"))),
     "match-prefix": frame(10, struct.pack("<I", 3) + kfield(key(body=b"a")) + kfield(key(body=b"b")) + kfield(key(body=b"c"))),
     "release": frame(11, struct.pack("<I", 2) + struct.pack("<QQ", 1, 2)),
+    "mget-range": frame(12, struct.pack("<I", 2) + kfield(key(body=b"a")) + struct.pack("<QQ", 4096, 1 << 20)
+                        + kfield(key(body=b"b")) + struct.pack("<QQ", 0, 2**64 - 1), flags=1),
     "bad-magic": b"XX" + frame(2, b"")[2:],
     "truncated-key": frame(2, struct.pack("<I", 1000) + b"\x01\x02kv"),
     "huge-data": frame(4, kfield(key()) + struct.pack("<I", 0), b"")[:24] + struct.pack("<Q", 2**63),

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = Header::decode(data, &limits);
     if data.len() > 1 {
         let (op, meta) = (data[0], &data[1..]);
-        const OPS: [Op; 11] = [
+        const OPS: [Op; 12] = [
             Op::Hello,
             Op::Get,
             Op::MGet,
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             Op::Delete,
             Op::MatchPrefix,
             Op::Release,
+            Op::MGetRange,
         ];
         let h = Header::request(OPS[usize::from(op) % OPS.len()], 0, 0, meta.len(), 0);
         let _ = Request::decode(&h, meta);

@@ -7,11 +7,15 @@ use futures::future::BoxFuture;
 use strata_tiers::Key;
 use strata_transport::Client;
 use strata_transport::data::ValueReader;
+use strata_transport::wire::KeyRange;
 
 use crate::error::Result;
 
 /// What a read hands its bytes to: a reader over them, read once and in order.
 pub type Sink<'a> = Box<dyn FnOnce(&mut ValueReader<'_>) -> Result<()> + Send + 'a>;
+
+/// What a batch read hands each range to, with its index in the batch.
+pub type BatchSink<'a> = Box<dyn FnMut(usize, &mut ValueReader<'_>) -> Result<()> + Send + 'a>;
 
 /// The four calls the connector makes.
 pub trait ChunkStore: Send + Sync + 'static {
@@ -42,6 +46,31 @@ pub trait ChunkStore: Send + Sync + 'static {
                 None => Ok(false),
                 Some(b) => sink(&mut ValueReader::new(&b)).map(|()| true),
             }
+        })
+    }
+    /// Whether [`read_ranges`](Self::read_ranges) is one request: the loader then
+    /// reads one layer of every chunk at once. Default: false.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+    /// Reads a range of each of many values and hands each present one to `sink`
+    /// with its index. One result per range: `Ok(true)` when `sink` took it,
+    /// `Ok(false)` when the key is absent, or that range's error (`sink`'s
+    /// included). The default reads them one at a time with
+    /// [`read_range`](Self::read_range).
+    fn read_ranges<'a>(
+        &'a self,
+        ranges: &'a [KeyRange],
+        mut sink: BatchSink<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Result<bool>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ranges.len());
+            for (i, r) in ranges.iter().enumerate() {
+                let len = r.length.unwrap_or(u64::MAX - r.offset);
+                let one: Sink<'_> = Box::new(|reader| sink(i, reader));
+                out.push(self.read_range(&r.key, r.offset, len, one).await);
+            }
+            Ok(out)
         })
     }
     /// Stores a whole value.
@@ -80,6 +109,32 @@ impl ChunkStore for Client {
                 None => Ok(false),
                 Some(placed) => placed.map(|()| true),
             }
+        })
+    }
+
+    /// Over shared memory: a batch answers leases, and the loader copies each range
+    /// straight out of the arena. Over TCP a batch is one frame of every range's
+    /// bytes, read into one buffer, which measured slower than a window of ranged
+    /// GETs over both connections (`BENCHMARKS.md`, section 5).
+    fn batches_reads(&self) -> bool {
+        self.carrier() == Some(strata_transport::data::Carrier::Shm)
+    }
+
+    fn read_ranges<'a>(
+        &'a self,
+        ranges: &'a [KeyRange],
+        mut sink: BatchSink<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Result<bool>>>> {
+        Box::pin(async move {
+            let got = Client::mget_range_with(self, ranges, |i, r| sink(i, r)).await?;
+            Ok(got
+                .into_iter()
+                .map(|item| match item {
+                    Ok(Some(placed)) => placed.map(|()| true),
+                    Ok(None) => Ok(false),
+                    Err(e) => Err(e.into()),
+                })
+                .collect())
         })
     }
 

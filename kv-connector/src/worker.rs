@@ -23,18 +23,22 @@ use candle_core::Tensor;
 use futures::StreamExt;
 use parking_lot::{Condvar, Mutex};
 use strata_transport::data::ValueReader;
+use strata_transport::wire::KeyRange;
 
 use crate::cache::{self, CacheGeometry};
 use crate::chunk::{ChunkShape, Header};
 use crate::error::{Error, Result};
 use crate::keys::{ChunkKeys, Hash};
 use crate::meta::{ConnectorMetadata, LoadChunk, ReqId, SaveChunk};
-use crate::store::{ChunkStore, Sink};
+use crate::store::{BatchSink, ChunkStore, Sink};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Ranged GETs in flight during a load, over all its lanes. Default 32.
+    /// Ranged reads in flight during a load, over all its lanes. Default 32. With a
+    /// store that batches ([`ChunkStore::batches_reads`]), one request reads a layer
+    /// of every chunk, and each lane keeps this share of ranges (at least two
+    /// layers, unless the window is 1) in flight.
     pub load_window: usize,
     /// Tasks that place a load's layers at once (each copies and checksums on its
     /// own runtime thread; see `docs/kv-keys.md`). Default 2.
@@ -451,27 +455,43 @@ async fn load(
         chunks,
         progress: progress.clone(),
     });
-    let lane_jobs: Vec<Vec<(usize, usize)>> = match unit {
+    // With a store that batches, a layer of every chunk is one request.
+    let batch = unit == ReadUnit::Layer && st.shared.store.batches_reads();
+    let per_layer = |l: usize| -> Vec<Job> {
+        if batch {
+            vec![Job::Layer(l)]
+        } else {
+            (0..n).map(|c| Job::One(l, c)).collect()
+        }
+    };
+    // Batched, the window counts ranges: each lane keeps at least two layers in
+    // flight (one while it places the other), unless the window is a single read.
+    let lane_window = if batch {
+        (window / n).max(window.min(2))
+    } else {
+        window
+    };
+    let lane_jobs: Vec<Vec<Job>> = match unit {
         ReadUnit::Layer => {
-            run_lane(st.clone(), (0..n).map(|c| (0, c)).collect(), window).await;
+            run_lane(st.clone(), per_layer(0), lane_window).await;
             (0..lanes)
                 .map(|k| {
                     (1..layers)
                         .filter(|l| l % lanes == k)
-                        .flat_map(|l| (0..n).map(move |c| (l, c)))
+                        .flat_map(per_layer)
                         .collect()
                 })
                 .collect()
         }
-        // A whole chunk per job (`l` is unused), chunks dealt round-robin.
+        // A whole chunk per job (its layer is unused), chunks dealt round-robin.
         ReadUnit::Chunk => (0..lanes)
-            .map(|k| (k..n).step_by(lanes).map(|c| (0, c)).collect())
+            .map(|k| (k..n).step_by(lanes).map(|c| Job::One(0, c)).collect())
             .collect(),
     };
     let tasks: Vec<_> = lane_jobs
         .into_iter()
         .filter(|jobs| !jobs.is_empty())
-        .map(|jobs| tokio::spawn(run_lane(st.clone(), jobs, window)))
+        .map(|jobs| tokio::spawn(run_lane(st.clone(), jobs, lane_window)))
         .collect();
     for t in tasks {
         if let Err(e) = t.await {
@@ -481,13 +501,39 @@ async fn load(
     progress.set(usize::MAX);
 }
 
-/// Runs `jobs` (layer, chunk) with up to `window` reads in flight.
-async fn run_lane(st: Arc<LoadState>, jobs: Vec<(usize, usize)>, window: usize) {
+/// One read of a load.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// Layer `.0` of chunk `.1` (or the whole chunk, when reading by chunk).
+    One(usize, usize),
+    /// Layer `.0` of every chunk not failed, in one batch request.
+    Layer(usize),
+}
+
+/// Runs `jobs` with up to `window` of them in flight.
+async fn run_lane(st: Arc<LoadState>, jobs: Vec<Job>, window: usize) {
     futures::stream::iter(jobs)
-        .map(|(l, c)| load_one(&st, l, c))
+        .map(|job| {
+            let st = &st;
+            async move {
+                match job {
+                    Job::One(l, c) => load_one(st, l, c).await,
+                    Job::Layer(l) => load_layer(st, l).await,
+                }
+            }
+        })
         .buffer_unordered(window)
         .collect::<()>()
         .await;
+}
+
+/// The byte range of layer `l` in a chunk's value (layer 0 with the header).
+fn layer_range(shape: &ChunkShape, l: usize) -> (u64, u64) {
+    if l == 0 {
+        (0, shape.header_len() as u64 + shape.layer_bytes)
+    } else {
+        (shape.layer_offset(l), shape.layer_bytes)
+    }
 }
 
 /// Reads and places layer `l` of chunk `c` (the whole chunk when reading by
@@ -499,10 +545,8 @@ async fn load_one(st: &LoadState, l: usize, c: usize) {
         let shape = reg.shape;
         let (off, len) = if whole {
             (0, shape.value_len())
-        } else if l == 0 {
-            (0, shape.header_len() as u64 + shape.layer_bytes)
         } else {
-            (shape.layer_offset(l), shape.layer_bytes)
+            layer_range(&shape, l)
         };
         let header = &st.headers[c];
         let fp = &shared.fingerprint;
@@ -513,27 +557,83 @@ async fn load_one(st: &LoadState, l: usize, c: usize) {
         } else {
             Box::new(move |r| place(reg, chunk, header, l, fp, r))
         };
-        let outcome = match shared.store.read_range(&chunk.key, off, len, sink).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(corrupt(&chunk.key, "absent")),
-            Err(e) => Err(e),
-        };
+        let outcome = shared.store.read_range(&chunk.key, off, len, sink).await;
         let placed = if whole { shape.layers as usize } else { 1 };
-        match outcome {
-            Err(e) => {
-                if !st.failed[c].swap(true, Ordering::AcqRel) {
-                    record(shared, reg, chunk, Err(e), l);
+        finish(st, l, c, outcome, placed);
+    }
+    if !whole && st.chunks_left[l].fetch_sub(1, Ordering::AcqRel) == 1 {
+        st.progress.layer_done(l);
+    }
+}
+
+/// Reads layer `l` of every chunk not failed yet in one batch request, placing
+/// each as it comes, then marks the layer done.
+async fn load_layer(st: &LoadState, l: usize) {
+    let (shared, reg) = (&st.shared, &st.reg);
+    let live: Vec<usize> = (0..st.chunks.len())
+        .filter(|&c| !st.failed[c].load(Ordering::Acquire))
+        .collect();
+    if !live.is_empty() {
+        let (offset, len) = layer_range(&reg.shape, l);
+        let ranges: Vec<KeyRange> = live
+            .iter()
+            .map(|&c| KeyRange {
+                key: st.chunks[c].key.clone(),
+                offset,
+                length: Some(len),
+            })
+            .collect();
+        let (live_ref, fp) = (&live, &shared.fingerprint);
+        let sink: BatchSink<'_> = Box::new(move |i, r| {
+            let c = live_ref[i];
+            place(reg, &st.chunks[c], &st.headers[c], l, fp, r)
+        });
+        match shared.store.read_ranges(&ranges, sink).await {
+            Ok(results) if results.len() == live.len() => {
+                for (outcome, &c) in results.into_iter().zip(&live) {
+                    finish(st, l, c, outcome, 1);
                 }
             }
-            Ok(()) => {
-                if st.layers_left[c].fetch_sub(placed, Ordering::AcqRel) == placed {
-                    record(shared, reg, chunk, Ok(()), l);
+            Ok(results) => {
+                let why = format!("{} results for {} ranges", results.len(), live.len());
+                for &c in &live {
+                    finish(st, l, c, Err(Error::Store(why.clone())), 1);
+                }
+            }
+            Err(e) => {
+                for &c in &live {
+                    finish(st, l, c, Err(Error::Store(e.to_string())), 1);
                 }
             }
         }
     }
-    if !whole && st.chunks_left[l].fetch_sub(1, Ordering::AcqRel) == 1 {
-        st.progress.layer_done(l);
+    for _ in 0..st.chunks.len() {
+        if st.chunks_left[l].fetch_sub(1, Ordering::AcqRel) == 1 {
+            st.progress.layer_done(l);
+        }
+    }
+}
+
+/// Counts the outcome of a read of chunk `c` that placed `placed` layers: the
+/// chunk's first failure reports it, its last layer placed counts it loaded.
+fn finish(st: &LoadState, l: usize, c: usize, outcome: Result<bool>, placed: usize) {
+    let (shared, reg, chunk) = (&st.shared, &st.reg, &st.chunks[c]);
+    let outcome = match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(corrupt(&chunk.key, "absent")),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Err(e) => {
+            if !st.failed[c].swap(true, Ordering::AcqRel) {
+                record(shared, reg, chunk, Err(e), l);
+            }
+        }
+        Ok(()) => {
+            if st.layers_left[c].fetch_sub(placed, Ordering::AcqRel) == placed {
+                record(shared, reg, chunk, Ok(()), l);
+            }
+        }
     }
 }
 

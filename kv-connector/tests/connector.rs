@@ -10,6 +10,7 @@ use bytes::Bytes;
 use candle_core::{DType, Device, Tensor};
 use futures::future::BoxFuture;
 use strata_kv_connector::meta::ConnectorMetadata;
+use strata_kv_connector::store::BatchSink;
 use strata_kv_connector::{
     ChunkKeys, ChunkStore, KvLayout, ModelFingerprint, ReadUnit, ScheduledRequest, Scheduler,
     Worker, WorkerConfig,
@@ -18,6 +19,7 @@ use strata_server::config::{ByteSize, Config};
 use strata_server::{Running, Server};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
+use strata_transport::wire::KeyRange;
 use strata_transport::{Client, ClientOptions};
 
 const LAYERS: usize = 4;
@@ -440,11 +442,24 @@ fn corrupt_chunks(read_unit: ReadUnit, carrier: CarrierChoice) {
 }
 
 /// The real client, with a fault: the `n`-th read stops the real server first.
+/// With `batch`, the loader reads a layer of every chunk per request.
 struct StopsServer {
     inner: Client,
     calls: AtomicUsize,
     n: usize,
     server: parking_lot::Mutex<Option<Running>>,
+    batch: bool,
+}
+
+impl StopsServer {
+    async fn count_call(&self) {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
+            let r = self.server.lock().take();
+            if let Some(r) = r {
+                r.shutdown().await.unwrap();
+            }
+        }
+    }
 }
 
 impl ChunkStore for StopsServer {
@@ -462,13 +477,23 @@ impl ChunkStore for StopsServer {
         len: u64,
     ) -> BoxFuture<'a, strata_kv_connector::Result<Option<Bytes>>> {
         Box::pin(async move {
-            if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
-                let r = self.server.lock().take();
-                if let Some(r) = r {
-                    r.shutdown().await.unwrap();
-                }
-            }
+            self.count_call().await;
             ChunkStore::get_range(&self.inner, key, offset, len).await
+        })
+    }
+
+    fn batches_reads(&self) -> bool {
+        self.batch
+    }
+
+    fn read_ranges<'a>(
+        &'a self,
+        ranges: &'a [KeyRange],
+        sink: BatchSink<'a>,
+    ) -> BoxFuture<'a, strata_kv_connector::Result<Vec<strata_kv_connector::Result<bool>>>> {
+        Box::pin(async move {
+            self.count_call().await;
+            ChunkStore::read_ranges(&self.inner, ranges, sink).await
         })
     }
 
@@ -487,6 +512,11 @@ impl ChunkStore for StopsServer {
 
 #[test]
 fn a_server_stopped_mid_load_fails_the_unloaded_blocks() {
+    server_stopped_mid_load(false);
+    server_stopped_mid_load(true);
+}
+
+fn server_stopped_mid_load(batch: bool) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let r = server(&rt, dir.path());
@@ -494,9 +524,11 @@ fn a_server_stopped_mid_load_fails_the_unloaded_blocks() {
         inner: client(&rt, &r, CarrierChoice::Tcp),
         calls: AtomicUsize::new(0),
         // Layer-major with a window of 1: reads 1..=2 are layer 0 of both chunks,
-        // the 3rd (layer 1 of chunk 0) finds the server gone.
-        n: 3,
+        // the 3rd (layer 1 of chunk 0) finds the server gone. Batched: read 1 is
+        // layer 0 of both chunks, the 2nd (layer 1 of both) finds it gone.
+        n: if batch { 2 } else { 3 },
         server: parking_lot::Mutex::new(Some(r)),
+        batch,
     });
     let store: Arc<dyn ChunkStore> = faulty.clone();
     let (mut sched, mut a) = (
@@ -528,7 +560,7 @@ fn a_server_stopped_mid_load_fails_the_unloaded_blocks() {
     // Layer 1 of each chunk fails once; layers 2 and 3 are never asked for.
     assert_eq!(
         faulty.calls.load(Ordering::SeqCst),
-        4,
+        if batch { 2 } else { 4 },
         "a failed chunk is not read further"
     );
     assert_eq!(b.worker.stats().chunks_loaded.load(Ordering::Relaxed), 0);

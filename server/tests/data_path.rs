@@ -10,7 +10,7 @@ use strata_server::{Running, Server};
 use strata_tiers::Key;
 use strata_transport::data::{Carrier, CarrierChoice, DataOptions};
 use strata_transport::wire::{
-    FLAG_LEASE, HEADER_LEN, Header, Limits, Op, Request, Status, request_frame, response,
+    FLAG_LEASE, HEADER_LEN, Header, KeyRange, Limits, Op, Request, Status, request_frame, response,
 };
 use strata_transport::{Client, ClientError, ClientOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,6 +99,59 @@ async fn exercise(c: &Client) {
             .await
             .unwrap()
             .is_none()
+    );
+    // MGET_RANGE: a range across a page edge, a miss, a range past the end (its
+    // own error), and a whole value; each present range handed to the reader.
+    let ranges = [
+        KeyRange {
+            key: k("kv/t/big"),
+            offset: (1 << 20) - 7,
+            length: Some(100),
+        },
+        KeyRange {
+            key: k("kv/t/none"),
+            offset: 0,
+            length: None,
+        },
+        KeyRange {
+            key: k("kv/t/small"),
+            offset: 2000,
+            length: Some(1),
+        },
+        KeyRange {
+            key: k("kv/t/small"),
+            offset: 0,
+            length: None,
+        },
+    ];
+    let got = c
+        .mget_range_with(&ranges, |i, r| {
+            let mut v = vec![0u8; r.remaining() as usize];
+            r.read_exact(&mut v).unwrap();
+            (i, v)
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4);
+    assert_eq!(
+        got[0].as_ref().unwrap().as_ref().unwrap(),
+        &(0, big[(1 << 20) - 7..(1 << 20) + 93].to_vec())
+    );
+    assert!(got[1].as_ref().unwrap().is_none(), "a miss");
+    assert!(
+        matches!(
+            got[2],
+            Err(ClientError::Data {
+                status: Status::Range,
+                ..
+            })
+        ),
+        "{:?}",
+        got[2]
+    );
+    assert_eq!(
+        got[3].as_ref().unwrap().as_ref().unwrap(),
+        &(3, small.to_vec())
     );
     // MGET: hits and a miss, in order.
     let got = c

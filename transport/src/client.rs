@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert::key_to_proto;
 use crate::data::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions, ValueReader};
 use crate::error::{ClientError, Result};
+use crate::wire::KeyRange;
 
 /// Largest message the client accepts or sends.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -308,6 +309,29 @@ impl Client {
             .grpc_get_range(key, offset, length)
             .await?
             .map(|(info, b)| f(info.total_length, &mut ValueReader::new(&b))))
+    }
+
+    /// Reads a range of each of many values and hands each present one to `f` with
+    /// its index: one MGET_RANGE request on the data path (see
+    /// [`DataClient::mget_range_with`]), one Get per range over gRPC. One result
+    /// per range: `Some` with what `f` returned, `None` if absent, or its error.
+    pub async fn mget_range_with<R>(
+        &self,
+        ranges: &[KeyRange],
+        mut f: impl FnMut(usize, &mut ValueReader<'_>) -> R,
+    ) -> Result<Vec<Result<Option<R>>>> {
+        if let Some(d) = &self.data {
+            return d.mget_range_with(ranges, f).await;
+        }
+        let mut out = Vec::with_capacity(ranges.len());
+        for (i, r) in ranges.iter().enumerate() {
+            out.push(
+                self.grpc_get_range(&r.key, r.offset, r.length)
+                    .await
+                    .map(|got| got.map(|(_, b)| f(i, &mut ValueReader::new(&b)))),
+            );
+        }
+        Ok(out)
     }
 
     /// Reads whole values of many keys (one request on the data path); `None` for

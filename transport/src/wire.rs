@@ -68,6 +68,9 @@ pub enum Op {
     MatchPrefix = 10,
     /// Release leases (shared memory, RDMA).
     Release = 11,
+    /// Read a range of each of a batch of values; one status per range, answered as
+    /// MGET is.
+    MGetRange = 12,
 }
 
 impl Op {
@@ -84,6 +87,7 @@ impl Op {
             9 => Self::Delete,
             10 => Self::MatchPrefix,
             11 => Self::Release,
+            12 => Self::MGetRange,
             _ => return None,
         })
     }
@@ -396,6 +400,22 @@ pub enum Request {
         /// Lease ids (at most [`MAX_BATCH`]).
         leases: Vec<u64>,
     },
+    /// Read a range of each of a batch of values.
+    MGetRange {
+        /// The ranges (at most [`MAX_BATCH`]).
+        ranges: Vec<KeyRange>,
+    },
+}
+
+/// A range of one value, in an [`Request::MGetRange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    /// The key.
+    pub key: Key,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes, or to the end.
+    pub length: Option<u64>,
 }
 
 impl Request {
@@ -413,6 +433,7 @@ impl Request {
             Self::Delete { .. } => Op::Delete,
             Self::MatchPrefix { .. } => Op::MatchPrefix,
             Self::Release { .. } => Op::Release,
+            Self::MGetRange { .. } => Op::MGetRange,
         }
     }
 
@@ -458,6 +479,14 @@ impl Request {
                 out.put_u32_le(leases.len() as u32);
                 for l in leases {
                     out.put_u64_le(*l);
+                }
+            }
+            Self::MGetRange { ranges } => {
+                out.put_u32_le(ranges.len() as u32);
+                for r in ranges {
+                    put_key(out, &r.key);
+                    out.put_u64_le(r.offset);
+                    out.put_u64_le(r.length.unwrap_or(u64::MAX));
                 }
             }
         }
@@ -553,6 +582,25 @@ impl Request {
                     leases.push(r.u64_le().map_err(err)?);
                 }
                 Self::Release { leases }
+            }
+            Op::MGetRange => {
+                no_data("MGET_RANGE")?;
+                let n = take_count(&mut r, MAX_BATCH).map_err(err)?;
+                if n == 0 {
+                    return Err(err("an empty range list".into()));
+                }
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let key = take_key(&mut r).map_err(err)?;
+                    let offset = r.u64_le().map_err(err)?;
+                    let length = r.u64_le().map_err(err)?;
+                    ranges.push(KeyRange {
+                        key,
+                        offset,
+                        length: (length != u64::MAX).then_some(length),
+                    });
+                }
+                Self::MGetRange { ranges }
             }
         };
         if !r.is_empty() {
@@ -920,6 +968,23 @@ mod tests {
         roundtrip(
             Request::MGet {
                 keys: vec![key("a"), key("b")],
+            },
+            b"",
+        );
+        roundtrip(
+            Request::MGetRange {
+                ranges: vec![
+                    KeyRange {
+                        key: key("a"),
+                        offset: 3,
+                        length: Some(4),
+                    },
+                    KeyRange {
+                        key: key("b"),
+                        offset: 0,
+                        length: None,
+                    },
+                ],
             },
             b"",
         );

@@ -20,6 +20,7 @@ fn seed_frames_decode_as_documented() {
         ("delete", Some(Op::Delete)),
         ("match-prefix", Some(Op::MatchPrefix)),
         ("release", Some(Op::Release)),
+        ("mget-range", Some(Op::MGetRange)),
         ("bad-magic", None),
         ("truncated-key", None),
         ("huge-data", None),

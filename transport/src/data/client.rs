@@ -23,8 +23,8 @@ use super::server::write_all_vectored;
 use super::shm::{self, Mapping, ValueReader};
 use crate::error::{ClientError, Result};
 use crate::wire::{
-    FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, Op, Request, Status,
-    request_frame, response,
+    FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, KeyRange, Lease, Limits, Op, Request,
+    Status, request_frame, response,
 };
 
 /// The carrier a data client uses.
@@ -513,6 +513,77 @@ impl DataClient {
             }
         })
         .await
+    }
+
+    /// Reads a range of each of many values in one request (MGET_RANGE) and hands
+    /// each present one to `f` with its index in `ranges`, in order, as a
+    /// [`ValueReader`] (over shared memory, straight out of the leased arena). One
+    /// result per range: `Some` with what `f` returned, `None` when the key is
+    /// absent (and `f` is not called for it), or that range's own error.
+    ///
+    /// As with [`get_range_with`](Self::get_range_with), when the whole call fails
+    /// after `f` ran (a lease outlived half its ttl), what `f` copied is void; the
+    /// request alone is retried, never `f`.
+    pub async fn mget_range_with<R>(
+        &self,
+        ranges: &[KeyRange],
+        mut f: impl FnMut(usize, &mut ValueReader<'_>) -> R,
+    ) -> Result<Vec<Result<Option<R>>>> {
+        let req = Request::MGetRange {
+            ranges: ranges.to_vec(),
+        };
+        let frame = self
+            .retry(|| self.call(&req, self.lease_flag(), None))
+            .await?;
+        let items = response::decode_mget(&frame.meta).map_err(proto)?;
+        if items.len() != ranges.len() {
+            return Err(proto(format!(
+                "MGET_RANGE of {} ranges answered {} items",
+                ranges.len(),
+                items.len()
+            )));
+        }
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(items.len());
+        let mut pos = 0usize;
+        let mut leases = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            out.push(match item.status {
+                Status::NotFound => Ok(None),
+                Status::Ok => match &item.lease {
+                    Some(lease) => {
+                        leases.push(lease);
+                        self.with_extents(&lease.extents, item.len, |r| f(i, r))
+                            .map(Some)
+                            .map_err(ClientError::Io)
+                    }
+                    None => {
+                        let end = pos.saturating_add(item.len as usize);
+                        match frame.data.get(pos..end) {
+                            Some(b) => {
+                                pos = end;
+                                Ok(Some(f(i, &mut ValueReader::new(b))))
+                            }
+                            None => Err(proto("MGET_RANGE data shorter than its items")),
+                        }
+                    }
+                },
+                status => Err(ClientError::Data {
+                    op: Op::MGetRange,
+                    status,
+                    message: format!("range {i} of the batch failed"),
+                }),
+            });
+        }
+        let ttl = leases.iter().map(|l| l.ttl_ms).min();
+        let ok = ttl.is_none_or(|t| start.elapsed() < Duration::from_millis(u64::from(t)) / 2);
+        for l in &leases {
+            self.release(l.id).await;
+        }
+        if let (false, Some(t)) = (ok, ttl) {
+            return Err(ClientError::Timeout(Duration::from_millis(u64::from(t))));
+        }
+        Ok(out)
     }
 
     /// Stores a value; the server checks it against its CRC-32C before it becomes

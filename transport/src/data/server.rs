@@ -481,7 +481,23 @@ impl DataServer {
                     Err(e) => fail(op, id, e),
                 }
             })),
-            Request::MGet { keys } => Some(Box::pin(async move { me.mget(id, keys, lease).await })),
+            Request::MGet { keys } => Some(Box::pin(async move {
+                let ranges = keys.iter().map(|k| (k, ByteRange::default())).collect();
+                me.mget(Op::MGet, id, ranges, lease).await
+            })),
+            Request::MGetRange { ranges } => Some(Box::pin(async move {
+                let ranges = ranges
+                    .iter()
+                    .map(|r| {
+                        let range = ByteRange {
+                            offset: r.offset,
+                            length: r.length,
+                        };
+                        (&r.key, range)
+                    })
+                    .collect();
+                me.mget(Op::MGetRange, id, ranges, lease).await
+            })),
             Request::Put { key, crc32c } => {
                 match self.store.reserve(&key, h.data_len, Some(crc32c)) {
                     Ok(res) => {
@@ -700,11 +716,12 @@ impl DataServer {
         Out::ok(Op::Get, id, m, data)
     }
 
-    async fn mget(&self, id: u64, keys: Vec<Key>, lease: bool) -> Out {
+    /// Answers an MGET or MGET_RANGE: each range read at once, then leased or
+    /// inlined in order.
+    async fn mget(&self, op: Op, id: u64, ranges: Vec<(&Key, ByteRange)>, lease: bool) -> Out {
         let reads =
-            futures::future::join_all(keys.iter().map(|k| self.read(k, ByteRange::default())))
-                .await;
-        let mut items = Vec::with_capacity(keys.len());
+            futures::future::join_all(ranges.into_iter().map(|(k, r)| self.read(k, r))).await;
+        let mut items = Vec::with_capacity(reads.len());
         let mut data = Vec::new();
         let mut data_bytes = 0u64;
         for r in reads {
@@ -743,7 +760,7 @@ impl DataServer {
         }
         let mut m = BytesMut::with_capacity(16 + items.len() * 16);
         response::encode_mget(&mut m, &items);
-        Out::ok(Op::MGet, id, m, data)
+        Out::ok(op, id, m, data)
     }
 }
 
