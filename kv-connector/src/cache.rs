@@ -170,10 +170,11 @@ pub fn gather(t: &Tensor, g: &CacheGeometry, blocks: &[u32], out: &mut [u8]) -> 
 
 /// Reads one stored layer, laid out `(kv, src_blocks, row)`, from `src` in order,
 /// copies stored blocks `first .. first + blocks.len()` into the cache's `blocks` and
-/// returns the CRC-32C of the whole layer. Each row is summed right after it is
-/// copied, out of the copy (still in L1): the bytes are read once, and what is
-/// checked is what was placed, not the source, which for a leased arena could change
-/// under a broken lease. Rows not loaded pass through a scratch row to be summed.
+/// returns the CRC-32C of the whole layer. Each row is summed in the same pass
+/// that copies it, from the words as they are stored
+/// ([`ValueReader::read_exact_crc32c`]): the bytes are read once, and what is
+/// checked is what was placed, not the source, which for a leased arena could
+/// change under a broken lease. Rows not loaded pass through a scratch row.
 pub fn scatter_from(
     t: &Tensor,
     g: &CacheGeometry,
@@ -261,8 +262,9 @@ impl candle_core::InplaceOp1 for ScatterFrom<'_, '_, '_> {
                             &mut scratch
                         }
                     };
-                src.read_exact(row).map_err(candle_core::Error::wrap)?;
-                crc = crc32c::crc32c_append(crc, row);
+                crc = src
+                    .read_exact_crc32c(row, crc)
+                    .map_err(candle_core::Error::wrap)?;
             }
         }
         self.crc.set(crc);

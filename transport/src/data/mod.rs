@@ -3,6 +3,7 @@
 //! client). `docs/data-path.md` describes both.
 
 mod client;
+mod crc_copy;
 mod lease;
 #[cfg(feature = "rdma")]
 pub mod rdma;

@@ -315,6 +315,17 @@ impl<'a> ValueReader<'a> {
     /// Copies the next `dst.len()` bytes into `dst`; `UnexpectedEof` (and nothing
     /// read) if fewer remain.
     pub fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        self.copy_out(dst, None).map(drop)
+    }
+
+    /// As [`read_exact`](Self::read_exact), and returns `crc32c_append(crc, the
+    /// bytes)`, summed in the same pass as the copy out of the registers the copy
+    /// moves through: the sum is of what was written to `dst`.
+    pub fn read_exact_crc32c(&mut self, dst: &mut [u8], crc: u32) -> io::Result<u32> {
+        self.copy_out(dst, Some(crc)).map(|c| c.unwrap_or(crc))
+    }
+
+    fn copy_out(&mut self, dst: &mut [u8], mut crc: Option<u32>) -> io::Result<Option<u32>> {
         if (dst.len() as u64) > self.left {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -326,10 +337,21 @@ impl<'a> ValueReader<'a> {
             ));
         }
         self.left -= dst.len() as u64;
+        // Copies `n` bytes from `from` to `to`, summing them when asked.
+        let mut piece = |from: *const u8, to: *mut u8, n: usize| {
+            // SAFETY: callers below pass `n` readable bytes at `from` (a checked
+            // extent, or a slice) and `n` writable bytes at `to` (inside `dst`).
+            unsafe {
+                match crc.as_mut() {
+                    Some(c) => *c = super::crc_copy::copy_crc32c(*c, from, to, n),
+                    None => std::ptr::copy_nonoverlapping(from, to, n),
+                }
+            }
+        };
         match &mut self.parts {
             Parts::Buf(b) => {
                 let (head, tail) = b.split_at(dst.len());
-                dst.copy_from_slice(head);
+                piece(head.as_ptr(), dst.as_mut_ptr(), head.len());
                 *b = tail;
             }
             Parts::Mapped {
@@ -342,15 +364,17 @@ impl<'a> ValueReader<'a> {
                     let e = extents[0];
                     let n = ((e.len - *at) as usize).min(dst.len() - pos);
                     let off = e.offset + *at;
-                    // SAFETY: the extent lies inside the mapping (checked when the
-                    // reader was made) and [off, off + n) inside the extent.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            mapping.base.as_ptr().add(off as usize),
+                    // The extent lies inside the mapping (checked when the reader
+                    // was made) and [off, off + n) inside the extent;
+                    // [pos, pos + n) is inside `dst`.
+                    // SAFETY: in-bounds pointer arithmetic, per the above.
+                    let (from, to) = unsafe {
+                        (
+                            mapping.base.as_ptr().add(off as usize).cast_const(),
                             dst.as_mut_ptr().add(pos),
-                            n,
-                        );
-                    }
+                        )
+                    };
+                    piece(from, to, n);
                     pos += n;
                     *at += n as u64;
                     if *at == e.len {
@@ -360,7 +384,7 @@ impl<'a> ValueReader<'a> {
                 }
             }
         }
-        Ok(())
+        Ok(crc)
     }
 
     /// Passes over the next `n` bytes; `UnexpectedEof` if fewer remain.
@@ -471,6 +495,14 @@ mod tests {
         assert_eq!(&got[17..], &want[17..]);
         let e = r.read_exact(&mut [0u8; 1]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+
+        // Summed as it copies, across extent edges.
+        let mut r = m.reader(&extents, 32).unwrap();
+        let mut all = [0u8; 32];
+        let crc = r.read_exact_crc32c(&mut all[..20], 7).unwrap();
+        let crc = r.read_exact_crc32c(&mut all[20..], crc).unwrap();
+        assert_eq!(&all[..], &want[..]);
+        assert_eq!(crc, crc32c::crc32c_append(7, &want));
 
         // The same through a buffer reader.
         let mut b = ValueReader::new(&want);
