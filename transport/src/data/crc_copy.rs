@@ -155,4 +155,20 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_from_any_start(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..(4 * 3 * SEG + 100)),
+            off in 0usize..8,
+            crc in proptest::prelude::any::<u32>(),
+        ) {
+            let s = &bytes[off.min(bytes.len())..];
+            let mut dst = vec![0u8; s.len()];
+            // SAFETY: both buffers hold `s.len()` bytes; distinct allocations.
+            let got = unsafe { copy_crc32c(crc, s.as_ptr(), dst.as_mut_ptr(), s.len()) };
+            proptest::prop_assert_eq!(&dst[..], s);
+            proptest::prop_assert_eq!(got, crc32c::crc32c_append(crc, s));
+        }
+    }
 }
