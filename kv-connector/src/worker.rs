@@ -23,7 +23,7 @@ use candle_core::Tensor;
 use futures::StreamExt;
 use parking_lot::{Condvar, Mutex};
 use strata_transport::data::ValueReader;
-use strata_transport::wire::KeyRange;
+use strata_transport::wire::{KeyRange, MAX_BATCH};
 
 use crate::cache::{self, CacheGeometry};
 use crate::chunk::{ChunkShape, Header};
@@ -455,6 +455,9 @@ async fn load(
         chunks,
         progress: progress.clone(),
     });
+    // However this ends (a lane's panic, this task dropped), no chunk is left
+    // neither loaded nor reported, and no waiter is left waiting.
+    let _guard = Unfinished(st.clone());
     // With a store that batches, a layer of every chunk is one request.
     let batch = unit == ReadUnit::Layer && st.shared.store.batches_reads();
     let per_layer = |l: usize| -> Vec<Job> {
@@ -499,6 +502,26 @@ async fn load(
         }
     }
     progress.set(usize::MAX);
+}
+
+/// Reports, when dropped, every chunk of a load that is neither placed whole nor
+/// reported yet (for recompute), then marks every layer done. A load that ran to
+/// its end has none left.
+struct Unfinished(Arc<LoadState>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let st = &self.0;
+        for c in 0..st.chunks.len() {
+            if !st.failed[c].load(Ordering::Acquire)
+                && st.layers_left[c].load(Ordering::Acquire) > 0
+            {
+                let e = Error::Store("the load stopped before this chunk was placed".into());
+                finish(st, 0, c, Err(e), 0);
+            }
+        }
+        st.progress.set(usize::MAX);
+    }
 }
 
 /// One read of a load.
@@ -573,7 +596,8 @@ async fn load_layer(st: &LoadState, l: usize) {
     let live: Vec<usize> = (0..st.chunks.len())
         .filter(|&c| !st.failed[c].load(Ordering::Acquire))
         .collect();
-    if !live.is_empty() {
+    // A batch is at most MAX_BATCH ranges; a longer load sends several.
+    for live in live.chunks(MAX_BATCH) {
         let (offset, len) = layer_range(&reg.shape, l);
         let ranges: Vec<KeyRange> = live
             .iter()
@@ -583,25 +607,25 @@ async fn load_layer(st: &LoadState, l: usize) {
                 length: Some(len),
             })
             .collect();
-        let (live_ref, fp) = (&live, &shared.fingerprint);
+        let (live_ref, fp) = (live, &shared.fingerprint);
         let sink: BatchSink<'_> = Box::new(move |i, r| {
             let c = live_ref[i];
             place(reg, &st.chunks[c], &st.headers[c], l, fp, r)
         });
         match shared.store.read_ranges(&ranges, sink).await {
             Ok(results) if results.len() == live.len() => {
-                for (outcome, &c) in results.into_iter().zip(&live) {
+                for (outcome, &c) in results.into_iter().zip(live) {
                     finish(st, l, c, outcome, 1);
                 }
             }
             Ok(results) => {
                 let why = format!("{} results for {} ranges", results.len(), live.len());
-                for &c in &live {
+                for &c in live {
                     finish(st, l, c, Err(Error::Store(why.clone())), 1);
                 }
             }
             Err(e) => {
-                for &c in &live {
+                for &c in live {
                     finish(st, l, c, Err(Error::Store(e.to_string())), 1);
                 }
             }

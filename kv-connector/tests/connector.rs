@@ -449,11 +449,14 @@ struct StopsServer {
     n: usize,
     server: parking_lot::Mutex<Option<Running>>,
     batch: bool,
+    /// Panic at the `n`-th read instead (a bug in a store).
+    panic: bool,
 }
 
 impl StopsServer {
     async fn count_call(&self) {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
+            assert!(!self.panic, "a store that panics mid-load");
             let r = self.server.lock().take();
             if let Some(r) = r {
                 r.shutdown().await.unwrap();
@@ -512,11 +515,16 @@ impl ChunkStore for StopsServer {
 
 #[test]
 fn a_server_stopped_mid_load_fails_the_unloaded_blocks() {
-    server_stopped_mid_load(false);
-    server_stopped_mid_load(true);
+    server_stopped_mid_load(false, false);
+    server_stopped_mid_load(true, false);
 }
 
-fn server_stopped_mid_load(batch: bool) {
+#[test]
+fn a_store_that_panics_mid_load_fails_the_unloaded_blocks_without_hanging() {
+    server_stopped_mid_load(false, true);
+}
+
+fn server_stopped_mid_load(batch: bool, panic: bool) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let r = server(&rt, dir.path());
@@ -529,6 +537,7 @@ fn server_stopped_mid_load(batch: bool) {
         n: if batch { 2 } else { 3 },
         server: parking_lot::Mutex::new(Some(r)),
         batch,
+        panic,
     });
     let store: Arc<dyn ChunkStore> = faulty.clone();
     let (mut sched, mut a) = (
@@ -557,13 +566,18 @@ fn server_stopped_mid_load(batch: bool) {
         blocks_b[..8].to_vec(),
         "both chunks failed after layer 0"
     );
+    assert_eq!(b.worker.stats().chunks_loaded.load(Ordering::Relaxed), 0);
+    if panic {
+        // The lane died at its first read; the load's guard reported both chunks.
+        assert_eq!(faulty.calls.load(Ordering::SeqCst), 3);
+        return;
+    }
     // Layer 1 of each chunk fails once; layers 2 and 3 are never asked for.
     assert_eq!(
         faulty.calls.load(Ordering::SeqCst),
         if batch { 2 } else { 4 },
         "a failed chunk is not read further"
     );
-    assert_eq!(b.worker.stats().chunks_loaded.load(Ordering::Relaxed), 0);
     // With the server gone, the scheduler sees a miss, not an error.
     assert_eq!(sched_b.get_num_new_matched_tokens(&tokens, 0), 0);
 }

@@ -537,6 +537,9 @@ impl DataClient {
             .await?;
         let items = response::decode_mget(&frame.meta).map_err(proto)?;
         if items.len() != ranges.len() {
+            for lease in items.iter().filter_map(|i| i.lease.as_ref()) {
+                self.release(lease.id).await;
+            }
             return Err(proto(format!(
                 "MGET_RANGE of {} ranges answered {} items",
                 ranges.len(),
