@@ -9,8 +9,9 @@
 //! cache's blocks (over shared memory, out of the server's arena) and summed as it
 //! goes; the sum is checked against the chunk header's CRC. A chunk that is
 //! missing, short, corrupt or unreachable marks its destination blocks as load
-//! errors and no further layer of it is read. Saves gather each layer on a saver thread as the forward pass goes,
-//! and the chunk is written in one PUT after its last layer.
+//! errors and no further layer of it is read. Saves gather each layer on a saver
+//! thread as the forward pass goes, and the chunk is written in one PUT after its
+//! last layer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -106,13 +107,10 @@ struct ProgressState {
 }
 
 impl Progress {
-    /// Marks the first `n` layers done (`usize::MAX`: all of them).
-    fn set(&self, n: usize) {
-        let mut s = self.state.lock();
-        if n > s.prefix {
-            s.prefix = n;
-            self.cv.notify_all();
-        }
+    /// Marks every layer done.
+    fn all_done(&self) {
+        self.state.lock().prefix = usize::MAX;
+        self.cv.notify_all();
     }
 
     /// Marks layer `l` done.
@@ -195,7 +193,7 @@ impl Worker {
             config,
         });
         let progress = Arc::new(Progress::default());
-        progress.set(usize::MAX);
+        progress.all_done();
         Self {
             keys,
             shared,
@@ -325,7 +323,7 @@ impl Worker {
         let progress = Arc::new(Progress::default());
         self.progress = progress.clone();
         if chunks.is_empty() {
-            progress.set(usize::MAX);
+            progress.all_done();
             return Ok(());
         }
         let shared = self.shared.clone();
@@ -453,7 +451,7 @@ async fn load(
         layers_left: (0..n).map(|_| AtomicUsize::new(layers)).collect(),
         chunks_left: (0..layers).map(|_| AtomicUsize::new(n)).collect(),
         chunks,
-        progress: progress.clone(),
+        progress,
     });
     // However this ends (a lane's panic, this task dropped), no chunk is left
     // neither loaded nor reported, and no waiter is left waiting.
@@ -501,7 +499,7 @@ async fn load(
             tracing::error!(error = %e, "kv load lane panicked");
         }
     }
-    progress.set(usize::MAX);
+    // `_guard` marks every layer done as it drops.
 }
 
 /// Reports, when dropped, every chunk of a load that is neither placed whole nor
@@ -520,7 +518,7 @@ impl Drop for Unfinished {
                 finish(st, 0, c, Err(e), 0);
             }
         }
-        st.progress.set(usize::MAX);
+        st.progress.all_done();
     }
 }
 
@@ -596,9 +594,9 @@ async fn load_layer(st: &LoadState, l: usize) {
     let live: Vec<usize> = (0..st.chunks.len())
         .filter(|&c| !st.failed[c].load(Ordering::Acquire))
         .collect();
+    let (offset, len) = layer_range(&reg.shape, l);
     // A batch is at most MAX_BATCH ranges; a longer load sends several.
     for live in live.chunks(MAX_BATCH) {
-        let (offset, len) = layer_range(&reg.shape, l);
         let ranges: Vec<KeyRange> = live
             .iter()
             .map(|&c| KeyRange {
@@ -631,10 +629,9 @@ async fn load_layer(st: &LoadState, l: usize) {
             }
         }
     }
-    for _ in 0..st.chunks.len() {
-        if st.chunks_left[l].fetch_sub(1, Ordering::AcqRel) == 1 {
-            st.progress.layer_done(l);
-        }
+    let n = st.chunks.len();
+    if st.chunks_left[l].fetch_sub(n, Ordering::AcqRel) == n {
+        st.progress.layer_done(l);
     }
 }
 
@@ -865,7 +862,7 @@ mod tests {
         p.layer_done(1);
         waiter.join().unwrap();
         assert_eq!(p.state.lock().prefix, 3);
-        p.set(usize::MAX);
+        p.all_done();
         p.wait_for(1000);
     }
 }

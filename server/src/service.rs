@@ -232,24 +232,20 @@ impl Cache for CacheService {
         tokio::spawn(async move {
             let mut info = Some(info);
             let mut pos = start;
-            let (first, last) = ((start / ps) as u32, ((end - 1) / ps) as u32);
             // Pages missing from the cache are read from the origin a few at a
             // time while earlier ones are sent.
-            let mut pages = futures::stream::iter(first..=last)
-                .map(|i| store.read_page(&entry, i))
-                .buffered(strata_tiers::PAGE_READAHEAD)
-                .zip(futures::stream::iter(first..=last));
-            while let Some((page, index)) = pages.next().await {
-                let page = match page {
-                    Ok(p) => p,
+            let pages = store.range_pages(&entry, start, end);
+            let mut pages = std::pin::pin!(pages);
+            while let Some(slice) = pages.next().await {
+                let slice = match slice {
+                    Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(to_status(e))).await;
                         return;
                     }
                 };
-                let base = u64::from(index) * ps;
-                let page_end = (base + page.len() as u64).min(end);
-                for msg in page_chunks(&page, base, pos, page_end, chunk, &mut info) {
+                let page_end = pos + slice.len() as u64;
+                for msg in page_chunks(&slice, pos, pos, page_end, chunk, &mut info) {
                     bytes_out
                         .bytes_out
                         .fetch_add(msg.chunk.len() as u64, Ordering::Relaxed);

@@ -445,11 +445,7 @@ impl Request {
                 key,
                 offset,
                 length,
-            } => {
-                put_key(out, key);
-                out.put_u64_le(*offset);
-                out.put_u64_le(length.unwrap_or(u64::MAX));
-            }
+            } => put_range(out, key, *offset, *length),
             Self::MGet { keys } | Self::MatchPrefix { keys } => {
                 out.put_u32_le(keys.len() as u32);
                 for k in keys {
@@ -484,9 +480,7 @@ impl Request {
             Self::MGetRange { ranges } => {
                 out.put_u32_le(ranges.len() as u32);
                 for r in ranges {
-                    put_key(out, &r.key);
-                    out.put_u64_le(r.offset);
-                    out.put_u64_le(r.length.unwrap_or(u64::MAX));
+                    put_range(out, &r.key, r.offset, r.length);
                 }
             }
         }
@@ -516,13 +510,15 @@ impl Request {
             }
             Op::Get => {
                 no_data("GET")?;
-                let key = take_key(&mut r).map_err(err)?;
-                let offset = r.u64_le().map_err(err)?;
-                let length = r.u64_le().map_err(err)?;
+                let KeyRange {
+                    key,
+                    offset,
+                    length,
+                } = take_range(&mut r).map_err(err)?;
                 Self::Get {
                     key,
                     offset,
-                    length: (length != u64::MAX).then_some(length),
+                    length,
                 }
             }
             Op::MGet | Op::MatchPrefix => {
@@ -591,14 +587,7 @@ impl Request {
                 }
                 let mut ranges = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let key = take_key(&mut r).map_err(err)?;
-                    let offset = r.u64_le().map_err(err)?;
-                    let length = r.u64_le().map_err(err)?;
-                    ranges.push(KeyRange {
-                        key,
-                        offset,
-                        length: (length != u64::MAX).then_some(length),
-                    });
+                    ranges.push(take_range(&mut r).map_err(err)?);
                 }
                 Self::MGetRange { ranges }
             }
@@ -794,6 +783,25 @@ fn put_key(out: &mut BytesMut, key: &Key) {
     let b = key.as_bytes();
     out.put_u32_le(b.len() as u32);
     out.put_slice(b);
+}
+
+/// `key, u64 offset, u64 length` (`u64::MAX`: to the end), as GET and MGET_RANGE
+/// carry a range.
+fn put_range(out: &mut BytesMut, key: &Key, offset: u64, length: Option<u64>) {
+    put_key(out, key);
+    out.put_u64_le(offset);
+    out.put_u64_le(length.unwrap_or(u64::MAX));
+}
+
+fn take_range(r: &mut Reader<'_>) -> Result<KeyRange, String> {
+    let key = take_key(r)?;
+    let offset = r.u64_le()?;
+    let length = r.u64_le()?;
+    Ok(KeyRange {
+        key,
+        offset,
+        length: (length != u64::MAX).then_some(length),
+    })
 }
 
 fn take_key(r: &mut Reader<'_>) -> Result<Key, String> {

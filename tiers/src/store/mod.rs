@@ -345,28 +345,38 @@ impl TieredStore {
             return Ok((start, Vec::new()));
         }
         let ps = u64::from(entry.head.page_size);
-        let (first, last) = ((start / ps) as u32, ((end - 1) / ps) as u32);
-        let pages = if first == last {
-            vec![self.read_page(entry, first).await?]
+        let out = if start / ps == (end - 1) / ps {
+            let index = (start / ps) as u32;
+            let page = self.read_page(entry, index).await?;
+            vec![clip(page, u64::from(index) * ps, start, end)]
         } else {
-            // Missing pages are read from the origin up to PAGE_READAHEAD at a time.
-            futures::stream::iter(first..=last)
-                .map(|i| self.read_page(entry, i))
-                .buffered(PAGE_READAHEAD)
-                .try_collect::<Vec<_>>()
-                .await?
+            self.range_pages(entry, start, end).try_collect().await?
         };
-        let out = pages
-            .into_iter()
-            .zip(first..)
-            .map(|(page, index)| {
-                let base = u64::from(index) * ps;
-                let from = start.max(base) - base;
-                let to = (base + page.len() as u64).min(end) - base;
-                page.slice(from as usize..to as usize)
-            })
-            .collect();
         Ok((start, out))
+    }
+
+    /// The bytes `[start, end)` of a found value (a resolved range), as one slice
+    /// of each page it spans, in order. Pages missing from the cache are read from
+    /// the origin up to [`PAGE_READAHEAD`] at a time while earlier slices are
+    /// taken, so what a read holds stays bounded by the read-ahead.
+    pub fn range_pages<'a>(
+        &'a self,
+        entry: &'a Entry,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = Result<Bytes>> + Send + 'a {
+        let ps = u64::from(entry.head.page_size);
+        let pages = if start < end {
+            (start / ps) as u32..((end - 1) / ps) as u32 + 1
+        } else {
+            0..0
+        };
+        futures::stream::iter(pages)
+            .map(move |i| async move {
+                let page = self.read_page(entry, i).await?;
+                Ok(clip(page, u64::from(i) * ps, start, end))
+            })
+            .buffered(PAGE_READAHEAD)
     }
 
     /// Starts a two-phase put of `len` bytes under `key`. Nothing is visible until
@@ -1174,6 +1184,13 @@ impl Inner {
         self.keep_fill(&pk, rec, policy).await;
         Ok(data)
     }
+}
+
+/// The part of a page (whose first byte is at `base`) inside `[start, end)`.
+fn clip(page: Bytes, base: u64, start: u64, end: u64) -> Bytes {
+    let from = start.max(base) - base;
+    let to = (base + page.len() as u64).min(end) - base;
+    page.slice(from as usize..to as usize)
 }
 
 /// A pin on a head in DRAM (none if it is not there), released on drop.

@@ -437,27 +437,17 @@ impl DataClient {
             return Ok(None);
         };
         let info: GetInfo = response::decode_get(&frame.meta).map_err(proto)?;
-        let Some(lease) = info.lease.as_ref() else {
-            if frame.data.len() as u64 != info.len {
-                return Err(proto(format!(
-                    "{} bytes of data for a length of {}",
-                    frame.data.len(),
-                    info.len
-                )));
+        let total = info.total_len;
+        match &info.lease {
+            Some(lease) => self
+                .under_lease(lease, info.len, |r| f(total, r))
+                .await
+                .map(Some),
+            None => {
+                check_inline(&frame.data, info.len)?;
+                Ok(Some(f(total, &mut ValueReader::new(&frame.data))))
             }
-            return Ok(Some(f(info.total_len, &mut ValueReader::new(&frame.data))));
-        };
-        let start = Instant::now();
-        let out = self.with_extents(&lease.extents, info.len, |r| f(info.total_len, r));
-        let ok = start.elapsed() < Duration::from_millis(u64::from(lease.ttl_ms)) / 2;
-        self.release(lease.id).await;
-        let out = out?;
-        if !ok {
-            return Err(ClientError::Timeout(Duration::from_millis(u64::from(
-                lease.ttl_ms,
-            ))));
         }
-        Ok(Some(out))
     }
 
     /// Reads whole values of many keys in one request; `None` for each miss.
@@ -673,18 +663,6 @@ impl DataClient {
         }
     }
 
-    /// Copies leased extents out: from the mapping (shm) or by RDMA READ.
-    fn read_extents(&self, extents: &[crate::wire::Extent], len: u64) -> std::io::Result<Vec<u8>> {
-        #[cfg(feature = "rdma")]
-        if let Some(r) = self.inner.rdma.get() {
-            return r.lock().read(extents, len, self.inner.options.timeout);
-        }
-        match &self.inner.mapping {
-            Some(m) => m.read(extents, len),
-            None => Err(std::io::Error::other("no shared memory and no RDMA link")),
-        }
-    }
-
     /// Runs `f` over leased extents: a reader of the mapping (shm), or of the bytes
     /// an RDMA READ brought.
     fn with_extents<R>(
@@ -694,8 +672,8 @@ impl DataClient {
         f: impl FnOnce(&mut ValueReader<'_>) -> R,
     ) -> std::io::Result<R> {
         #[cfg(feature = "rdma")]
-        if self.inner.rdma.get().is_some() {
-            let buf = self.read_extents(extents, len)?;
+        if let Some(r) = self.inner.rdma.get() {
+            let buf = r.lock().read(extents, len, self.inner.options.timeout)?;
             return Ok(f(&mut ValueReader::new(&buf)));
         }
         match &self.inner.mapping {
@@ -704,31 +682,37 @@ impl DataClient {
         }
     }
 
+    /// Runs `f` over a lease's extents, then queues the lease's release. What `f`
+    /// made is only good if the lease outlived it: past its ttl the server may have
+    /// reused the memory, so past half of it the call fails with a timeout. (The
+    /// lease is timed from here, after the server started it: a generous margin.)
+    async fn under_lease<R>(
+        &self,
+        lease: &Lease,
+        len: u64,
+        f: impl FnOnce(&mut ValueReader<'_>) -> R,
+    ) -> Result<R> {
+        let start = Instant::now();
+        let out = self.with_extents(&lease.extents, len, f);
+        let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
+        let ok = start.elapsed() < ttl / 2;
+        self.release(lease.id).await;
+        let out = out?;
+        if !ok {
+            return Err(ClientError::Timeout(ttl));
+        }
+        Ok(out)
+    }
+
     /// The bytes of an answer: inline data, or a copy out of leased extents (checked
     /// against the lease's lifetime, then released).
     async fn collect(&self, lease: Option<&Lease>, len: u64, inline: Bytes) -> Result<Bytes> {
-        let Some(lease) = lease else {
-            if inline.len() as u64 != len {
-                return Err(proto(format!(
-                    "{} bytes of data for a length of {len}",
-                    inline.len()
-                )));
-            }
-            return Ok(inline);
-        };
-        let start = Instant::now();
-        let buf = self.read_extents(&lease.extents, len)?;
-        // The copy is only good if the lease outlived it: past its ttl the server may
-        // have reused the memory. (The lease is timed from the answer's arrival here,
-        // which is after the server started it, so the margin is generous.)
-        let ok = start.elapsed() < Duration::from_millis(u64::from(lease.ttl_ms)) / 2;
-        self.release(lease.id).await;
-        if !ok {
-            return Err(ClientError::Timeout(Duration::from_millis(u64::from(
-                lease.ttl_ms,
-            ))));
+        match lease {
+            Some(lease) => Ok(Bytes::from(
+                self.under_lease(lease, len, |r| r.read_to_vec()).await??,
+            )),
+            None => check_inline(&inline, len).map(|()| inline),
         }
-        Ok(Bytes::from(buf))
     }
 
     /// Sends the releases that are waiting now (a client that goes idle has them sent
@@ -769,6 +753,17 @@ impl DataClient {
 
 fn proto(e: impl ToString) -> ClientError {
     ClientError::Protocol(e.to_string())
+}
+
+/// Inline data must be exactly the answer's length.
+fn check_inline(data: &[u8], len: u64) -> Result<()> {
+    if data.len() as u64 != len {
+        return Err(proto(format!(
+            "{} bytes of data for a length of {len}",
+            data.len()
+        )));
+    }
+    Ok(())
 }
 
 async fn open_tcp(addr: &str) -> Result<Conn> {

@@ -185,44 +185,6 @@ impl Mapping {
         }
     }
 
-    /// Copies the bytes of `extents`, in order, into a new buffer of `len` bytes
-    /// (their sum). The buffer is not zeroed first: one pass over the bytes.
-    pub(crate) fn read(&self, extents: &[Extent], len: u64) -> io::Result<Vec<u8>> {
-        let total = extents
-            .iter()
-            .try_fold(0u64, |a, e| a.checked_add(e.len))
-            .filter(|t| *t == len)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "extents do not sum to the length",
-                )
-            })?;
-        for e in extents {
-            self.check(e)?;
-        }
-        let mut out = Vec::<u8>::with_capacity(total as usize);
-        let mut pos = 0usize;
-        for e in extents {
-            let (off, n) = self.check(e)?;
-            // SAFETY: [off, off+n) is inside the mapping (checked), which the server
-            // does not reuse while our lease lives; the destination has capacity for
-            // `total` bytes and [pos, pos+n) stays within it since the lengths sum to
-            // `total`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.base.as_ptr().add(off),
-                    out.as_mut_ptr().add(pos),
-                    n,
-                );
-            }
-            pos += n;
-        }
-        // SAFETY: every byte of [0, total) was written above.
-        unsafe { out.set_len(total as usize) };
-        Ok(out)
-    }
-
     /// A reader over `extents`, in order, whose lengths must sum to `len`; each is
     /// checked against the mapping here.
     pub(crate) fn reader<'a>(
@@ -315,44 +277,63 @@ impl<'a> ValueReader<'a> {
     /// Copies the next `dst.len()` bytes into `dst`; `UnexpectedEof` (and nothing
     /// read) if fewer remain.
     pub fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
-        self.copy_out(dst, None).map(drop)
+        let to = dst.as_mut_ptr();
+        self.advance(dst.len() as u64, |from, pos, n| {
+            // SAFETY: `advance` hands out `n` readable bytes at `from` and
+            // [pos, pos + n) within the `dst.len()` bytes asked for.
+            unsafe { std::ptr::copy_nonoverlapping(from, to.add(pos), n) }
+        })
     }
 
     /// As [`read_exact`](Self::read_exact), and returns `crc32c_append(crc, the
     /// bytes)`, summed in the same pass as the copy out of the registers the copy
     /// moves through: the sum is of what was written to `dst`.
     pub fn read_exact_crc32c(&mut self, dst: &mut [u8], crc: u32) -> io::Result<u32> {
-        self.copy_out(dst, Some(crc)).map(|c| c.unwrap_or(crc))
+        let (to, mut crc) = (dst.as_mut_ptr(), crc);
+        self.advance(dst.len() as u64, |from, pos, n| {
+            // SAFETY: as in `read_exact`.
+            crc = unsafe { super::crc_copy::copy_crc32c(crc, from, to.add(pos), n) }
+        })?;
+        Ok(crc)
     }
 
-    fn copy_out(&mut self, dst: &mut [u8], mut crc: Option<u32>) -> io::Result<Option<u32>> {
-        if (dst.len() as u64) > self.left {
+    /// Copies every byte left into a new buffer, not zeroed first: one pass.
+    pub fn read_to_vec(&mut self) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(self.left).map_err(io::Error::other)?;
+        let mut out = Vec::<u8>::with_capacity(len);
+        let to = out.as_mut_ptr();
+        self.advance(len as u64, |from, pos, n| {
+            // SAFETY: as in `read_exact`, into the buffer's `len` bytes of capacity.
+            unsafe { std::ptr::copy_nonoverlapping(from, to.add(pos), n) }
+        })?;
+        // SAFETY: `advance` handed out pieces covering [0, len), all copied above.
+        unsafe { out.set_len(len) };
+        Ok(out)
+    }
+
+    /// Passes over the next `n` bytes; `UnexpectedEof` if fewer remain.
+    pub fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.advance(n, |_, _, _| {})
+    }
+
+    /// Moves past the next `n` bytes, handing each contiguous piece of them to
+    /// `each` as (its first byte, its offset among the `n`, its length); the
+    /// pieces cover `[0, n)` in order. `UnexpectedEof`, and nothing handed out, if
+    /// fewer than `n` remain.
+    fn advance(&mut self, n: u64, mut each: impl FnMut(*const u8, usize, usize)) -> io::Result<()> {
+        if n > self.left {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} bytes wanted, {} left in the value",
-                    dst.len(),
-                    self.left
-                ),
+                format!("{n} bytes wanted, {} left in the value", self.left),
             ));
         }
-        self.left -= dst.len() as u64;
-        // Copies `n` bytes from `from` to `to`, summing them when asked.
-        let mut piece = |from: *const u8, to: *mut u8, n: usize| {
-            // SAFETY: callers below pass `n` readable bytes at `from` (a checked
-            // extent, or a slice) and `n` writable bytes at `to` (inside `dst`).
-            unsafe {
-                match crc.as_mut() {
-                    Some(c) => *c = super::crc_copy::copy_crc32c(*c, from, to, n),
-                    None => std::ptr::copy_nonoverlapping(from, to, n),
-                }
-            }
-        };
+        self.left -= n;
+        // At most what is left, which lies in memory: it fits a usize.
+        let n = n as usize;
         match &mut self.parts {
             Parts::Buf(b) => {
-                let (head, tail) = b.split_at(dst.len());
-                piece(head.as_ptr(), dst.as_mut_ptr(), head.len());
-                *b = tail;
+                each(b.as_ptr(), 0, n);
+                *b = &b[n..];
             }
             Parts::Mapped {
                 mapping,
@@ -360,51 +341,16 @@ impl<'a> ValueReader<'a> {
                 at,
             } => {
                 let mut pos = 0;
-                while pos < dst.len() {
+                while pos < n {
                     let e = extents[0];
-                    let n = ((e.len - *at) as usize).min(dst.len() - pos);
-                    let off = e.offset + *at;
-                    // The extent lies inside the mapping (checked when the reader
-                    // was made) and [off, off + n) inside the extent;
-                    // [pos, pos + n) is inside `dst`.
-                    // SAFETY: in-bounds pointer arithmetic, per the above.
-                    let (from, to) = unsafe {
-                        (
-                            mapping.base.as_ptr().add(off as usize).cast_const(),
-                            dst.as_mut_ptr().add(pos),
-                        )
-                    };
-                    piece(from, to, n);
-                    pos += n;
-                    *at += n as u64;
+                    let step = ((e.len - *at) as usize).min(n - pos);
+                    // SAFETY: the extent lies inside the mapping (checked when the
+                    // reader was made), and so does [offset + at, + step).
+                    let from = unsafe { mapping.base.as_ptr().add((e.offset + *at) as usize) };
+                    each(from.cast_const(), pos, step);
+                    pos += step;
+                    *at += step as u64;
                     if *at == e.len {
-                        *extents = &extents[1..];
-                        *at = 0;
-                    }
-                }
-            }
-        }
-        Ok(crc)
-    }
-
-    /// Passes over the next `n` bytes; `UnexpectedEof` if fewer remain.
-    pub fn skip(&mut self, n: u64) -> io::Result<()> {
-        if n > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{n} bytes skipped, {} left in the value", self.left),
-            ));
-        }
-        self.left -= n;
-        match &mut self.parts {
-            Parts::Buf(b) => *b = &b[n as usize..],
-            Parts::Mapped { extents, at, .. } => {
-                let mut n = n;
-                while n > 0 {
-                    let step = (extents[0].len - *at).min(n);
-                    n -= step;
-                    *at += step;
-                    if *at == extents[0].len {
                         *extents = &extents[1..];
                         *at = 0;
                     }
