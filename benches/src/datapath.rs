@@ -53,6 +53,10 @@ pub struct DataArgs {
     /// Which comparisons to run: tcp, small, mget, shm (comma-separated).
     #[arg(long, default_value = "tcp,small,mget,shm", value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Microseconds Strata's server polls a connection for its next request before it
+    /// parks (`data.poll_us`); 0, the default, parks at once.
+    #[arg(long, default_value_t = 0)]
+    pub server_poll_us: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -194,6 +198,7 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
         data: DataSection {
             listen: "127.0.0.1:0".into(),
             shm_socket: Some(shm_socket.clone()),
+            poll_us: a.server_poll_us,
             ..DataSection::default()
         },
         data_dir: dir.path().to_owned(),
@@ -227,8 +232,9 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
     ))?;
     let redis = rt.block_on(RedisServer::start())?;
     println!(
-        "data-path: strata data {data_addr} / shm {} / gRPC {grpc_addr} (DRAM tier); {}; raw TCP on {}, raw Unix on {}; {} s measured + {} s warm-up per system, {} rounds",
+        "data-path: strata data {data_addr} / shm {} / gRPC {grpc_addr} (DRAM tier; the server polls {} µs); {}; raw TCP on {}, raw Unix on {}; {} s measured + {} s warm-up per system, {} rounds",
         shm_socket.display(),
+        a.server_poll_us,
         redis.version(),
         raw.addr(),
         raw_unix.path().display(),

@@ -50,6 +50,10 @@ pub struct KvArgs {
     /// Reads in flight per prefix load (the worker's `load_window`).
     #[arg(long, default_value_t = WorkerConfig::default().load_window)]
     pub load_window: usize,
+    /// Microseconds the server polls a data connection for its next request before
+    /// it parks (`data.poll_us`); 0, the default, parks at once.
+    #[arg(long, default_value_t = 0)]
+    pub server_poll_us: u64,
 }
 
 const CHUNK: usize = 256;
@@ -167,6 +171,7 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
         data: DataSection {
             listen: "127.0.0.1:0".into(),
             shm_socket: Some(dir.path().join("strata.sock")),
+            poll_us: a.server_poll_us,
             ..DataSection::default()
         },
         data_dir: dir.path().to_owned(),

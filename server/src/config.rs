@@ -116,6 +116,13 @@ pub struct DataSection {
     /// Largest data section of one frame (a PUT's value, an MGET's answer).
     /// Default: 1 GiB.
     pub max_frame_data: ByteSize,
+    /// Microseconds a data connection with nothing in flight polls its socket
+    /// before it parks; 0 parks at once. Polling takes the wake-up out of a round
+    /// trip (worth most to same-host shared-memory clients) for a busy core while it
+    /// lasts: set it only where the node has a core to spare. Default: 0.
+    pub poll_us: u64,
+    /// Data connections that may poll at once. Default: 1.
+    pub poll_connections: usize,
 }
 
 impl Default for DataSection {
@@ -127,6 +134,8 @@ impl Default for DataSection {
             lease_ttl_ms: 5000,
             max_leased_bytes: ByteSize(1 << 30),
             max_frame_data: ByteSize(1 << 30),
+            poll_us: 0,
+            poll_connections: 1,
         }
     }
 }
@@ -393,6 +402,9 @@ impl Config {
                 "must be between 10 ms and 10 minutes".into(),
             );
         }
+        if self.data.poll_us > 1_000_000 {
+            return err("data.poll_us", "must be at most 1 s (1000000)".into());
+        }
         if self.data.max_frame_data.0 < 1 << 20 {
             return err("data.max_frame_data", "must be at least 1 MiB".into());
         }
@@ -553,5 +565,11 @@ mod tests {
         std::fs::write(&f, "[dram]\ncapasity = 1\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
         assert!(e.contains("capasity"), "{e}");
+        std::fs::write(&f, "[data]\npoll_us = 200\n").unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!((c.data.poll_us, c.data.poll_connections), (200, 1));
+        std::fs::write(&f, "[data]\npoll_us = 5000000\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("data.poll_us"), "{e}");
     }
 }

@@ -109,6 +109,8 @@ impl Server {
                     max_data: config.data.max_frame_data.0,
                     ..Limits::default()
                 },
+                poll: Duration::from_micros(config.data.poll_us),
+                poll_connections: config.data.poll_connections,
             },
         );
         let data_addr = if config.data.listen.is_empty() {

@@ -8,6 +8,10 @@
 //! arena with vectored writes, with no staging copy. Responses may leave out of
 //! order; the request id pairs them.
 //!
+//! With [`DataConfig::poll`] set, a connection with nothing in flight polls its
+//! socket for a while before it parks, so a client that sends its next request soon
+//! does not pay a wake-up.
+//!
 //! A frame whose header is broken ends the connection (the stream cannot be
 //! resynchronised) after an error answer; bad metadata fails that request only.
 
@@ -15,7 +19,8 @@ use std::collections::HashMap;
 use std::io::IoSlice;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
@@ -23,7 +28,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use strata_tiers::{ByteRange, Error, Key, Reservation, TieredStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Leases;
@@ -42,6 +47,16 @@ pub struct DataConfig {
     pub max_leased_bytes: u64,
     /// Frame limits.
     pub limits: Limits,
+    /// How long a connection with nothing in flight polls its socket for the next
+    /// request before it parks (zero: park at once). Polling takes the wake-up out of
+    /// a round trip, for a busy core while it lasts; [`poll_connections`] at most
+    /// poll at once.
+    ///
+    /// [`poll_connections`]: Self::poll_connections
+    pub poll: Duration,
+    /// Connections that may poll at once (each holds a runtime worker while it
+    /// polls). Default: 1.
+    pub poll_connections: usize,
 }
 
 impl Default for DataConfig {
@@ -50,6 +65,8 @@ impl Default for DataConfig {
             lease_ttl: Duration::from_secs(5),
             max_leased_bytes: 1 << 30,
             limits: Limits::default(),
+            poll: Duration::ZERO,
+            poll_connections: 1,
         }
     }
 }
@@ -72,6 +89,10 @@ pub struct DataServer {
     leases: Leases,
     config: DataConfig,
     host_id: String,
+    /// Connections polling now (at most `config.poll_connections`).
+    polling: AtomicUsize,
+    /// Polls that found a request (so saved a wake-up).
+    poll_hits: AtomicU64,
 }
 
 impl std::fmt::Debug for DataServer {
@@ -80,6 +101,24 @@ impl std::fmt::Debug for DataServer {
             .field("config", &self.config)
             .field("host_id", &self.host_id)
             .finish()
+    }
+}
+
+/// A socket that can be read without waiting (for polling).
+pub(crate) trait TryRead {
+    /// Reads what is there into `buf`; `WouldBlock` when nothing is.
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+}
+
+impl TryRead for TcpStream {
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        shm::recv_now(std::os::fd::AsFd::as_fd(self), buf)
+    }
+}
+
+impl TryRead for UnixStream {
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        shm::recv_now(std::os::fd::AsFd::as_fd(self), buf)
     }
 }
 
@@ -164,12 +203,20 @@ impl DataServer {
             leases: Leases::new(config.lease_ttl, config.max_leased_bytes),
             config,
             host_id: shm::host_id(),
+            polling: AtomicUsize::new(0),
+            poll_hits: AtomicU64::new(0),
         })
     }
 
     /// The lease table.
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    /// How many times polling (`DataConfig::poll`) found the next request waiting,
+    /// each a wake-up saved.
+    pub fn poll_hits(&self) -> u64 {
+        self.poll_hits.load(Ordering::Relaxed)
     }
 
     /// Whether the RDMA carrier is offered (built with feature `rdma`, and a verbs
@@ -334,7 +381,7 @@ impl DataServer {
         shutdown: CancellationToken,
     ) -> std::io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + TryRead + Unpin,
     {
         let mut buf = BytesMut::with_capacity(256 << 10);
         let mut inflight: FuturesUnordered<BoxFuture<'static, Out>> = FuturesUnordered::new();
@@ -425,6 +472,14 @@ impl DataServer {
             if eof && inflight.is_empty() {
                 return Ok(());
             }
+            if inflight.is_empty() && !eof {
+                match self.poll_read(&stream, &mut buf) {
+                    Ok(Some(0)) => eof = true,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             tokio::select! {
                 biased;
                 Some(out) = inflight.next(), if !inflight.is_empty() => {
@@ -441,6 +496,44 @@ impl DataServer {
                 _ = shutdown.cancelled(), if inflight.is_empty() => return Ok(()),
             }
         }
+    }
+
+    /// Polls `stream` for up to `config.poll` when a polling place is free: the bytes
+    /// read (0 at end of stream), or `None` when nothing came (or polling is off).
+    fn poll_read<S: TryRead>(
+        &self,
+        stream: &S,
+        buf: &mut BytesMut,
+    ) -> std::io::Result<Option<usize>> {
+        let poll = self.config.poll;
+        if poll.is_zero()
+            || self
+                .polling
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.config.poll_connections).then_some(n + 1)
+                })
+                .is_err()
+        {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let got = loop {
+            match stream.try_read_buf(buf) {
+                Ok(n) => {
+                    self.poll_hits.fetch_add(1, Ordering::Relaxed);
+                    break Ok(Some(n));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() >= poll {
+                        break Ok(None);
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.polling.fetch_sub(1, Ordering::AcqRel);
+        got
     }
 
     /// Starts a request. Requests with data set `sink`; the others return their

@@ -388,6 +388,42 @@ fn unsafe_zeroed_stat() -> libc::stat {
     unsafe { std::mem::zeroed() }
 }
 
+/// Reads what a socket holds now into `buf`'s spare room, without waiting:
+/// `WouldBlock` when it holds nothing, 0 at its end.
+///
+/// This asks the socket itself. Tokio's `try_read` answers `WouldBlock` from its
+/// cached readiness until the runtime's I/O driver has seen the socket's event,
+/// which a thread that polls in a loop holds up. Reading around the runtime is
+/// safe: a readiness left set by this read costs the next `readable()` one
+/// spurious wake-up.
+pub(crate) fn recv_now(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    if buf.capacity() == buf.len() {
+        buf.reserve(64 << 10);
+    }
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`;
+    // `recv` writes at most that many and reports how many.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare room.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
