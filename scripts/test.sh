@@ -36,8 +36,11 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo clippy -p strata-kv-connector --no-default-features (the formats alone, as fuzz/ builds them)"
 cargo clippy -p strata-kv-connector --no-default-features -- -D warnings
+echo "==> feature gpu: clippy, and its tests (without a GPU, the path must report itself unavailable)"
+cargo clippy -p strata-kv-connector -p strata-benches --all-targets --features strata-kv-connector/gpu,strata-benches/gpu -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+cargo test -p strata-kv-connector --features gpu --lib --test gpu
 echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor)"
 /usr/bin/python3 scripts/kv-keys-vectors.py
 echo "==> Epoch-plan vectors, recomputed in Python"

@@ -24,6 +24,7 @@
 //! `O_DIRECT` file I/O, page-cache control and the markdown report.
 
 pub mod datapath;
+pub mod gpucopy;
 pub mod kvconn;
 pub mod load;
 pub mod odirect;

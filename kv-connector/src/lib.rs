@@ -14,6 +14,10 @@
 //! any check is reported per block for the engine to recompute, never handed over
 //! as good.
 //!
+//! Feature `gpu` adds [`gpu`]: device and pinned-memory copies and a GPU tier of hot
+//! chunks, with the CUDA driver loaded at run time (so it builds without CUDA and
+//! reports itself unavailable without a GPU).
+//!
 //! Feature `engine` (default) holds the worker side and the simulated engine (candle
 //! and ndarray); without it the crate is the formats, the scheduler and the store
 //! trait.
@@ -23,6 +27,8 @@ pub mod cache;
 pub mod cbor;
 pub mod chunk;
 pub mod error;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod keys;
 pub mod meta;
 pub mod scheduler;

@@ -59,6 +59,9 @@ enum Cmd {
     DataPath(datapath::DataArgs),
     /// The KV connector: chat-trace replay (Strata, Redis, none) and 4k-prefix loads.
     KvConnector(strata_benches::kvconn::KvArgs),
+    /// Host-device copies of the KV connector's GPU path vs pinned cuMemcpy (feature
+    /// `gpu`; says so and exits without a GPU).
+    GpuCopy(strata_benches::gpucopy::GpuArgs),
     /// Training-shard eviction: LRU, no-evict, clairvoyant and offline Belady, simulated.
     ShardSim(strata_benches::shardsim::SimArgs),
     /// The training loader end to end with Azurite as the origin, vs the Blob SDK.
@@ -141,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::NvmeVsOdirect(a) => nvme_vs_odirect(&a),
         Cmd::DataPath(a) => datapath::run(&a),
         Cmd::KvConnector(a) => strata_benches::kvconn::run(&a),
+        Cmd::GpuCopy(a) => strata_benches::gpucopy::run(&a),
         Cmd::ShardSim(a) => strata_benches::shardsim::run(&a),
         Cmd::Training(a) => strata_benches::training::run(&a),
         Cmd::CriterionSummary(a) => criterion_summary(&a),
