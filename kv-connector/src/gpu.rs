@@ -5,7 +5,10 @@
 //! - **No GPU, no panic.** The build needs no CUDA: `cudarc` loads `libcuda.so` when
 //!   [`Gpu::open`] is called. Without the library, without a device, or with a driver
 //!   that lacks a function this build uses, `open` answers
-//!   [`GpuError::Unavailable`] with the reason. Everything else in the connector
+//!   [`GpuError::Unavailable`] with the reason. (cudarc loads each driver function
+//!   on its first call and panics when one is missing, so `open` makes every call
+//!   this module uses once, a test copy to the device and back included, inside a
+//!   `catch_unwind`.) Everything else in the connector
 //!   works on CPU tensors whatever `open` said.
 //! - **Copies** go through page-locked (pinned) host memory, allocated without
 //!   write-combining, so the CPU reads what came back at full speed.
@@ -80,11 +83,26 @@ impl Gpu {
             // SAFETY: the buffer is only read after a copy has filled it.
             let staging =
                 unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGING, 0) }.map_err(driver)?;
-            Ok(Self {
+            let gpu = Self {
                 ctx,
                 stream,
                 staging: parking_lot::Mutex::new(staging),
-            })
+            };
+            // cudarc loads each driver function on its first call: make every call
+            // this module uses once here, inside the catch, and check the bytes.
+            gpu.ctx.name().map_err(driver)?;
+            gpu.mem_info()?;
+            let probe = [0x5a_u8, 0xa5, 1, 2];
+            let mut dev = gpu.alloc(probe.len())?;
+            gpu.upload(&probe, &mut dev)?;
+            let mut back = [0u8; 4];
+            gpu.download(&dev, &mut back)?;
+            if back != probe {
+                return Err(GpuError::Driver(
+                    "a test copy to the device and back changed the bytes".into(),
+                ));
+            }
+            Ok(gpu)
         });
         match opened {
             Ok(Ok(gpu)) => Ok(gpu),
@@ -111,10 +129,11 @@ impl Gpu {
         Ok((free as u64, total as u64))
     }
 
-    /// Device memory of `len` bytes, contents unset.
+    /// Device memory of `len` bytes (at least 1: CUDA refuses empty allocations),
+    /// contents unset.
     pub fn alloc(&self, len: usize) -> Result<CudaSlice<u8>, GpuError> {
         // SAFETY: callers write the buffer before they read it (upload does).
-        unsafe { self.stream.alloc::<u8>(len) }.map_err(driver)
+        unsafe { self.stream.alloc::<u8>(len.max(1)) }.map_err(driver)
     }
 
     /// Pinned host memory of `len` bytes, contents unset (for callers that keep
@@ -252,8 +271,15 @@ impl<V> Lru<V> {
     }
 
     /// Inserts `key` (replacing an older entry) once [`make_room`](Self::make_room)
-    /// made room for `size`; `false` (and nothing stored) when there is none.
+    /// made room for `size`; `false` when `size` is over the whole budget, and then
+    /// nothing changes (an older entry of `key` stays).
+    ///
+    /// Eviction scans the entries for the oldest: fine for the thousands of chunks a
+    /// device holds, to be replaced by an ordered index if tiers grow past that.
     pub fn insert(&mut self, key: &[u8], size: u64, v: V) -> bool {
+        if size > self.budget {
+            return false;
+        }
         self.remove(key);
         if self.make_room(size).is_none() {
             return false;
@@ -305,14 +331,19 @@ impl GpuTier {
     }
 
     /// Keeps `bytes` under `key`, evicting the least recently used chunks as needed.
-    /// `false` when the chunk is larger than the whole budget (nothing is stored).
+    /// `false` when the chunk is larger than the whole budget (nothing changes). A
+    /// device out of memory is an error: the budget was set too close to the free
+    /// memory.
     pub fn put(&mut self, key: &[u8], bytes: &[u8]) -> Result<bool, GpuError> {
         let size = bytes.len() as u64;
+        if size > self.lru.budget() {
+            return Ok(false);
+        }
         self.lru.remove(key);
         if self.lru.make_room(size).is_none() {
             return Ok(false);
         }
-        let mut dev = self.gpu.alloc(bytes.len().max(1))?;
+        let mut dev = self.gpu.alloc(bytes.len())?;
         self.gpu.upload(bytes, &mut dev)?;
         Ok(self.lru.insert(key, size, (dev, bytes.len())))
     }
@@ -350,6 +381,8 @@ mod tests {
         assert_eq!((l.len(), l.used()), (2, 50));
         assert!(!l.insert(b"huge", 101, 5), "larger than the budget");
         assert_eq!((l.len(), l.used()), (2, 50), "nothing dropped for it");
+        assert!(!l.insert(b"a", 101, 6), "a replacement over the budget");
+        assert_eq!(l.get(b"a"), Some(&4), "leaves the older entry");
         assert_eq!(l.remove(b"c"), Some(3));
         assert_eq!(l.used(), 10);
     }

@@ -121,7 +121,8 @@ pub struct DataSection {
     /// trip (worth most to same-host shared-memory clients) for a busy core while it
     /// lasts: set it only where the node has a core to spare. Default: 0.
     pub poll_us: u64,
-    /// Data connections that may poll at once. Default: 1.
+    /// Data connections that may poll at once, each holding a runtime worker while
+    /// it polls: keep it below the server's worker threads. Default: 1.
     pub poll_connections: usize,
 }
 
@@ -405,6 +406,12 @@ impl Config {
         if self.data.poll_us > 1_000_000 {
             return err("data.poll_us", "must be at most 1 s (1000000)".into());
         }
+        if self.data.poll_connections == 0 {
+            return err(
+                "data.poll_connections",
+                "must be at least 1 (data.poll_us = 0 turns polling off)".into(),
+            );
+        }
         if self.data.max_frame_data.0 < 1 << 20 {
             return err("data.max_frame_data", "must be at least 1 MiB".into());
         }
@@ -571,5 +578,8 @@ mod tests {
         std::fs::write(&f, "[data]\npoll_us = 5000000\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
         assert!(e.contains("data.poll_us"), "{e}");
+        std::fs::write(&f, "[data]\npoll_connections = 0\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("data.poll_connections"), "{e}");
     }
 }

@@ -287,6 +287,35 @@ async fn a_polling_server_serves_every_operation() {
     r.shutdown().await.unwrap();
 }
 
+/// A client that goes away while the server polls its connection is let go: the
+/// server closes its end then, not at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_the_server_polls_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.data.poll_us = 1_000_000; // the end arrives while the server polls
+    let r = Server::start(cfg).await.unwrap();
+    let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let hello = request_frame(
+        1,
+        0,
+        &Request::Hello {
+            host_id: "test".into(),
+        },
+        0,
+    );
+    let (h, _, _) = raw_call(&mut s, &hello, b"").await;
+    assert_eq!(h.status, Status::Ok);
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the server closed its end")
+        .unwrap();
+    assert_eq!(n, 0);
+    r.shutdown().await.unwrap();
+}
+
 /// Callers on one connection may be cancelled at any await, mid-answer too: the
 /// answers of the rest still arrive whole and paired right, and the connection stays
 /// usable.

@@ -472,10 +472,19 @@ impl DataServer {
             if eof && inflight.is_empty() {
                 return Ok(());
             }
-            if inflight.is_empty() && !eof {
+            // Idle between requests (not inside a PUT's data): poll for the next one.
+            if inflight.is_empty() && !eof && sink.is_none() {
                 match self.poll_read(&stream, &mut buf) {
-                    Ok(Some(0)) => eof = true,
-                    Ok(Some(_)) => continue,
+                    Ok(Some(0)) => {
+                        eof = true;
+                        continue;
+                    }
+                    Ok(Some(_)) => {
+                        // A client that keeps the connection busy must not keep this
+                        // worker from the runtime: yield once the task's budget is spent.
+                        tokio::task::consume_budget().await;
+                        continue;
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(e),
                 }
@@ -520,7 +529,9 @@ impl DataServer {
         let got = loop {
             match stream.try_read_buf(buf) {
                 Ok(n) => {
-                    self.poll_hits.fetch_add(1, Ordering::Relaxed);
+                    if n > 0 {
+                        self.poll_hits.fetch_add(1, Ordering::Relaxed);
+                    }
                     break Ok(Some(n));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
