@@ -96,6 +96,8 @@ struct Frame {
     header: Header,
     meta: Bytes,
     data: Bytes,
+    /// When its header came in: leases in it are timed from here.
+    arrived: Instant,
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Frame>>>;
@@ -396,7 +398,9 @@ impl DataClient {
                 other => other?,
             };
             let info: GetInfo = response::decode_get(&f.meta).map_err(proto)?;
-            let bytes = self.collect(info.lease.as_ref(), info.len, f.data).await?;
+            let bytes = self
+                .collect(info.lease.as_ref(), info.len, f.data, f.arrived)
+                .await?;
             Ok(Some((info.total_len, bytes)))
         })
         .await
@@ -440,7 +444,7 @@ impl DataClient {
         let total = info.total_len;
         match &info.lease {
             Some(lease) => self
-                .under_lease(lease, info.len, |r| f(total, r))
+                .under_lease(lease, info.len, frame.arrived, |r| f(total, r))
                 .await
                 .map(Some),
             None => {
@@ -483,7 +487,8 @@ impl DataClient {
                             f.data.slice_ref(b)
                         };
                         out.push(Some(
-                            self.collect(item.lease.as_ref(), item.len, inline).await?,
+                            self.collect(item.lease.as_ref(), item.len, inline, f.arrived)
+                                .await?,
                         ));
                     }
                     Status::NotFound => out.push(None),
@@ -536,7 +541,7 @@ impl DataClient {
                 items.len()
             )));
         }
-        let start = Instant::now();
+        let start = frame.arrived;
         let mut out = Vec::with_capacity(items.len());
         let mut pos = 0usize;
         let mut leases = Vec::new();
@@ -684,15 +689,17 @@ impl DataClient {
 
     /// Runs `f` over a lease's extents, then queues the lease's release. What `f`
     /// made is only good if the lease outlived it: past its ttl the server may have
-    /// reused the memory, so past half of it the call fails with a timeout. (The
-    /// lease is timed from here, after the server started it: a generous margin.)
+    /// reused the memory, so past half of it the call fails with a timeout. The
+    /// lease is timed from `arrived`, when its answer came in (the server started it
+    /// a little earlier: half the ttl leaves that margin).
     async fn under_lease<R>(
         &self,
         lease: &Lease,
         len: u64,
+        arrived: Instant,
         f: impl FnOnce(&mut ValueReader<'_>) -> R,
     ) -> Result<R> {
-        let start = Instant::now();
+        let start = arrived;
         let out = self.with_extents(&lease.extents, len, f);
         let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
         let ok = start.elapsed() < ttl / 2;
@@ -706,10 +713,17 @@ impl DataClient {
 
     /// The bytes of an answer: inline data, or a copy out of leased extents (checked
     /// against the lease's lifetime, then released).
-    async fn collect(&self, lease: Option<&Lease>, len: u64, inline: Bytes) -> Result<Bytes> {
+    async fn collect(
+        &self,
+        lease: Option<&Lease>,
+        len: u64,
+        inline: Bytes,
+        arrived: Instant,
+    ) -> Result<Bytes> {
         match lease {
             Some(lease) => Ok(Bytes::from(
-                self.under_lease(lease, len, |r| r.read_to_vec()).await??,
+                self.under_lease(lease, len, arrived, |r| r.read_to_vec())
+                    .await??,
             )),
             None => check_inline(&inline, len).map(|()| inline),
         }
@@ -811,6 +825,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Ar
         loop {
             let mut hb = [0u8; HEADER_LEN];
             r.read_exact(&mut hb).await?;
+            let arrived = Instant::now();
             let header = Header::decode(&hb, &limits)
                 .and_then(|h| h.check_response().map(|()| h))
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -828,6 +843,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Ar
                     header,
                     meta: meta.freeze(),
                     data: data.freeze(),
+                    arrived,
                 });
             }
         }
