@@ -234,13 +234,13 @@ impl<V> Lru<V> {
         self.entries.is_empty()
     }
 
-    /// The entry of `key`, now the most recently used.
-    pub fn get(&mut self, key: &[u8]) -> Option<&V> {
+    /// The size and value of `key`'s entry, now the most recently used.
+    pub fn get(&mut self, key: &[u8]) -> Option<(u64, &V)> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(key).map(|e| {
             e.1 = tick;
-            &e.2
+            (e.0, &e.2)
         })
     }
 
@@ -251,37 +251,36 @@ impl<V> Lru<V> {
         Some(v)
     }
 
-    /// Makes room for `size` bytes by dropping the least recently used entries:
-    /// what was dropped, or `None` (and nothing dropped) when `size` is over the
-    /// whole budget.
-    pub fn make_room(&mut self, size: u64) -> Option<Vec<V>> {
+    /// Makes room for `size` bytes under `key`: drops `key`'s older entry, then the
+    /// least recently used ones until `size` fits. `false`, and nothing dropped,
+    /// when `size` is over the whole budget.
+    ///
+    /// Eviction scans the entries for the oldest: fine for the thousands of chunks a
+    /// device holds, to be replaced by an ordered index if tiers grow past that.
+    pub fn make_room(&mut self, key: &[u8], size: u64) -> bool {
         if size > self.budget {
-            return None;
+            return false;
         }
-        let mut out = Vec::new();
+        self.remove(key);
         while self.used + size > self.budget {
-            let oldest = self
+            let Some(oldest) = self
                 .entries
                 .iter()
                 .min_by_key(|(_, (_, t, _))| *t)
-                .map(|(k, _)| k.clone())?;
-            out.extend(self.remove(&oldest));
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
         }
-        Some(out)
+        true
     }
 
     /// Inserts `key` (replacing an older entry) once [`make_room`](Self::make_room)
     /// made room for `size`; `false` when `size` is over the whole budget, and then
     /// nothing changes (an older entry of `key` stays).
-    ///
-    /// Eviction scans the entries for the oldest: fine for the thousands of chunks a
-    /// device holds, to be replaced by an ordered index if tiers grow past that.
     pub fn insert(&mut self, key: &[u8], size: u64, v: V) -> bool {
-        if size > self.budget {
-            return false;
-        }
-        self.remove(key);
-        if self.make_room(size).is_none() {
+        if !self.make_room(key, size) {
             return false;
         }
         self.tick += 1;
@@ -295,7 +294,7 @@ impl<V> Lru<V> {
 #[derive(Debug)]
 pub struct GpuTier {
     gpu: Arc<Gpu>,
-    lru: Lru<(CudaSlice<u8>, usize)>,
+    lru: Lru<CudaSlice<u8>>,
 }
 
 impl GpuTier {
@@ -336,24 +335,21 @@ impl GpuTier {
     /// memory.
     pub fn put(&mut self, key: &[u8], bytes: &[u8]) -> Result<bool, GpuError> {
         let size = bytes.len() as u64;
-        if size > self.lru.budget() {
-            return Ok(false);
-        }
-        self.lru.remove(key);
-        if self.lru.make_room(size).is_none() {
+        // Room first: what it evicts frees device memory for the new chunk.
+        if !self.lru.make_room(key, size) {
             return Ok(false);
         }
         let mut dev = self.gpu.alloc(bytes.len())?;
         self.gpu.upload(bytes, &mut dev)?;
-        Ok(self.lru.insert(key, size, (dev, bytes.len())))
+        Ok(self.lru.insert(key, size, dev))
     }
 
     /// Copies `key`'s chunk into a new buffer, or `None` when it is not held.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, GpuError> {
-        let Some((dev, len)) = self.lru.get(key) else {
+        let Some((len, dev)) = self.lru.get(key) else {
             return Ok(None);
         };
-        let mut out = vec![0u8; *len];
+        let mut out = vec![0u8; len as usize];
         self.gpu.download(dev, &mut out)?;
         Ok(Some(out))
     }
@@ -373,7 +369,7 @@ mod tests {
         let mut l = Lru::new(100);
         assert!(l.insert(b"a", 40, 1));
         assert!(l.insert(b"b", 40, 2));
-        assert_eq!(l.get(b"a"), Some(&1)); // a is now the newer
+        assert_eq!(l.get(b"a"), Some((40, &1))); // a is now the newer
         assert!(l.insert(b"c", 40, 3)); // b goes
         assert_eq!((l.len(), l.used()), (2, 80));
         assert!(l.get(b"b").is_none());
@@ -382,7 +378,7 @@ mod tests {
         assert!(!l.insert(b"huge", 101, 5), "larger than the budget");
         assert_eq!((l.len(), l.used()), (2, 50), "nothing dropped for it");
         assert!(!l.insert(b"a", 101, 6), "a replacement over the budget");
-        assert_eq!(l.get(b"a"), Some(&4), "leaves the older entry");
+        assert_eq!(l.get(b"a"), Some((10, &4)), "leaves the older entry");
         assert_eq!(l.remove(b"c"), Some(3));
         assert_eq!(l.used(), 10);
     }

@@ -541,7 +541,6 @@ impl DataClient {
                 items.len()
             )));
         }
-        let start = frame.arrived;
         let mut out = Vec::with_capacity(items.len());
         let mut pos = 0usize;
         let mut leases = Vec::new();
@@ -574,7 +573,8 @@ impl DataClient {
             });
         }
         let ttl = leases.iter().map(|l| l.ttl_ms).min();
-        let ok = ttl.is_none_or(|t| start.elapsed() < Duration::from_millis(u64::from(t)) / 2);
+        let ok =
+            ttl.is_none_or(|t| frame.arrived.elapsed() < Duration::from_millis(u64::from(t)) / 2);
         for l in &leases {
             self.release(l.id).await;
         }
@@ -699,10 +699,9 @@ impl DataClient {
         arrived: Instant,
         f: impl FnOnce(&mut ValueReader<'_>) -> R,
     ) -> Result<R> {
-        let start = arrived;
         let out = self.with_extents(&lease.extents, len, f);
         let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-        let ok = start.elapsed() < ttl / 2;
+        let ok = arrived.elapsed() < ttl / 2;
         self.release(lease.id).await;
         let out = out?;
         if !ok {

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::io::IoSlice;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use strata_tiers::{ByteRange, Error, Key, Reservation, TieredStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Leases;
@@ -101,24 +102,6 @@ impl std::fmt::Debug for DataServer {
             .field("config", &self.config)
             .field("host_id", &self.host_id)
             .finish()
-    }
-}
-
-/// A socket that can be read without waiting (for polling).
-pub(crate) trait TryRead {
-    /// Reads what is there into `buf`; `WouldBlock` when nothing is.
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
-}
-
-impl TryRead for TcpStream {
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        shm::recv_now(std::os::fd::AsFd::as_fd(self), buf)
-    }
-}
-
-impl TryRead for UnixStream {
-    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        shm::recv_now(std::os::fd::AsFd::as_fd(self), buf)
     }
 }
 
@@ -381,7 +364,7 @@ impl DataServer {
         shutdown: CancellationToken,
     ) -> std::io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + TryRead + Unpin,
+        S: AsyncRead + AsyncWrite + AsFd + Unpin,
     {
         let mut buf = BytesMut::with_capacity(256 << 10);
         let mut inflight: FuturesUnordered<BoxFuture<'static, Out>> = FuturesUnordered::new();
@@ -474,7 +457,7 @@ impl DataServer {
             }
             // Idle between requests (not inside a PUT's data): poll for the next one.
             if inflight.is_empty() && !eof && sink.is_none() {
-                match self.poll_read(&stream, &mut buf) {
+                match self.poll_read(stream.as_fd(), &mut buf) {
                     Ok(Some(0)) => {
                         eof = true;
                         continue;
@@ -507,13 +490,10 @@ impl DataServer {
         }
     }
 
-    /// Polls `stream` for up to `config.poll` when a polling place is free: the bytes
-    /// read (0 at end of stream), or `None` when nothing came (or polling is off).
-    fn poll_read<S: TryRead>(
-        &self,
-        stream: &S,
-        buf: &mut BytesMut,
-    ) -> std::io::Result<Option<usize>> {
+    /// Polls the socket `fd` for up to `config.poll` when a polling place is free:
+    /// the bytes read (0 at end of stream), or `None` when nothing came (or polling
+    /// is off).
+    fn poll_read(&self, fd: BorrowedFd<'_>, buf: &mut BytesMut) -> std::io::Result<Option<usize>> {
         let poll = self.config.poll;
         if poll.is_zero()
             || self
@@ -527,7 +507,7 @@ impl DataServer {
         }
         let start = Instant::now();
         let got = loop {
-            match stream.try_read_buf(buf) {
+            match shm::recv_now(fd, buf) {
                 Ok(n) => {
                     if n > 0 {
                         self.poll_hits.fetch_add(1, Ordering::Relaxed);
