@@ -124,6 +124,13 @@ pub struct DataSection {
     /// Data connections that may poll at once, each holding a runtime worker while
     /// it polls: keep it below the server's worker threads. Default: 1.
     pub poll_connections: usize,
+    /// Bytes of data-path uploads held at once, at most (PUT data and open
+    /// reservations, all connections); past it PUT and RESERVE answer `Busy`.
+    /// Default: 1 GiB.
+    pub max_upload_bytes: ByteSize,
+    /// Data connections served at once, per listener (TCP, Unix socket); past it new
+    /// ones are closed. Default: 4096.
+    pub max_connections: usize,
 }
 
 impl Default for DataSection {
@@ -137,6 +144,8 @@ impl Default for DataSection {
             max_frame_data: ByteSize(1 << 30),
             poll_us: 0,
             poll_connections: 1,
+            max_upload_bytes: ByteSize(1 << 30),
+            max_connections: 4096,
         }
     }
 }
@@ -406,6 +415,12 @@ impl Config {
         if self.data.poll_us > 1_000_000 {
             return err("data.poll_us", "must be at most 1 s (1000000)".into());
         }
+        if self.data.max_upload_bytes.0 < 1 << 20 {
+            return err("data.max_upload_bytes", "must be at least 1 MiB".into());
+        }
+        if self.data.max_connections == 0 {
+            return err("data.max_connections", "must be at least 1".into());
+        }
         if self.data.poll_connections == 0 {
             return err(
                 "data.poll_connections",
@@ -578,6 +593,12 @@ mod tests {
         std::fs::write(&f, "[data]\npoll_us = 5000000\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
         assert!(e.contains("data.poll_us"), "{e}");
+        std::fs::write(&f, "[data]\nmax_upload_bytes = 65536\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("data.max_upload_bytes"), "{e}");
+        std::fs::write(&f, "[data]\nmax_connections = 0\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("data.max_connections"), "{e}");
         std::fs::write(&f, "[data]\npoll_connections = 0\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
         assert!(e.contains("data.poll_connections"), "{e}");

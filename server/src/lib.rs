@@ -111,8 +111,12 @@ impl Server {
                 },
                 poll: Duration::from_micros(config.data.poll_us),
                 poll_connections: config.data.poll_connections,
+                max_upload_bytes: config.data.max_upload_bytes.0,
+                max_connections: config.data.max_connections,
             },
         );
+        // Shared-memory and RDMA reads both hold leases; they expire whichever is on.
+        tokio::spawn(data.clone().expire_leases(shutdown.clone()));
         let data_addr = if config.data.listen.is_empty() {
             None
         } else {

@@ -491,6 +491,33 @@ async fn bad_frames_get_clear_errors_and_the_server_keeps_serving() {
     r.shutdown().await.unwrap();
 }
 
+/// RDMA reads hold leases too, on servers that may have shared memory off: leases
+/// must expire whichever carriers are on (they once expired only beside the Unix
+/// socket's accept loop, so with `data.shm = false` nothing swept them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_with_shared_memory_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 100);
+    cfg.data.shm = false;
+    let r = Server::start(cfg).await.unwrap();
+    let id = r
+        .data
+        .leases()
+        .grant(vec![bytes::Bytes::from(vec![1u8; 4096])]);
+    assert!(id.is_some());
+    assert_eq!(r.data.leases().usage(), (1, 4096));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.data.leases().usage() != (0, 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 100 ms lease still held after 5 s: {:?}",
+            r.data.leases().usage()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_lease_blocks_reuse_and_expiry_releases_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -568,5 +595,205 @@ async fn a_held_lease_blocks_reuse_and_expiry_releases_it() {
     let (h, meta, _) = raw_call(&mut s, &rel, b"").await;
     assert_eq!(h.status, Status::Ok);
     assert_eq!(response::decode_u64(Op::Release, &meta).unwrap(), 0);
+    r.shutdown().await.unwrap();
+}
+
+/// What one client can make the server hold is bounded: open reservations per
+/// connection, the bytes of all uploads, and how long a reservation lives
+/// untouched. Refusals are per request; the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 400);
+    cfg.data.max_upload_bytes = ByteSize(1 << 20);
+    let r = Server::start(cfg).await.unwrap();
+    let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    assert_eq!(r.data.upload_budget_free(), 1 << 20);
+
+    // One upload larger than the whole budget: TooLarge, and its data is skipped.
+    let big = pattern((1 << 20) + 1, 3);
+    let put = |id: u64, key: &str, value: &[u8]| {
+        request_frame(
+            id,
+            0,
+            &Request::Put {
+                key: k(key),
+                crc32c: crc32c::crc32c(value),
+            },
+            value.len() as u64,
+        )
+    };
+    let (h, meta, _) = raw_call(&mut s, &put(1, "kv/u/big", &big), &big).await;
+    assert_eq!(h.status, Status::TooLarge, "{meta:?}");
+    assert!(response::decode_error(&meta).contains("data.max_upload_bytes"));
+
+    // A reservation holds its share of the budget; a PUT past the rest is Busy.
+    let reserve = |id: u64, len: u64| {
+        request_frame(
+            id,
+            0,
+            &Request::Reserve {
+                key: k(&format!("kv/u/r{id}")),
+                len,
+            },
+            0,
+        )
+    };
+    let (h, _, _) = raw_call(&mut s, &reserve(2, 768 << 10), b"").await;
+    assert_eq!(h.status, Status::Ok);
+    assert_eq!(r.data.upload_budget_free(), 256 << 10);
+    let half = pattern(512 << 10, 4);
+    let (h, meta, _) = raw_call(&mut s, &put(3, "kv/u/half", &half), &half).await;
+    assert_eq!(h.status, Status::Busy, "{meta:?}");
+    // The connection goes on: a small PUT fits.
+    let small = pattern(1000, 5);
+    let (h, _, _) = raw_call(&mut s, &put(4, "kv/u/small", &small), &small).await;
+    assert_eq!(h.status, Status::Ok);
+
+    // Nobody touches reservation 2: a lease lifetime (400 ms) later it is gone,
+    // and so is its budget.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.data.expired_reservations() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reservation 2 never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.data.upload_budget_free(), 1 << 20);
+    let commit = request_frame(
+        5,
+        0,
+        &Request::Commit {
+            reservation: 2,
+            crc32c: 0,
+        },
+        0,
+    );
+    let (h, meta, _) = raw_call(&mut s, &commit, b"").await;
+    assert_eq!(h.status, Status::UnknownId);
+    assert!(response::decode_error(&meta).contains("lease lifetime"));
+
+    // At most MAX_RESERVATIONS open on one connection.
+    let max = strata_transport::data::MAX_RESERVATIONS as u64;
+    let mut frames = Vec::new();
+    for id in 100..100 + max + 1 {
+        frames.extend_from_slice(&reserve(id, 1));
+    }
+    s.write_all(&frames).await.unwrap();
+    let mut busy = Vec::new();
+    for _ in 0..=max {
+        let (h, _, _) = raw_read(&mut s).await;
+        if h.status != Status::Ok {
+            busy.push((h.id, h.status));
+        }
+    }
+    assert_eq!(busy, vec![(100 + max, Status::Busy)]);
+    // Closing the connection drops its reservations, and gives their budget back.
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.data.upload_budget_free() != 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "budget not returned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.shutdown().await.unwrap();
+}
+
+/// A client that pipelines far more requests than a connection takes in flight
+/// (`MAX_INFLIGHT`) before it reads anything gets every answer: the server stops
+/// reading while it is at the cap, and goes on once answers have gone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_pipeline_past_the_inflight_cap_gets_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    let value = pattern(4096, 9);
+    c.put(&k("kv/p/v"), value.clone()).await.unwrap();
+    let n = 3 * strata_transport::data::MAX_INFLIGHT as u64 + 7;
+    let mut frames = Vec::new();
+    for id in 1..=n {
+        let key = if id % 2 == 0 { "kv/p/v" } else { "kv/p/none" };
+        frames.extend_from_slice(&request_frame(
+            id,
+            0,
+            &Request::Get {
+                key: k(key),
+                offset: 0,
+                length: None,
+            },
+            0,
+        ));
+    }
+    let s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Written all at once, while nothing is read yet.
+    let writer = tokio::spawn(async move {
+        wr.write_all(&frames).await.unwrap();
+        wr
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen = vec![false; n as usize + 1];
+    for _ in 0..n {
+        let (h, _, data) = tokio::time::timeout(Duration::from_secs(20), raw_read(&mut rd))
+            .await
+            .expect("every answer comes");
+        let want = if h.id % 2 == 0 {
+            Status::Ok
+        } else {
+            Status::NotFound
+        };
+        assert_eq!(h.status, want, "request {}", h.id);
+        if h.status == Status::Ok {
+            assert_eq!(data, value);
+        }
+        assert!(!std::mem::replace(&mut seen[h.id as usize], true));
+    }
+    drop(writer.await.unwrap());
+    r.shutdown().await.unwrap();
+}
+
+/// Past `data.max_connections`, a new connection is closed at once; one that
+/// leaves makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.data.max_connections = 2;
+    let r = Server::start(cfg).await.unwrap();
+    let addr = r.data_addr.unwrap();
+    let hello = request_frame(
+        1,
+        0,
+        &Request::Hello {
+            host_id: "test".into(),
+        },
+        0,
+    );
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(raw_call(&mut a, &hello, b"").await.0.status, Status::Ok);
+    assert_eq!(raw_call(&mut b, &hello, b"").await.0.status, Status::Ok);
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let _ = c.write_all(&hello).await;
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut byte))
+        .await
+        .expect("the third connection is closed, not left waiting")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection got an answer");
+    drop(a);
+    // The slot comes back once the server sees the first connection end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut d = TcpStream::connect(addr).await.unwrap();
+        let _ = d.write_all(&hello).await;
+        let mut hb = [0u8; HEADER_LEN];
+        match tokio::time::timeout(Duration::from_secs(2), d.read_exact(&mut hb)).await {
+            Ok(Ok(_)) => break,
+            _ => assert!(std::time::Instant::now() < deadline, "no room came back"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(raw_call(&mut b, &hello, b"").await.0.status, Status::Ok);
     r.shutdown().await.unwrap();
 }

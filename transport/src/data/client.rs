@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use strata_tiers::Key;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
@@ -478,11 +478,12 @@ impl DataClient {
                         let inline = if item.lease.is_some() {
                             Bytes::new()
                         } else {
-                            let end = pos + item.len as usize;
-                            let b = f
-                                .data
-                                .get(pos..end)
+                            let b = usize::try_from(item.len)
+                                .ok()
+                                .and_then(|n| pos.checked_add(n))
+                                .and_then(|end| f.data.get(pos..end))
                                 .ok_or_else(|| proto("MGET data shorter than its items"))?;
+                            let end = pos + b.len();
                             pos = end;
                             f.data.slice_ref(b)
                         };
@@ -610,10 +611,25 @@ impl DataClient {
                     .map_err(proto)?
                     .ok_or_else(|| proto("RESERVE answered without extents"))?;
                 let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.write_extents(&lease.extents, value) {
+                // The server drops a reservation left untouched for a lease lifetime
+                // and reuses its memory; as with leased reads, writing must end
+                // within half of it, counted from the answer's arrival.
+                let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
+                let written = if f.arrived.elapsed() >= ttl / 2 {
+                    Err(ClientError::Timeout(ttl))
+                } else {
+                    self.write_extents(&lease.extents, value)
+                        .map_err(ClientError::from)
+                        .and_then(|()| {
+                            (f.arrived.elapsed() < ttl / 2)
+                                .then_some(())
+                                .ok_or(ClientError::Timeout(ttl))
+                        })
+                };
+                if let Err(e) = written {
                     let abort = Request::Abort { reservation: rid };
                     let _ = send(&conn, cid, 0, &abort, None, timeout, None).await;
-                    return Err(e.into());
+                    return Err(e);
                 }
                 let commit = Request::Commit {
                     reservation: rid,
@@ -817,6 +833,9 @@ fn start_conn<R: AsyncRead + Send + Unpin + 'static>(
     }
 }
 
+/// How far ahead of the bytes that arrived an answer's buffer is allocated.
+const ANSWER_CHUNK: u64 = 64 << 20;
+
 async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Arc<AtomicBool>) {
     let mut r = BufReader::with_capacity(64 << 10, r);
     let limits = client_limits();
@@ -830,9 +849,15 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Ar
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let mut meta = BytesMut::zeroed(header.meta_len as usize);
             r.read_exact(&mut meta).await?;
-            let mut data = BytesMut::with_capacity(header.data_len as usize);
-            while (data.len() as u64) < header.data_len {
-                if r.read_buf(&mut data).await? == 0 {
+            // The buffer grows with what arrives, at most `ANSWER_CHUNK` ahead of it:
+            // a header alone (from a broken or hostile server) cannot make this
+            // process allocate gigabytes.
+            let want = header.data_len;
+            let mut data = BytesMut::with_capacity(want.min(ANSWER_CHUNK) as usize);
+            while (data.len() as u64) < want {
+                let left = want - data.len() as u64;
+                data.reserve(left.min(ANSWER_CHUNK) as usize);
+                if r.read_buf(&mut (&mut data).limit(left as usize)).await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
@@ -979,6 +1004,14 @@ impl RdmaClient {
         len: u64,
         deadline: Duration,
     ) -> std::io::Result<Vec<u8>> {
+        // `len` comes from the server: no allocation past what its region can hold.
+        let region = self.server.map_or(0, |s| s.len);
+        if len > region {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a read of {len} bytes is larger than the server's {region}-byte region"),
+            ));
+        }
         let mut out = Vec::with_capacity(len as usize);
         for e in extents {
             let (mut raddr, rkey) = self.remote(e)?;
@@ -1006,7 +1039,10 @@ impl RdmaClient {
         value: &[u8],
         deadline: Duration,
     ) -> std::io::Result<()> {
-        let total: u64 = extents.iter().map(|e| e.len).sum();
+        let total = extents
+            .iter()
+            .try_fold(0u64, |t, e| t.checked_add(e.len))
+            .unwrap_or(u64::MAX);
         if total != value.len() as u64 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

@@ -5,12 +5,21 @@
 //! deletion of the value cannot hand its memory to another writer. A lease ends when
 //! the client releases it or when its time is up; a client that died releases
 //! nothing, so expiry is what guarantees that nothing leaks.
+//!
+//! Lease ids are random, not counted: RELEASE is accepted on any connection (a
+//! client's release rides on whichever of its connections sends next), so an id
+//! must not be guessable by another client, which could otherwise end a lease that a
+//! reader still copies under. Each lease counts at least [`MIN_CHARGE`] against the
+//! byte budget, so that many tiny leases cannot grow the table without bound.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+
+/// The least a lease counts against the byte budget (its bookkeeping, and a page).
+pub(crate) const MIN_CHARGE: u64 = 4096;
 
 /// The lease table of one server.
 #[derive(Debug)]
@@ -22,7 +31,6 @@ pub struct Leases {
 
 #[derive(Debug, Default)]
 struct Table {
-    next: u64,
     bytes: u64,
     map: HashMap<u64, Held>,
 }
@@ -40,10 +48,7 @@ impl Leases {
         Self {
             ttl,
             max_bytes,
-            table: Mutex::new(Table {
-                next: 1,
-                ..Table::default()
-            }),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -53,9 +58,10 @@ impl Leases {
     }
 
     /// Grants a lease on `values`; `None` when it would put the table over its byte
-    /// budget (the caller answers inline instead).
+    /// budget (the caller answers inline instead). The id is random and never 0.
     pub fn grant(&self, values: Vec<Bytes>) -> Option<u64> {
-        let bytes: u64 = values.iter().map(|v| v.len() as u64).sum();
+        let len: u64 = values.iter().map(|v| v.len() as u64).sum();
+        let bytes = len.max(MIN_CHARGE);
         let now = Instant::now();
         let mut expired = Vec::new();
         let granted = {
@@ -64,8 +70,12 @@ impl Leases {
                 expired = Self::sweep_locked(&mut t, now);
             }
             (t.bytes + bytes <= self.max_bytes).then(|| {
-                let id = t.next;
-                t.next += 1;
+                let id = loop {
+                    let id = rand::random::<u64>();
+                    if id != 0 && !t.map.contains_key(&id) {
+                        break id;
+                    }
+                };
                 t.bytes += bytes;
                 t.map.insert(
                     id,
@@ -122,7 +132,8 @@ impl Leases {
         out
     }
 
-    /// Live leases and the bytes they hold.
+    /// Live leases and the bytes they count against the budget (each at least
+    /// [`MIN_CHARGE`]).
     pub fn usage(&self) -> (usize, u64) {
         let t = self.table.lock();
         (t.map.len(), t.bytes)
@@ -135,15 +146,30 @@ mod tests {
 
     #[test]
     fn budget_release_and_expiry() {
-        let l = Leases::new(Duration::from_millis(30), 10);
-        let a = l.grant(vec![Bytes::from_static(b"123456")]).unwrap();
-        assert!(l.grant(vec![Bytes::from_static(b"123456")]).is_none());
+        let page = MIN_CHARGE as usize;
+        let l = Leases::new(Duration::from_millis(30), 2 * MIN_CHARGE);
+        let a = l.grant(vec![Bytes::from(vec![1; page + 1])]).unwrap();
+        assert!(l.grant(vec![Bytes::from(vec![1; page])]).is_none());
         assert!(l.release(a));
         assert!(!l.release(a));
-        let _b = l.grant(vec![Bytes::from_static(b"1234567890")]).unwrap();
-        assert_eq!(l.usage(), (1, 10));
+        let _b = l.grant(vec![Bytes::from(vec![1; 2 * page])]).unwrap();
+        assert_eq!(l.usage(), (1, 2 * MIN_CHARGE));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(l.sweep(), 1);
         assert_eq!(l.usage(), (0, 0));
+    }
+
+    /// Tiny leases count a page each, so their number is bounded by the budget.
+    #[test]
+    fn tiny_leases_count_a_page_each() {
+        let l = Leases::new(Duration::from_secs(60), 8 * MIN_CHARGE);
+        let ids: Vec<u64> = (0..8)
+            .map(|_| l.grant(vec![Bytes::from_static(b"x")]).unwrap())
+            .collect();
+        assert!(l.grant(vec![Bytes::from_static(b"x")]).is_none());
+        assert_eq!(l.usage(), (8, 8 * MIN_CHARGE));
+        // Ids are random: not a count another client could walk.
+        assert!(ids.iter().all(|&id| id != 0));
+        assert!(ids.windows(2).any(|w| w[1] != w[0].wrapping_add(1)));
     }
 }

@@ -12,5 +12,5 @@ mod shm;
 
 pub use self::client::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions};
 pub use self::lease::Leases;
-pub use self::server::{DataConfig, DataServer};
+pub use self::server::{DataConfig, DataServer, MAX_INFLIGHT, MAX_RESERVATIONS};
 pub use self::shm::{ValueReader, host_id, recv_fd};

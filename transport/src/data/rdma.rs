@@ -191,6 +191,7 @@ impl Device {
                 gid_index: self.gid_index,
                 mtu: self.mtu,
                 gid: self.gid,
+                broken: false,
             })
         }
     }
@@ -273,6 +274,11 @@ pub struct Link {
     gid_index: u8,
     mtu: ibv_mtu::Type,
     gid: [u8; 16],
+    /// Set once an operation timed out or failed. A timed-out work request may
+    /// still complete later, and would then satisfy the next one's wait (or land in
+    /// the staging buffer while it is read); a failed one leaves the queue pair in
+    /// its error state. Either way the link takes no more work.
+    broken: bool,
 }
 
 // SAFETY: the queue pair is used by one thread at a time (callers hold it under a
@@ -418,6 +424,12 @@ impl Link {
         remote: u64,
         rkey: u32,
     ) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "this RDMA link timed out or failed before and takes no more work",
+            ));
+        }
         if local_off + u64::from(len) > local.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -452,6 +464,12 @@ impl Link {
     }
 
     fn wait(&mut self, deadline: Duration) -> io::Result<()> {
+        let r = self.wait_once(deadline);
+        self.broken |= r.is_err();
+        r
+    }
+
+    fn wait_once(&mut self, deadline: Duration) -> io::Result<()> {
         let start = Instant::now();
         // SAFETY: polling our own completion queue into a zeroed work completion.
         unsafe {

@@ -14,6 +14,13 @@
 //!
 //! A frame whose header is broken ends the connection (the stream cannot be
 //! resynchronised) after an error answer; bad metadata fails that request only.
+//!
+//! What a client can make the server hold is bounded: connections
+//! ([`DataConfig::max_connections`]), requests in flight per connection
+//! ([`MAX_INFLIGHT`]), open reservations per connection ([`MAX_RESERVATIONS`]), the
+//! bytes of every upload at once ([`DataConfig::max_upload_bytes`]) and leases
+//! ([`DataConfig::max_leased_bytes`]). A reservation that nobody writes to or
+//! commits for a lease lifetime is dropped.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -30,6 +37,7 @@ use futures::stream::FuturesUnordered;
 use strata_tiers::{ByteRange, Error, Key, Reservation, TieredStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Leases;
@@ -58,7 +66,22 @@ pub struct DataConfig {
     /// Connections that may poll at once (each holds a runtime worker while it
     /// polls). Default: 1.
     pub poll_connections: usize,
+    /// Bytes of uploads held at once, at most: PUT data and open reservations, from
+    /// every connection. Past it PUT and RESERVE answer `Busy`; a single upload over
+    /// it answers `TooLarge`. Default: 1 GiB.
+    pub max_upload_bytes: u64,
+    /// Connections served at once (TCP and Unix socket each); past it a new
+    /// connection is closed at once. Default: 4096.
+    pub max_connections: usize,
 }
+
+/// Requests one connection may have in flight; past it the server stops reading
+/// that connection until answers have gone out.
+pub const MAX_INFLIGHT: usize = 1024;
+
+/// Reservations one connection may hold open (reserved, not committed or aborted);
+/// past it RESERVE answers `Busy`.
+pub const MAX_RESERVATIONS: usize = 256;
 
 impl Default for DataConfig {
     fn default() -> Self {
@@ -68,6 +91,8 @@ impl Default for DataConfig {
             limits: Limits::default(),
             poll: Duration::ZERO,
             poll_connections: 1,
+            max_upload_bytes: 1 << 30,
+            max_connections: 4096,
         }
     }
 }
@@ -94,6 +119,10 @@ pub struct DataServer {
     polling: AtomicUsize,
     /// Polls that found a request (so saved a wake-up).
     poll_hits: AtomicU64,
+    /// The upload budget, in bytes (`config.max_upload_bytes`).
+    uploads: Arc<Semaphore>,
+    /// Reservations dropped because nobody wrote to or committed them in time.
+    expired_reservations: AtomicU64,
 }
 
 impl std::fmt::Debug for DataServer {
@@ -160,6 +189,20 @@ fn fail(op: Op, id: u64, e: Error) -> Out {
     Out::err(op, id, status_of(&e), e.to_string())
 }
 
+/// An upload in progress: its reservation, and the share of the upload budget it
+/// holds until it is committed or dropped.
+struct Upload {
+    res: Box<Reservation>,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// A reservation waiting for its next WRITE or COMMIT.
+struct Open {
+    up: Upload,
+    /// When it was made or last written: it is dropped a lease lifetime later.
+    touched: Instant,
+}
+
 /// Where the data section of the frame being read goes.
 enum Sink {
     /// Into a reservation; once full, commit it (PUT: the reservation holds the CRC
@@ -168,7 +211,7 @@ enum Sink {
         op: Op,
         id: u64,
         reservation_id: u64,
-        res: Box<Reservation>,
+        up: Upload,
         remaining: u64,
         commit: bool,
     },
@@ -184,16 +227,31 @@ impl DataServer {
             rdma: Self::open_rdma(&store),
             store,
             leases: Leases::new(config.lease_ttl, config.max_leased_bytes),
+            uploads: Arc::new(Semaphore::new(
+                config.max_upload_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
+            )),
             config,
             host_id: shm::host_id(),
             polling: AtomicUsize::new(0),
             poll_hits: AtomicU64::new(0),
+            expired_reservations: AtomicU64::new(0),
         })
     }
 
     /// The lease table.
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    /// Reservations dropped because nobody wrote to or committed them for a lease
+    /// lifetime.
+    pub fn expired_reservations(&self) -> u64 {
+        self.expired_reservations.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the upload budget (`DataConfig::max_upload_bytes`) free now.
+    pub fn upload_budget_free(&self) -> u64 {
+        self.uploads.available_permits() as u64
     }
 
     /// How many times polling (`DataConfig::poll`) found the next request waiting,
@@ -269,6 +327,7 @@ impl DataServer {
 
     /// Serves TCP connections until `shutdown`.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let conns = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -276,12 +335,21 @@ impl DataServer {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = conns.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            %peer,
+                            max = self.config.max_connections,
+                            "data connection refused: at data.max_connections"
+                        );
+                        continue;
+                    };
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::warn!(%peer, error = %e, "TCP_NODELAY");
                     }
                     let me = self.clone();
                     let stop = shutdown.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(e) = me.serve_conn(stream, false, stop).await {
                             tracing::debug!(%peer, error = %e, "data connection ended");
                         }
@@ -295,34 +363,47 @@ impl DataServer {
         }
     }
 
+    /// Drops expired leases until `shutdown`, every quarter of the lease lifetime.
+    /// Leases are granted by the shared-memory and RDMA carriers alike, so this runs
+    /// whichever carriers are on: without it, a dead client's leases would hold
+    /// arena memory until the lease budget filled up.
+    pub async fn expire_leases(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.config.lease_ttl / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => { self.leases.sweep(); }
+            }
+        }
+    }
+
     /// Serves the shared-memory carrier on a Unix socket until `shutdown`: each
     /// connection first receives the arena's memfd, then speaks the same frames, with
-    /// leased reads and in-place writes. Expired leases are swept meanwhile.
+    /// leased reads and in-place writes. Leases expire by [`expire_leases`], which
+    /// the caller runs beside this.
+    ///
+    /// [`expire_leases`]: Self::expire_leases
     pub async fn serve_unix(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
-        let sweeper = {
-            let me = self.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let period = (me.config.lease_ttl / 4).max(Duration::from_millis(10));
-                let mut tick = tokio::time::interval(period);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => { me.leases.sweep(); }
-                    }
-                }
-            })
-        };
+        let conns = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return,
                 a = listener.accept() => a,
             };
             match accepted {
                 Ok((stream, _)) => {
+                    let Ok(slot) = conns.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            max = self.config.max_connections,
+                            "shm connection refused: at data.max_connections"
+                        );
+                        continue;
+                    };
                     let me = self.clone();
                     let stop = shutdown.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let fd = me.store.dram().arena().fd();
                         if let Err(e) = shm::send_fd(&stream, fd).await {
                             tracing::debug!(error = %e, "sending the arena descriptor");
@@ -339,7 +420,6 @@ impl DataServer {
                 }
             }
         }
-        sweeper.abort();
     }
 
     /// Binds the shared-memory socket at `path` (replacing a stale one), owner-only.
@@ -368,7 +448,7 @@ impl DataServer {
     {
         let mut buf = BytesMut::with_capacity(256 << 10);
         let mut inflight: FuturesUnordered<BoxFuture<'static, Out>> = FuturesUnordered::new();
-        let mut reservations: HashMap<u64, Box<Reservation>> = HashMap::new();
+        let mut reservations: HashMap<u64, Open> = HashMap::new();
         let mut sink: Option<Sink> = None;
         let mut eof = false;
         loop {
@@ -384,10 +464,10 @@ impl DataServer {
                             buf.advance(n as usize);
                             *remaining -= n;
                         }
-                        Sink::Reservation { res, remaining, .. } => {
+                        Sink::Reservation { up, remaining, .. } => {
                             let n = (*remaining).min(buf.len() as u64) as usize;
                             let chunk = buf.split_to(n);
-                            if let Err(e) = res.write(&chunk) {
+                            if let Err(e) = up.res.write(&chunk) {
                                 // Cannot happen (lengths were checked); fail loudly.
                                 return Err(std::io::Error::other(e.to_string()));
                             }
@@ -399,7 +479,9 @@ impl DataServer {
                     }
                     continue;
                 }
-                if buf.len() < HEADER_LEN {
+                // At the in-flight cap, leave the next frame in the buffer (reading
+                // stops too) until answers have gone out.
+                if buf.len() < HEADER_LEN || inflight.len() >= MAX_INFLIGHT {
                     break;
                 }
                 let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits)
@@ -472,18 +554,33 @@ impl DataServer {
                     Err(e) => return Err(e),
                 }
             }
+            let ttl = self.config.lease_ttl;
+            let expiry = reservations.values().map(|o| o.touched + ttl).min();
             tokio::select! {
                 biased;
                 Some(out) = inflight.next(), if !inflight.is_empty() => {
                     write_out(&mut stream, &out).await?;
                 }
-                r = stream.read_buf(&mut buf), if !eof => {
+                r = stream.read_buf(&mut buf), if !eof && inflight.len() < MAX_INFLIGHT => {
                     if r? == 0 {
                         eof = true;
                         if inflight.is_empty() {
                             return Ok(());
                         }
                     }
+                }
+                // (An async block: nothing is made for the timer when no reservation
+                // is open, as on every GET.)
+                () = async {
+                    match expiry {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                }, if expiry.is_some() => {
+                    let before = reservations.len();
+                    reservations.retain(|_, o| o.touched.elapsed() < ttl);
+                    let n = (before - reservations.len()) as u64;
+                    self.expired_reservations.fetch_add(n, Ordering::Relaxed);
                 }
                 _ = shutdown.cancelled(), if inflight.is_empty() => return Ok(()),
             }
@@ -535,7 +632,7 @@ impl DataServer {
         req: Request,
         lease: bool,
         sink: &mut Option<Sink>,
-        reservations: &mut HashMap<u64, Box<Reservation>>,
+        reservations: &mut HashMap<u64, Open>,
     ) -> Option<BoxFuture<'static, Out>> {
         let (op, id) = (h.op, h.id);
         let me = self.clone();
@@ -583,23 +680,32 @@ impl DataServer {
                 me.mget(Op::MGetRange, id, ranges, lease).await
             })),
             Request::Put { key, crc32c } => {
-                match self.store.reserve(&key, h.data_len, Some(crc32c)) {
-                    Ok(res) => {
+                let up = self.upload_budget(op, id, h.data_len).and_then(|budget| {
+                    match self.store.reserve(&key, h.data_len, Some(crc32c)) {
+                        Ok(res) => Ok(Upload {
+                            res: Box::new(res),
+                            _budget: budget,
+                        }),
+                        Err(e) => Err(fail(op, id, e)),
+                    }
+                });
+                match up {
+                    Ok(up) => {
                         *sink = Some(Sink::Reservation {
                             op,
                             id,
                             reservation_id: id,
-                            res: Box::new(res),
+                            up,
                             remaining: h.data_len,
                             commit: true,
                         });
                         None
                     }
-                    Err(e) => {
+                    Err(out) => {
                         *sink = Some(Sink::Discard {
                             remaining: h.data_len,
                         });
-                        ready(fail(op, id, e))
+                        ready(out)
                     }
                 }
             }
@@ -612,14 +718,31 @@ impl DataServer {
                         format!("reservation {id} already exists on this connection"),
                     ));
                 }
+                if reservations.len() >= MAX_RESERVATIONS {
+                    return ready(Out::err(
+                        op,
+                        id,
+                        Status::Busy,
+                        format!(
+                            "{MAX_RESERVATIONS} reservations are open on this connection: \
+                             commit or abort one first"
+                        ),
+                    ));
+                }
+                let budget = match self.upload_budget(op, id, len) {
+                    Ok(b) => b,
+                    Err(out) => return ready(out),
+                };
                 let mut res = match self.store.reserve(&key, len, None) {
                     Ok(r) => r,
                     Err(e) => return ready(fail(op, id, e)),
                 };
                 let lease = if lease {
                     match res.prepare_in_place() {
+                        // Id 0: the extents belong to the reservation (named by this
+                        // request's id), not to the lease table.
                         Ok(ext) => Some(Lease {
-                            id,
+                            id: 0,
                             ttl_ms: self.config.lease_ttl.as_millis() as u32,
                             extents: ext
                                 .into_iter()
@@ -631,29 +754,38 @@ impl DataServer {
                 } else {
                     None
                 };
-                reservations.insert(id, Box::new(res));
+                reservations.insert(
+                    id,
+                    Open {
+                        up: Upload {
+                            res: Box::new(res),
+                            _budget: budget,
+                        },
+                        touched: Instant::now(),
+                    },
+                );
                 let mut m = BytesMut::new();
                 response::encode_reserve(&mut m, lease.as_ref());
                 ready(Out::ok(op, id, m, Vec::new()))
             }
             Request::Write { reservation } => match reservations.remove(&reservation) {
-                Some(res) if res.written() + h.data_len <= res.len() => {
+                Some(o) if o.up.res.written().saturating_add(h.data_len) <= o.up.res.len() => {
                     *sink = Some(Sink::Reservation {
                         op,
                         id,
                         reservation_id: reservation,
-                        res,
+                        up: o.up,
                         remaining: h.data_len,
                         commit: false,
                     });
                     None
                 }
-                Some(res) => {
+                Some(o) => {
                     let msg = format!(
                         "writing {} bytes at {} overruns reservation {reservation} of {}",
                         h.data_len,
-                        res.written(),
-                        res.len()
+                        o.up.res.written(),
+                        o.up.res.len()
                     );
                     *sink = Some(Sink::Discard {
                         remaining: h.data_len,
@@ -671,7 +803,9 @@ impl DataServer {
                 reservation,
                 crc32c,
             } => match reservations.remove(&reservation) {
-                Some(mut res) => Some(Box::pin(async move {
+                Some(Open { up, .. }) => Some(Box::pin(async move {
+                    // The budget is held until the commit is done.
+                    let Upload { mut res, _budget } = up;
                     let r = if res.is_in_place() {
                         res.commit_filled(crc32c).await
                     } else {
@@ -713,7 +847,7 @@ impl DataServer {
     fn finish_sink(
         self: &Arc<Self>,
         sink: &mut Option<Sink>,
-        reservations: &mut HashMap<u64, Box<Reservation>>,
+        reservations: &mut HashMap<u64, Open>,
     ) -> Option<BoxFuture<'static, Out>> {
         match sink {
             Some(Sink::Discard { remaining: 0 }) => {
@@ -725,7 +859,7 @@ impl DataServer {
                     op,
                     id,
                     reservation_id,
-                    res,
+                    up,
                     commit,
                     ..
                 }) = sink.take()
@@ -734,18 +868,51 @@ impl DataServer {
                 };
                 if commit {
                     return Some(Box::pin(async move {
+                        let Upload { res, _budget } = up;
                         match res.commit().await {
                             Ok(r) => Out::u64(op, id, r.len),
                             Err(e) => fail(op, id, e),
                         }
                     }));
                 }
-                let written = res.written();
-                reservations.insert(reservation_id, res);
+                let written = up.res.written();
+                reservations.insert(
+                    reservation_id,
+                    Open {
+                        up,
+                        touched: Instant::now(),
+                    },
+                );
                 Some(Box::pin(std::future::ready(Out::u64(op, id, written))))
             }
             _ => None,
         }
+    }
+
+    /// Takes `len` bytes of the upload budget for an upload, or the answer that
+    /// refuses it: `TooLarge` for one upload over the whole budget, `Busy` when the
+    /// budget is taken by others now (retry later).
+    fn upload_budget(&self, op: Op, id: u64, len: u64) -> Result<OwnedSemaphorePermit, Out> {
+        let max = self.config.max_upload_bytes;
+        let n = u32::try_from(len)
+            .ok()
+            .filter(|_| len <= max)
+            .ok_or_else(|| {
+                Out::err(
+                    op,
+                    id,
+                    Status::TooLarge,
+                    format!("an upload of {len} bytes is over the data.max_upload_bytes of {max}"),
+                )
+            })?;
+        self.uploads.clone().try_acquire_many_owned(n).map_err(|_| {
+            Out::err(
+                op,
+                id,
+                Status::Busy,
+                format!("{max} bytes of uploads are in flight (data.max_upload_bytes): retry"),
+            )
+        })
     }
 
     /// Reads `range` of `key` as zero-copy slices of its pages: (total length,
@@ -853,7 +1020,10 @@ fn unknown(op: Op, id: u64, reservation: u64) -> Out {
         op,
         id,
         Status::UnknownId,
-        format!("no reservation {reservation} on this connection"),
+        format!(
+            "no reservation {reservation} on this connection (never made, already \
+             committed or aborted, or dropped after a lease lifetime untouched)"
+        ),
     )
 }
 

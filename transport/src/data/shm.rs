@@ -186,17 +186,15 @@ impl Mapping {
     }
 
     /// A reader over `extents`, in order, whose lengths must sum to `len`; each is
-    /// checked against the mapping here.
+    /// checked against the mapping here, and so is their sum (a value's extents do
+    /// not overlap, so they cannot hold more than the arena: a server that says
+    /// otherwise must not make the client allocate that much).
     pub(crate) fn reader<'a>(
         &'a self,
         extents: &'a [Extent],
         len: u64,
     ) -> io::Result<ValueReader<'a>> {
-        let mut total = 0u64;
-        for e in extents {
-            self.check(e)?;
-            total = total.saturating_add(e.len);
-        }
+        let total = self.total(extents)?;
         if total != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -213,9 +211,29 @@ impl Mapping {
         })
     }
 
+    /// Checks every extent against the mapping and returns their summed length,
+    /// which must not exceed the mapping either.
+    fn total(&self, extents: &[Extent]) -> io::Result<u64> {
+        let mut total = 0u64;
+        for e in extents {
+            self.check(e)?;
+            total = total.saturating_add(e.len);
+        }
+        if total > self.len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "extents hold {total} bytes, more than the {}-byte arena",
+                    self.len
+                ),
+            ));
+        }
+        Ok(total)
+    }
+
     /// Copies `data` into the bytes of `extents` (whose lengths sum to its length).
     pub(crate) fn write(&self, extents: &[Extent], data: &[u8]) -> io::Result<()> {
-        let total: u64 = extents.iter().map(|e| e.len).sum();
+        let total = self.total(extents)?;
         if total != data.len() as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -526,6 +544,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("7 bytes for a length of 8"), "{e}");
+        // Extents that each fit but sum past the arena (a lying server's way to make
+        // the client allocate without bound) are refused before any allocation.
+        let whole = vec![
+            Extent {
+                offset: 0,
+                len: 4096
+            };
+            65_536
+        ];
+        let e = m.reader(&whole, 4096 * 65_536).unwrap_err().to_string();
+        assert!(e.contains("more than the 4096-byte arena"), "{e}");
+        let e = m.write(&whole[..2], &[0; 8192]).unwrap_err().to_string();
+        assert!(e.contains("more than the 4096-byte arena"), "{e}");
         // A read past the end copies nothing.
         let mut r = m.reader(&[Extent { offset: 0, len: 4 }], 4).unwrap();
         let mut dst = [9u8; 5];
