@@ -226,18 +226,20 @@ impl Client {
 
     /// Stores a value, checksummed end to end. Not retried.
     pub async fn put(&self, key: &Key, value: Bytes) -> Result<pb::PutResponse> {
-        if let Some(d) = &self.data {
+        self.put_with(key, value, false).await
+    }
+
+    /// Stores a value, optionally pinning it: over the data path when there is one,
+    /// else over gRPC (streamed in chunks). Pinning is a gRPC option, so a pinned
+    /// put always streams over gRPC. Not retried.
+    pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
+        if !pin && let Some(d) = &self.data {
             let length = d.put(key, &value).await?;
             return Ok(pb::PutResponse {
                 length,
                 crc32c: crc32c::crc32c(&value),
             });
         }
-        self.put_with(key, value, false).await
-    }
-
-    /// Stores a value over gRPC (streamed in chunks), optionally pinning it.
-    pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
         let header = pb::PutHeader {
             key: Some(key_to_proto(key)),
             length: value.len() as u64,

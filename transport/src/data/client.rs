@@ -71,7 +71,7 @@ pub struct DataOptions {
     pub carrier: CarrierChoice,
     /// Connections in the pool. Default: 2.
     pub connections: usize,
-    /// Deadline of each call. Default: 30 s.
+    /// Deadline of each call, retries included. Default: 30 s.
     pub timeout: Duration,
     /// Attempts for idempotent calls (1 = no retry). Default: 3.
     pub attempts: u32,
@@ -367,8 +367,12 @@ impl DataClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        // The deadline bounds the whole call, retries and backoff included (each
+        // attempt also has it as its own limit).
         let o = &self.inner.options;
-        crate::error::retry(o.attempts, o.backoff, f).await
+        tokio::time::timeout(o.timeout, crate::error::retry(o.attempts, o.backoff, f))
+            .await
+            .unwrap_or(Err(ClientError::Timeout(o.timeout)))
     }
 
     /// Reads a whole value. `None` when it is neither cached nor in its origin.
