@@ -932,3 +932,78 @@ async fn an_in_place_commit_with_a_wrong_checksum_stores_nothing() {
     assert_eq!(h.status, Status::UnknownId);
     r.shutdown().await.unwrap();
 }
+
+/// A client that stops taking an answer, or stops sending a PUT's data, is given
+/// up on after a lease lifetime: what it pins (the answer's arena bytes, its share
+/// of the upload budget) comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 300)).await.unwrap();
+    let addr = r.data_addr.unwrap();
+
+    // Half a PUT's data, then nothing.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let value = pattern(1 << 20, 1);
+    let put = request_frame(
+        1,
+        0,
+        &Request::Put {
+            key: k("kv/s/put"),
+            crc32c: crc32c::crc32c(&value),
+        },
+        value.len() as u64,
+    );
+    s.write_all(&put).await.unwrap();
+    s.write_all(&value[..1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        r.data.upload_budget_free() < 1 << 30,
+        "the PUT holds budget"
+    );
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .expect("the stalled sender is let go")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(r.data.upload_budget_free(), 1 << 30);
+
+    // Answers that nobody reads: more than the socket buffers hold.
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    let big = pattern(4 << 20, 2);
+    c.put(&k("kv/s/big"), big.clone()).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut frames = Vec::new();
+    for id in 1..=32u64 {
+        frames.extend_from_slice(&request_frame(
+            id,
+            0,
+            &Request::Get {
+                key: k("kv/s/big"),
+                offset: 0,
+                length: None,
+            },
+            0,
+        ));
+    }
+    s.write_all(&frames).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The connection was dropped with most answers unsent.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the connection was not dropped"),
+        }
+    }
+    assert!(
+        got < 32 * (4 << 20),
+        "all {got} bytes came: nothing stalled"
+    );
+    // The server serves on.
+    assert_eq!(c.get(&k("kv/s/big")).await.unwrap().unwrap(), big);
+    r.shutdown().await.unwrap();
+}

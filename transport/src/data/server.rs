@@ -451,6 +451,8 @@ impl DataServer {
         let mut reservations: HashMap<u64, Open> = HashMap::new();
         let mut sink: Option<Sink> = None;
         let mut eof = false;
+        // When bytes last came in or went out.
+        let mut progress = Instant::now();
         loop {
             // Take every whole frame (and every data byte) the buffer holds.
             loop {
@@ -494,7 +496,7 @@ impl DataServer {
                         let op = Op::Hello;
                         let out =
                             Out::err(op, u64::from_le_bytes(id), Status::Invalid, e.to_string());
-                        write_out(&mut stream, &out).await?;
+                        write_out(&mut stream, &out, self.config.lease_ttl).await?;
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
                 };
@@ -545,6 +547,7 @@ impl DataServer {
                         continue;
                     }
                     Ok(Some(_)) => {
+                        progress = Instant::now();
                         // A client that keeps the connection busy must not keep this
                         // worker from the runtime: yield once the task's budget is spent.
                         tokio::task::consume_budget().await;
@@ -555,11 +558,20 @@ impl DataServer {
                 }
             }
             let ttl = self.config.lease_ttl;
-            let expiry = reservations.values().map(|o| o.touched + ttl).min();
+            // Timers: the oldest untouched reservation's end, and, inside a frame's
+            // data, the end of the wait for more of it (a sender that stalls holds
+            // its share of the upload budget).
+            let stalled_at = sink.as_ref().map(|_| progress + ttl);
+            let expiry = reservations
+                .values()
+                .map(|o| o.touched + ttl)
+                .chain(stalled_at)
+                .min();
             tokio::select! {
                 biased;
                 Some(out) = inflight.next(), if !inflight.is_empty() => {
-                    write_out(&mut stream, &out).await?;
+                    write_out(&mut stream, &out, ttl).await?;
+                    progress = Instant::now();
                 }
                 r = stream.read_buf(&mut buf), if !eof && inflight.len() < MAX_INFLIGHT => {
                     if r? == 0 {
@@ -568,15 +580,22 @@ impl DataServer {
                             return Ok(());
                         }
                     }
+                    progress = Instant::now();
                 }
-                // (An async block: nothing is made for the timer when no reservation
-                // is open, as on every GET.)
+                // (An async block: nothing is made for the timer when no timer is
+                // due, as on every GET.)
                 () = async {
                     match expiry {
                         Some(t) => tokio::time::sleep_until(t.into()).await,
                         None => std::future::pending().await,
                     }
                 }, if expiry.is_some() => {
+                    if sink.is_some() && progress.elapsed() >= ttl {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("a frame's data stopped coming for {ttl:?}"),
+                        ));
+                    }
                     let before = reservations.len();
                     reservations.retain(|_, o| o.touched.elapsed() < ttl);
                     let n = (before - reservations.len()) as u64;
@@ -1027,21 +1046,37 @@ fn unknown(op: Op, id: u64, reservation: u64) -> Out {
     )
 }
 
-/// Writes an answer: header, metadata and data slices in vectored writes.
-async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &Out) -> std::io::Result<()> {
+/// Writes an answer: header, metadata and data slices in vectored writes. A peer
+/// that takes no bytes for `stall` is given up on (its answer's arena bytes would
+/// stay pinned for as long as it waits).
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &Out,
+    stall: Duration,
+) -> std::io::Result<()> {
     let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + out.data.len());
     parts.push(&out.header);
     if !out.meta.is_empty() {
         parts.push(&out.meta);
     }
     parts.extend(out.data.iter().filter(|d| !d.is_empty()).map(|d| &d[..]));
-    write_all_vectored(stream, &parts).await
+    write_all_vectored_within(stream, &parts, Some(stall)).await
 }
 
 /// Writes every byte of `parts`, in order, with as few syscalls as the kernel allows.
 pub(crate) async fn write_all_vectored<S: AsyncWrite + Unpin>(
     stream: &mut S,
     parts: &[&[u8]],
+) -> std::io::Result<()> {
+    write_all_vectored_within(stream, parts, None).await
+}
+
+/// As [`write_all_vectored`], failing with `TimedOut` when one write makes no
+/// progress for `stall`.
+async fn write_all_vectored_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    parts: &[&[u8]],
+    stall: Option<Duration>,
 ) -> std::io::Result<()> {
     let (mut i, mut off) = (0usize, 0usize);
     loop {
@@ -1062,7 +1097,16 @@ pub(crate) async fn write_all_vectored<S: AsyncWrite + Unpin>(
             )
             .take(64)
             .collect();
-        let mut n = stream.write_vectored(&slices).await?;
+        let write = stream.write_vectored(&slices);
+        let mut n = match stall {
+            Some(d) => tokio::time::timeout(d, write).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer took no bytes of an answer for {d:?}"),
+                )
+            })??,
+            None => write.await?,
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
