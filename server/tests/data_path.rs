@@ -1007,3 +1007,79 @@ async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
     assert_eq!(c.get(&k("kv/s/big")).await.unwrap().unwrap(), big);
     r.shutdown().await.unwrap();
 }
+
+/// A proxy in front of the real data port that makes the server look like an
+/// older release: its HELLO answer (the first frame it sends on a connection) says
+/// it does not serve `missing`.
+async fn older_server_proxy(upstream: std::net::SocketAddr, missing: Op) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let server = TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                };
+                let down = async {
+                    let (h, meta, _) = raw_read(&mut sr).await;
+                    assert_eq!(h.op, Op::Hello);
+                    let mut info = response::decode_hello(&meta).unwrap();
+                    info.ops &= !missing.bit();
+                    let mut m = BytesMut::new();
+                    response::encode_hello(&mut m, &info);
+                    let head = Header::response(Op::Hello, h.id, Status::Ok, m.len(), 0);
+                    cw.write_all(&head.encode()).await.unwrap();
+                    cw.write_all(&m).await.unwrap();
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    addr
+}
+
+/// Against a server that lacks an op (an older release, in a rolling upgrade), a
+/// call that needs it fails before anything is sent, naming the op, and the
+/// connection serves the other calls on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_the_server_lacks_fails_alone_and_the_connection_goes_on() {
+    use strata_transport::data::{DataClient, DataEndpoint};
+    use strata_transport::wire::KeyRange;
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let proxy = older_server_proxy(r.data_addr.unwrap(), Op::MGetRange).await;
+    let c = DataClient::connect(
+        DataEndpoint {
+            tcp: Some(proxy.to_string()),
+            unix: None,
+            host_id: None,
+        },
+        DataOptions {
+            carrier: CarrierChoice::Tcp,
+            connections: 1,
+            ..DataOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.server().ops & Op::MGetRange.bit(), 0);
+    let value = pattern(10_000, 3);
+    c.put(&k("kv/o/a"), &value).await.unwrap();
+    let ranges = [KeyRange {
+        key: k("kv/o/a"),
+        offset: 0,
+        length: Some(10),
+    }];
+    let e = c.mget_range_with(&ranges, |_, _| ()).await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Unsupported(Op::MGetRange)),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("MGetRange"), "{e}");
+    assert_eq!(c.get(&k("kv/o/a")).await.unwrap().unwrap(), value);
+    r.shutdown().await.unwrap();
+}

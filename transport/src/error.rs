@@ -43,6 +43,10 @@ pub enum ClientError {
     /// A deadline passed.
     #[error("deadline of {0:?} exceeded")]
     Timeout(std::time::Duration),
+    /// The server does not serve this op (it runs an older release); nothing was
+    /// sent, and the connection goes on.
+    #[error("the data server does not serve {0:?} (an older release): upgrade it")]
+    Unsupported(crate::wire::Op),
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

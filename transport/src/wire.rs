@@ -74,6 +74,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op of this release, as the bit set a HELLO answer carries (bit `n` is
+    /// op `n`).
+    pub const ALL: u64 = (1 << 13) - 2;
+
+    /// The ops a server whose HELLO answer carries no op set serves: the first
+    /// release's (HELLO through MGET_RANGE).
+    pub const FIRST_RELEASE: u64 = (1 << 13) - 2;
+
+    /// This op's bit in an op set.
+    pub fn bit(self) -> u64 {
+        1 << (self as u8)
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Hello,
@@ -610,6 +623,10 @@ pub struct HelloInfo {
     pub lease_ttl_ms: u32,
     /// Largest data section the server accepts in one frame.
     pub max_data: u64,
+    /// The ops the server serves (bit `n` is op `n`, [`Op::bit`]). A client checks
+    /// it before it sends an op that a server of an older release may lack: an
+    /// unknown op is a broken header, which ends the whole connection.
+    pub ops: u64,
 }
 
 /// The metadata of a GET response.
@@ -646,9 +663,13 @@ pub mod response {
         out.put_u64_le(h.arena_len);
         out.put_u32_le(h.lease_ttl_ms);
         out.put_u64_le(h.max_data);
+        out.put_u64_le(h.ops);
     }
 
-    /// Decodes a HELLO answer.
+    /// Decodes a HELLO answer. Unlike every other decoder, this one accepts bytes
+    /// after the fields it knows: later releases append fields to HELLO, and a
+    /// client must still be able to talk to them. An answer that ends before the op
+    /// set (the first release's) serves [`Op::FIRST_RELEASE`].
     pub fn decode_hello(meta: &[u8]) -> Result<HelloInfo, WireError> {
         let err = |reason| WireError::Meta {
             op: Op::Hello,
@@ -660,8 +681,12 @@ pub mod response {
             arena_len: r.u64_le().map_err(err)?,
             lease_ttl_ms: r.u32_le().map_err(err)?,
             max_data: r.u64_le().map_err(err)?,
+            ops: if r.remaining() == 0 {
+                Op::FIRST_RELEASE
+            } else {
+                r.u64_le().map_err(err)?
+            },
         };
-        done(&r).map_err(err)?;
         Ok(h)
     }
 
@@ -1122,10 +1147,29 @@ mod tests {
             arena_len: 1 << 30,
             lease_ttl_ms: 5000,
             max_data: 1 << 30,
+            ops: Op::ALL,
         };
         let mut m = BytesMut::new();
         response::encode_hello(&mut m, &hi);
         assert_eq!(response::decode_hello(&m).unwrap(), hi);
+        // A later release's answer, with fields appended: still read.
+        let mut later = m.clone();
+        later.extend_from_slice(&[7; 20]);
+        assert_eq!(response::decode_hello(&later).unwrap(), hi);
+        // The first release's answer, without the op set: its ops.
+        let first = &m[..m.len() - 8];
+        assert_eq!(
+            response::decode_hello(first).unwrap().ops,
+            Op::FIRST_RELEASE
+        );
+        // A cut op set is refused, naming HELLO.
+        let e = response::decode_hello(&m[..m.len() - 3]).unwrap_err();
+        assert!(format!("{e}").contains("Hello"), "{e}");
+        // Every op's bit is in ALL; no other bit is.
+        let bits = (0..=255u8)
+            .filter_map(Op::from_u8)
+            .fold(0u64, |b, op| b | op.bit());
+        assert_eq!(bits, Op::ALL);
     }
 
     proptest::proptest! {

@@ -333,9 +333,20 @@ impl DataClient {
         Ok(c)
     }
 
+    /// Whether the server serves `op` (its HELLO answer's op set). An op the server
+    /// does not know would be a broken header to it, ending the connection and every
+    /// call in flight on it, so such a call fails here, before anything is sent.
+    fn serves(&self, op: Op) -> Result<()> {
+        if self.inner.hello.ops & op.bit() == 0 {
+            return Err(ClientError::Unsupported(op));
+        }
+        Ok(())
+    }
+
     /// Sends one request with `data` and waits for its answer (one attempt). Leases
     /// waiting to be released ride along in the same write.
     async fn call(&self, req: &Request, flags: u16, data: Option<&[u8]>) -> Result<Frame> {
+        self.serves(req.op())?;
         let conn = self.conn().await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let prefix = self.release_frame();
@@ -603,6 +614,7 @@ impl DataClient {
                 self.call(&req, 0, Some(value)).await?
             }
             Carrier::Shm | Carrier::Rdma => {
+                self.serves(Op::Reserve)?;
                 let conn = self.conn().await?;
                 let timeout = self.inner.options.timeout;
                 let rid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
