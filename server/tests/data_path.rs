@@ -604,7 +604,7 @@ async fn a_held_lease_blocks_reuse_and_expiry_releases_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), 400);
+    let mut cfg = config(dir.path(), 1500);
     cfg.data.max_upload_bytes = ByteSize(1 << 20);
     let r = Server::start(cfg).await.unwrap();
     let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
@@ -650,7 +650,7 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     let (h, _, _) = raw_call(&mut s, &put(4, "kv/u/small", &small), &small).await;
     assert_eq!(h.status, Status::Ok);
 
-    // Nobody touches reservation 2: a lease lifetime (400 ms) later it is gone,
+    // Nobody touches reservation 2: a lease lifetime (1.5 s) later it is gone,
     // and so is its budget.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while r.data.expired_reservations() == 0 {
@@ -674,21 +674,31 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     assert_eq!(h.status, Status::UnknownId);
     assert!(response::decode_error(&meta).contains("lease lifetime"));
 
-    // At most MAX_RESERVATIONS open on one connection.
+    // At most MAX_RESERVATIONS open on one connection (each holds 4 KiB of the
+    // budget at least, so 256 of 1 byte take all of it; a 257th is refused by the
+    // cap, which is checked first).
     let max = strata_transport::data::MAX_RESERVATIONS as u64;
     let mut frames = Vec::new();
     for id in 100..100 + max + 1 {
         frames.extend_from_slice(&reserve(id, 1));
     }
     s.write_all(&frames).await.unwrap();
-    let mut busy = Vec::new();
+    let mut refused = Vec::new();
     for _ in 0..=max {
-        let (h, _, _) = raw_read(&mut s).await;
+        let (h, meta, _) = raw_read(&mut s).await;
         if h.status != Status::Ok {
-            busy.push((h.id, h.status));
+            refused.push((h.id, h.status, response::decode_error(&meta)));
         }
     }
-    assert_eq!(busy, vec![(100 + max, Status::Busy)]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].0, refused[0].1), (100 + max, Status::Busy));
+    assert!(
+        refused[0]
+            .2
+            .contains("reservations are open on this connection"),
+        "{refused:?}"
+    );
+    assert_eq!(r.data.upload_budget_free(), (1 << 20) - max * 4096);
     // Closing the connection drops its reservations, and gives their budget back.
     drop(s);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -939,7 +949,7 @@ async fn an_in_place_commit_with_a_wrong_checksum_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Server::start(config(dir.path(), 300)).await.unwrap();
+    let r = Server::start(config(dir.path(), 1000)).await.unwrap();
     let addr = r.data_addr.unwrap();
 
     // Half a PUT's data, then nothing.
@@ -988,7 +998,7 @@ async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
         ));
     }
     s.write_all(&frames).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // The connection was dropped with most answers unsent.
     let mut got = 0usize;
     let mut buf = vec![0u8; 1 << 20];
@@ -1081,5 +1091,74 @@ async fn an_op_the_server_lacks_fails_alone_and_the_connection_goes_on() {
     );
     assert!(e.to_string().contains("MGetRange"), "{e}");
     assert_eq!(c.get(&k("kv/o/a")).await.unwrap().unwrap(), value);
+    r.shutdown().await.unwrap();
+}
+
+/// An in-place reservation whose connection ends is not let go at once: its
+/// client may still be copying into the arena. Its memory (and budget) come back a
+/// lease lifetime later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_reservations_outlive_their_connection_by_a_lease_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 1000)).await.unwrap();
+    let full = r.data.upload_budget_free();
+    let mut s = UnixStream::connect(r.shm_socket.as_ref().unwrap())
+        .await
+        .unwrap();
+    let _fd = strata_transport::data::recv_fd(&s).await.unwrap();
+    let reserve = request_frame(
+        1,
+        FLAG_LEASE,
+        &Request::Reserve {
+            key: k("kv/q/v"),
+            len: 1 << 20,
+        },
+        0,
+    );
+    let (h, _, _) = raw_call(&mut s, &reserve, b"").await;
+    assert_eq!(h.status, Status::Ok);
+    assert_eq!(r.data.upload_budget_free(), full - (1 << 20));
+    let started = std::time::Instant::now();
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        r.data.upload_budget_free(),
+        full - (1 << 20),
+        "let go before its lease lifetime"
+    );
+    while r.data.upload_budget_free() != full {
+        assert!(started.elapsed() < Duration::from_secs(5), "never let go");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    r.shutdown().await.unwrap();
+}
+
+/// A PUT given up on while its frame is half-written must not leave the rest of
+/// its frame owed on the connection: the next call would be read as its data. The
+/// client marks such a connection broken and opens another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_mid_write_leaves_the_connection_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    let small = pattern(5000, 8);
+    c.put(&k("kv/m/small"), small.clone()).await.unwrap();
+    let big = pattern(16 << 20, 9);
+    for i in 0..5u64 {
+        let cut = tokio::time::timeout(
+            Duration::from_micros(200 * (i + 1)),
+            c.put(&k("kv/m/big"), big.clone()),
+        )
+        .await;
+        assert!(cut.is_err(), "a 16 MiB PUT finished in under a millisecond");
+        // (Well within the server's 5 s stall timer, which would otherwise end
+        // the connection, and so hide a partial frame.)
+        let got = tokio::time::timeout(Duration::from_secs(2), c.get(&k("kv/m/small")))
+            .await
+            .expect("the next call is answered")
+            .unwrap();
+        assert_eq!(got.unwrap(), small);
+    }
     r.shutdown().await.unwrap();
 }

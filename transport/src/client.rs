@@ -231,9 +231,14 @@ impl Client {
 
     /// Stores a value, optionally pinning it: over the data path when there is one,
     /// else over gRPC (streamed in chunks). Pinning is a gRPC option, so a pinned
-    /// put always streams over gRPC. Not retried.
+    /// put always streams over gRPC, as does a value larger than the data server
+    /// takes in one frame. Not retried.
     pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
-        if !pin && let Some(d) = &self.data {
+        // (A value over the data server's frame limit streams over gRPC instead.)
+        if !pin
+            && let Some(d) = &self.data
+            && value.len() as u64 <= d.server().max_data
+        {
             let length = d.put(key, &value).await?;
             return Ok(pb::PutResponse {
                 length,

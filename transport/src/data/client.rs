@@ -605,54 +605,53 @@ impl DataClient {
     /// client reserves room in the arena, copies into it and commits. Not retried.
     pub async fn put(&self, key: &Key, value: &[u8]) -> Result<u64> {
         let crc = crc32c::crc32c(value);
-        let f = match self.inner.carrier {
-            Carrier::Tcp => {
-                let req = Request::Put {
-                    key: key.clone(),
-                    crc32c: crc,
-                };
-                self.call(&req, 0, Some(value)).await?
+        let tcp = self.inner.carrier == Carrier::Tcp || !self.rdma_usable();
+        let f = if tcp {
+            let req = Request::Put {
+                key: key.clone(),
+                crc32c: crc,
+            };
+            self.call(&req, 0, Some(value)).await?
+        } else {
+            self.serves(Op::Reserve)?;
+            let conn = self.conn().await?;
+            let timeout = self.inner.options.timeout;
+            let rid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let reserve = Request::Reserve {
+                key: key.clone(),
+                len: value.len() as u64,
+            };
+            let f = send(&conn, rid, FLAG_LEASE, &reserve, None, timeout, None).await?;
+            let lease = response::decode_reserve(&f.meta)
+                .map_err(proto)?
+                .ok_or_else(|| proto("RESERVE answered without extents"))?;
+            let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            // The server drops a reservation left untouched for a lease lifetime
+            // and reuses its memory; as with leased reads, writing must end
+            // within half of it, counted from the answer's arrival.
+            let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
+            let written = if f.arrived.elapsed() >= ttl / 2 {
+                Err(ClientError::Timeout(ttl))
+            } else {
+                let left = (ttl / 2).saturating_sub(f.arrived.elapsed());
+                self.write_extents(&lease.extents, value, left)
+                    .map_err(ClientError::from)
+                    .and_then(|()| {
+                        (f.arrived.elapsed() < ttl / 2)
+                            .then_some(())
+                            .ok_or(ClientError::Timeout(ttl))
+                    })
+            };
+            if let Err(e) = written {
+                let abort = Request::Abort { reservation: rid };
+                let _ = send(&conn, cid, 0, &abort, None, timeout, None).await;
+                return Err(e);
             }
-            Carrier::Shm | Carrier::Rdma => {
-                self.serves(Op::Reserve)?;
-                let conn = self.conn().await?;
-                let timeout = self.inner.options.timeout;
-                let rid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-                let reserve = Request::Reserve {
-                    key: key.clone(),
-                    len: value.len() as u64,
-                };
-                let f = send(&conn, rid, FLAG_LEASE, &reserve, None, timeout, None).await?;
-                let lease = response::decode_reserve(&f.meta)
-                    .map_err(proto)?
-                    .ok_or_else(|| proto("RESERVE answered without extents"))?;
-                let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-                // The server drops a reservation left untouched for a lease lifetime
-                // and reuses its memory; as with leased reads, writing must end
-                // within half of it, counted from the answer's arrival.
-                let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-                let written = if f.arrived.elapsed() >= ttl / 2 {
-                    Err(ClientError::Timeout(ttl))
-                } else {
-                    self.write_extents(&lease.extents, value)
-                        .map_err(ClientError::from)
-                        .and_then(|()| {
-                            (f.arrived.elapsed() < ttl / 2)
-                                .then_some(())
-                                .ok_or(ClientError::Timeout(ttl))
-                        })
-                };
-                if let Err(e) = written {
-                    let abort = Request::Abort { reservation: rid };
-                    let _ = send(&conn, cid, 0, &abort, None, timeout, None).await;
-                    return Err(e);
-                }
-                let commit = Request::Commit {
-                    reservation: rid,
-                    crc32c: crc,
-                };
-                send(&conn, cid, 0, &commit, None, timeout, None).await?
-            }
+            let commit = Request::Commit {
+                reservation: rid,
+                crc32c: crc,
+            };
+            send(&conn, cid, 0, &commit, None, timeout, None).await?
         };
         response::decode_u64(f.header.op, &f.meta).map_err(proto)
     }
@@ -680,20 +679,37 @@ impl DataClient {
     }
 
     fn lease_flag(&self) -> u16 {
-        if self.inner.carrier == Carrier::Tcp {
+        if self.inner.carrier == Carrier::Tcp || !self.rdma_usable() {
             0
         } else {
             FLAG_LEASE
         }
     }
 
-    /// Copies `value` into reserved arena extents: through the mapping (shm) or by
-    /// RDMA WRITE.
-    fn write_extents(&self, extents: &[crate::wire::Extent], value: &[u8]) -> std::io::Result<()> {
+    /// False once this client's RDMA link timed out or failed: its reads are then
+    /// answered inline and its PUTs sent whole, over the TCP connection that carries
+    /// the frames anyway. (True for the other carriers.)
+    fn rdma_usable(&self) -> bool {
         #[cfg(feature = "rdma")]
         if let Some(r) = self.inner.rdma.get() {
-            return r.lock().write(extents, value, self.inner.options.timeout);
+            return !r.lock().link.is_broken();
         }
+        true
+    }
+
+    /// Copies `value` into reserved arena extents: through the mapping (shm) or by
+    /// RDMA WRITE.
+    fn write_extents(
+        &self,
+        extents: &[crate::wire::Extent],
+        value: &[u8],
+        deadline: Duration,
+    ) -> std::io::Result<()> {
+        #[cfg(feature = "rdma")]
+        if let Some(r) = self.inner.rdma.get() {
+            return r.lock().write(extents, value, deadline);
+        }
+        let _ = deadline; // a copy into the mapping has no deadline to keep
         match &self.inner.mapping {
             Some(m) => m.write(extents, value),
             None => Err(std::io::Error::other("no shared memory and no RDMA link")),
@@ -868,11 +884,12 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Ar
             // The buffer grows with what arrives, at most `ANSWER_CHUNK` ahead of it:
             // a header alone (from a broken or hostile server) cannot make this
             // process allocate gigabytes.
+            // (`reserve_exact`: a doubling buffer could keep twice the answer.)
             let want = header.data_len;
-            let mut data = BytesMut::with_capacity(want.min(ANSWER_CHUNK) as usize);
+            let mut data = Vec::<u8>::with_capacity(want.min(ANSWER_CHUNK) as usize);
             while (data.len() as u64) < want {
                 let left = want - data.len() as u64;
-                data.reserve(left.min(ANSWER_CHUNK) as usize);
+                data.reserve_exact(left.min(ANSWER_CHUNK) as usize);
                 if r.read_buf(&mut (&mut data).limit(left as usize)).await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
@@ -882,7 +899,7 @@ async fn read_loop<R: AsyncRead + Unpin>(r: R, pending: Arc<Pending>, broken: Ar
                 let _ = tx.send(Frame {
                     header,
                     meta: meta.freeze(),
-                    data: data.freeze(),
+                    data: Bytes::from(data),
                     arrived,
                 });
             }
@@ -912,13 +929,23 @@ async fn send(
     let prefix = prefix.unwrap_or_default();
     let (tx, rx) = oneshot::channel();
     conn.pending.lock().insert(id, tx);
+    // Whoever drops this call (a caller that gives up, a deadline around a whole
+    // call) leaves the connection in step: the id is forgotten, and a frame cut off
+    // mid-write marks the connection broken, so that no other frame follows it.
+    let guard = InFlight {
+        conn,
+        id,
+        writing: AtomicBool::new(false),
+    };
     let io = async {
         {
             let mut w = conn.writer.lock().await;
+            guard.writing.store(true, Ordering::Relaxed);
             if let Err(e) = write_all_vectored(&mut *w, &[&prefix, &frame, data]).await {
                 conn.broken.store(true, Ordering::Release);
                 return Err(ClientError::Io(e));
             }
+            guard.writing.store(false, Ordering::Relaxed);
         }
         rx.await.map_err(|_| {
             ClientError::Io(std::io::Error::new(
@@ -944,6 +971,23 @@ async fn send(
         });
     }
     Ok(f)
+}
+
+/// A request on its way: see [`send`].
+struct InFlight<'a> {
+    conn: &'a Conn,
+    id: u64,
+    writing: AtomicBool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.writing.load(Ordering::Relaxed) {
+            self.conn.broken.store(true, Ordering::Release);
+        }
+        // Answered calls were taken out by the reader already; this is for the rest.
+        self.conn.pending.lock().remove(&self.id);
+    }
 }
 
 async fn hello(conn: &Conn, host_id: &str, timeout: Duration) -> Result<HelloInfo> {

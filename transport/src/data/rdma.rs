@@ -463,6 +463,12 @@ impl Link {
         }
     }
 
+    /// Whether an operation timed out or failed on this link, which then takes no
+    /// more work.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     fn wait(&mut self, deadline: Duration) -> io::Result<()> {
         let r = self.wait_once(deadline);
         self.broken |= r.is_err();

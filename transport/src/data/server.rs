@@ -83,6 +83,14 @@ pub const MAX_INFLIGHT: usize = 1024;
 /// past it RESERVE answers `Busy`.
 pub const MAX_RESERVATIONS: usize = 256;
 
+/// The upload budget counts in KiB, so that one upload's share fits a semaphore's
+/// `u32` up to 4 TiB.
+const BUDGET_UNIT: u64 = 1024;
+
+/// The least an upload holds of the budget, so that tiny reservations cannot be
+/// opened by the million.
+const MIN_UPLOAD_CHARGE: u64 = 4096;
+
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
@@ -119,8 +127,13 @@ pub struct DataServer {
     polling: AtomicUsize,
     /// Polls that found a request (so saved a wake-up).
     poll_hits: AtomicU64,
-    /// The upload budget, in bytes (`config.max_upload_bytes`).
+    /// The upload budget, in KiB (`config.max_upload_bytes`).
     uploads: Arc<Semaphore>,
+    /// In-place reservations that expired, kept one more lease lifetime before
+    /// their arena memory is let go: a client may still be copying into it (it
+    /// stops at half a lifetime after the RESERVE answer reached it, and that
+    /// answer may have waited behind others).
+    quarantine: parking_lot::Mutex<Vec<(Instant, Upload)>>,
     /// Reservations dropped because nobody wrote to or committed them in time.
     expired_reservations: AtomicU64,
 }
@@ -203,6 +216,29 @@ struct Open {
     touched: Instant,
 }
 
+/// A connection's open reservations. When the connection ends, the in-place ones
+/// go to quarantine (their client may still be copying into them, as after an
+/// expiry); the others are dropped, and their memory and budget come back.
+struct OpenReservations {
+    map: HashMap<u64, Open>,
+    server: Arc<DataServer>,
+}
+
+impl Drop for OpenReservations {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let parked: Vec<_> = self
+            .map
+            .drain()
+            .filter(|(_, o)| o.up.res.is_in_place())
+            .map(|(_, o)| (now, o.up))
+            .collect();
+        if !parked.is_empty() {
+            self.server.quarantine.lock().extend(parked);
+        }
+    }
+}
+
 /// Where the data section of the frame being read goes.
 enum Sink {
     /// Into a reservation; once full, commit it (PUT: the reservation holds the CRC
@@ -228,8 +264,9 @@ impl DataServer {
             store,
             leases: Leases::new(config.lease_ttl, config.max_leased_bytes),
             uploads: Arc::new(Semaphore::new(
-                config.max_upload_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
+                (config.max_upload_bytes / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
+            quarantine: parking_lot::Mutex::new(Vec::new()),
             config,
             host_id: shm::host_id(),
             polling: AtomicUsize::new(0),
@@ -251,7 +288,7 @@ impl DataServer {
 
     /// Bytes of the upload budget (`DataConfig::max_upload_bytes`) free now.
     pub fn upload_budget_free(&self) -> u64 {
-        self.uploads.available_permits() as u64
+        self.uploads.available_permits() as u64 * BUDGET_UNIT
     }
 
     /// How many times polling (`DataConfig::poll`) found the next request waiting,
@@ -373,7 +410,19 @@ impl DataServer {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => { self.leases.sweep(); }
+                _ = tick.tick() => {
+                    self.leases.sweep();
+                    let ttl = self.config.lease_ttl;
+                    let done: Vec<_> = {
+                        let mut q = self.quarantine.lock();
+                        let (old, keep) = std::mem::take(&mut *q)
+                            .into_iter()
+                            .partition(|(at, _)| at.elapsed() >= ttl);
+                        *q = keep;
+                        old
+                    };
+                    drop(done); // outside the lock: returns memory and budget
+                }
             }
         }
     }
@@ -448,7 +497,11 @@ impl DataServer {
     {
         let mut buf = BytesMut::with_capacity(256 << 10);
         let mut inflight: FuturesUnordered<BoxFuture<'static, Out>> = FuturesUnordered::new();
-        let mut reservations: HashMap<u64, Open> = HashMap::new();
+        let mut open = OpenReservations {
+            map: HashMap::new(),
+            server: self.clone(),
+        };
+        let reservations = &mut open.map;
         let mut sink: Option<Sink> = None;
         let mut eof = false;
         // When bytes last came in or went out.
@@ -476,7 +529,7 @@ impl DataServer {
                             *remaining -= n as u64;
                         }
                     }
-                    if let Some(done) = self.finish_sink(&mut sink, &mut reservations) {
+                    if let Some(done) = self.finish_sink(&mut sink, reservations) {
                         inflight.push(done);
                     }
                     continue;
@@ -526,11 +579,10 @@ impl DataServer {
                     }
                     Ok(req) => {
                         let lease = (shm || self.rdma_available()) && h.flags & FLAG_LEASE != 0;
-                        if let Some(f) = self.dispatch(&h, req, lease, &mut sink, &mut reservations)
-                        {
+                        if let Some(f) = self.dispatch(&h, req, lease, &mut sink, reservations) {
                             inflight.push(f);
                         }
-                        if let Some(done) = self.finish_sink(&mut sink, &mut reservations) {
+                        if let Some(done) = self.finish_sink(&mut sink, reservations) {
                             inflight.push(done);
                         }
                     }
@@ -562,8 +614,12 @@ impl DataServer {
             // data, the end of the wait for more of it (a sender that stalls holds
             // its share of the upload budget).
             let stalled_at = sink.as_ref().map(|_| progress + ttl);
+            // At the in-flight cap, frames wait unread in the buffer (a COMMIT among
+            // them, perhaps): reservations do not expire until they are read.
+            let at_cap = inflight.len() >= MAX_INFLIGHT;
             let expiry = reservations
                 .values()
+                .filter(|_| !at_cap)
                 .map(|o| o.touched + ttl)
                 .chain(stalled_at)
                 .min();
@@ -596,10 +652,19 @@ impl DataServer {
                             format!("a frame's data stopped coming for {ttl:?}"),
                         ));
                     }
-                    let before = reservations.len();
-                    reservations.retain(|_, o| o.touched.elapsed() < ttl);
-                    let n = (before - reservations.len()) as u64;
-                    self.expired_reservations.fetch_add(n, Ordering::Relaxed);
+                    let expired: Vec<u64> = reservations
+                        .iter()
+                        .filter(|(_, o)| o.touched.elapsed() >= ttl)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    self.expired_reservations
+                        .fetch_add(expired.len() as u64, Ordering::Relaxed);
+                    for id in expired {
+                        let Some(o) = reservations.remove(&id) else { continue };
+                        if o.up.res.is_in_place() {
+                            self.quarantine.lock().push((Instant::now(), o.up));
+                        }
+                    }
                 }
                 _ = shutdown.cancelled(), if inflight.is_empty() => return Ok(()),
             }
@@ -909,22 +974,21 @@ impl DataServer {
         }
     }
 
-    /// Takes `len` bytes of the upload budget for an upload, or the answer that
+    /// Takes `len` bytes (at least 4 KiB) of the upload budget for an upload, or the answer that
     /// refuses it: `TooLarge` for one upload over the whole budget, `Busy` when the
     /// budget is taken by others now (retry later).
     fn upload_budget(&self, op: Op, id: u64, len: u64) -> Result<OwnedSemaphorePermit, Out> {
         let max = self.config.max_upload_bytes;
-        let n = u32::try_from(len)
-            .ok()
-            .filter(|_| len <= max)
-            .ok_or_else(|| {
-                Out::err(
-                    op,
-                    id,
-                    Status::TooLarge,
-                    format!("an upload of {len} bytes is over the data.max_upload_bytes of {max}"),
-                )
-            })?;
+        if len > max {
+            return Err(Out::err(
+                op,
+                id,
+                Status::TooLarge,
+                format!("an upload of {len} bytes is over the data.max_upload_bytes of {max}"),
+            ));
+        }
+        let charge = len.max(MIN_UPLOAD_CHARGE).div_ceil(BUDGET_UNIT);
+        let n = u32::try_from(charge).unwrap_or(u32::MAX);
         self.uploads.clone().try_acquire_many_owned(n).map_err(|_| {
             Out::err(
                 op,
