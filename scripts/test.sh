@@ -10,6 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What the build has put on disk so far, and what is left (a CI machine once ran out).
+disk() { echo "==> disk: target/ $(du -sh target 2>/dev/null | cut -f1), $(df -h . | awk 'NR==2 {print $4}') free"; }
+
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
@@ -46,9 +49,11 @@ echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor
 echo "==> Epoch-plan vectors, recomputed in Python"
 /usr/bin/python3 scripts/epoch-plan-vectors.py
 
+disk
 echo "==> RDMA carrier: host fallback, then the Soft-RoCE VM (scripts/rdma-vm-test.sh)"
 scripts/rdma-vm-test.sh
 
+disk
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 echo "==> cargo fuzz run frame (${FUZZ_SECONDS} s)"
 if ! rustup toolchain list | grep -q '^nightly'; then
@@ -69,3 +74,4 @@ FUZZ_CHUNK_SECONDS="${FUZZ_CHUNK_SECONDS:-30}"
 echo "==> cargo fuzz run chunk (${FUZZ_CHUNK_SECONDS} s)"
 (cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
   cargo +nightly fuzz run chunk "$corpus/chunk" corpus/chunk -- -max_total_time="$FUZZ_CHUNK_SECONDS")
+disk

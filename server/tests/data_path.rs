@@ -396,6 +396,18 @@ where
     raw_read(s).await
 }
 
+/// Waits (polling every 20 ms) until `done`, failing the test after 5 s.
+async fn within_5s(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 5 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn raw_read<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (Header, Bytes, Bytes) {
     let mut hb = [0u8; HEADER_LEN];
     s.read_exact(&mut hb).await.unwrap();
@@ -506,15 +518,10 @@ async fn leases_expire_with_shared_memory_off() {
         .grant(vec![bytes::Bytes::from(vec![1u8; 4096])]);
     assert!(id.is_some());
     assert_eq!(r.data.leases().usage(), (1, 4096));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while r.data.leases().usage() != (0, 0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a 100 ms lease still held after 5 s: {:?}",
-            r.data.leases().usage()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_5s("a 100 ms lease to expire", || {
+        r.data.leases().usage() == (0, 0)
+    })
+    .await;
     r.shutdown().await.unwrap();
 }
 
@@ -652,14 +659,10 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
 
     // Nobody touches reservation 2: a lease lifetime (1.5 s) later it is gone,
     // and so is its budget.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while r.data.expired_reservations() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reservation 2 never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_5s("reservation 2 to expire", || {
+        r.data.expired_reservations() > 0
+    })
+    .await;
     assert_eq!(r.data.upload_budget_free(), 1 << 20);
     let commit = request_frame(
         5,
@@ -701,11 +704,10 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     assert_eq!(r.data.upload_budget_free(), (1 << 20) - max * 4096);
     // Closing the connection drops its reservations, and gives their budget back.
     drop(s);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while r.data.upload_budget_free() != 1 << 20 {
-        assert!(std::time::Instant::now() < deadline, "budget not returned");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_5s("the budget to come back", || {
+        r.data.upload_budget_free() == 1 << 20
+    })
+    .await;
     r.shutdown().await.unwrap();
 }
 
@@ -1126,10 +1128,10 @@ async fn in_place_reservations_outlive_their_connection_by_a_lease_lifetime() {
         full - (1 << 20),
         "let go before its lease lifetime"
     );
-    while r.data.upload_budget_free() != full {
-        assert!(started.elapsed() < Duration::from_secs(5), "never let go");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_5s("the quarantine to let go", || {
+        r.data.upload_budget_free() == full
+    })
+    .await;
     assert!(started.elapsed() >= Duration::from_millis(1000));
     r.shutdown().await.unwrap();
 }
