@@ -173,11 +173,12 @@ impl Server {
         let metrics_task = {
             let store = store.clone();
             let metrics = metrics.clone();
+            let data = data.clone();
             let token = shutdown.clone();
             let app = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let body = metrics.render(&store);
+                    let body = metrics.render(&store, &data);
                     async move { ([("content-type", "text/plain; version=0.0.4")], body) }
                 }),
             );

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use strata_server::config::{ByteSize, Config};
 use strata_server::{Running, Server};
 use strata_tiers::Key;
-use strata_transport::data::{Carrier, CarrierChoice, DataOptions};
+use strata_transport::data::{Carrier, CarrierChoice, DataOptions, Listener};
 use strata_transport::wire::{
     FLAG_LEASE, HEADER_LEN, Header, KeyRange, Limits, Op, Request, Status, request_frame, response,
 };
@@ -793,6 +793,7 @@ async fn connections_past_the_cap_are_closed() {
         .expect("the third connection is closed, not left waiting")
         .unwrap_or(0);
     assert_eq!(n, 0, "the third connection got an answer");
+    assert_eq!(r.data.stats().refused_connections(Listener::Tcp), 1);
     drop(a);
     // The slot comes back once the server sees the first connection end.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -980,6 +981,11 @@ async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     assert_eq!(r.data.upload_budget_free(), 1 << 30);
+    // (Counted just after the connection closes.)
+    within_5s("the stall to be counted", || {
+        r.data.stats().stalled_connections() == 1
+    })
+    .await;
 
     // Answers that nobody reads: more than the socket buffers hold.
     let c = client(&r, CarrierChoice::Tcp, 1).await;
@@ -1015,6 +1021,11 @@ async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
         got < 32 * (4 << 20),
         "all {got} bytes came: nothing stalled"
     );
+    // (Counted just after the connection closes.)
+    within_5s("the stall to be counted", || {
+        r.data.stats().stalled_connections() == 2
+    })
+    .await;
     // The server serves on.
     assert_eq!(c.get(&k("kv/s/big")).await.unwrap().unwrap(), big);
     r.shutdown().await.unwrap();
@@ -1162,5 +1173,85 @@ async fn a_call_dropped_mid_write_leaves_the_connection_in_step() {
             .unwrap();
         assert_eq!(got.unwrap(), small);
     }
+    r.shutdown().await.unwrap();
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus exposition.
+fn sample(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+/// `/metrics` counts what the data path served, by op and status and by how the
+/// bytes left (inline on TCP, leased over shared memory), and its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_each_carrier_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let tcp = client(&r, CarrierChoice::Tcp, 1).await;
+    let shm = client(&r, CarrierChoice::Shm, 1).await;
+    let v = pattern(3000, 7);
+    tcp.put(&k("kv/m/a"), v.clone()).await.unwrap(); // one PUT frame
+    shm.put(&k("kv/m/b"), v.clone()).await.unwrap(); // RESERVE, copy, COMMIT
+    assert_eq!(tcp.get(&k("kv/m/a")).await.unwrap().unwrap(), v);
+    assert_eq!(shm.get(&k("kv/m/b")).await.unwrap().unwrap(), v);
+    assert!(tcp.get(&k("kv/m/none")).await.unwrap().is_none());
+    shm.data().unwrap().flush_releases().await;
+
+    let body = scrape(r.metrics_addr).await;
+    for (op, status, n) in [
+        ("put", "ok", 1),
+        ("reserve", "ok", 1),
+        ("commit", "ok", 1),
+        ("get", "ok", 2),
+        ("get", "not_found", 1),
+    ] {
+        let name = format!("strata_data_answers_total{{op=\"{op}\",status=\"{status}\"}}");
+        assert_eq!(sample(&body, &name), n, "{name}");
+    }
+    assert_eq!(sample(&body, "strata_data_bytes_in_total"), 6000);
+    assert_eq!(
+        sample(&body, "strata_data_bytes_out_total{how=\"inline\"}"),
+        3000
+    );
+    assert_eq!(
+        sample(&body, "strata_data_bytes_out_total{how=\"leased\"}"),
+        3000
+    );
+    assert_eq!(sample(&body, "strata_data_leases_granted_total"), 1);
+    assert!(sample(&body, "strata_data_connections{listener=\"tcp\"}") >= 1);
+    assert_eq!(
+        sample(&body, "strata_data_connections{listener=\"shm\"}"),
+        1
+    );
+    assert_eq!(sample(&body, "strata_data_rdma_available"), 0);
+
+    drop((tcp, shm));
+    within_5s("the connections to close", || {
+        Listener::LIST
+            .iter()
+            .all(|l| r.data.stats().connections(*l) == 0)
+    })
+    .await;
+    within_5s("the lease to be released", || {
+        r.data.leases().usage() == (0, 0)
+    })
+    .await;
+    let body = scrape(r.metrics_addr).await;
+    assert_eq!(sample(&body, "strata_data_leases"), 0);
+    assert_eq!(sample(&body, "strata_data_leases_expired_total"), 0);
     r.shutdown().await.unwrap();
 }

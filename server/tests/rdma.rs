@@ -142,3 +142,55 @@ async fn rdma_carrier_reads_and_writes_the_arena() {
     assert!(c.get(&k("kv/r/big")).await.unwrap().is_none());
     r.shutdown().await.unwrap();
 }
+
+/// A client whose RDMA link failed (injected here; a timeout or a failed
+/// completion does the same) goes on over its TCP connection: reads answered
+/// inline, PUTs sent whole, no lease taken. Values written by RDMA before read
+/// back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an RDMA device: scripts/rdma-vm-test.sh runs it in the Soft-RoCE VM"]
+async fn a_client_whose_rdma_link_broke_goes_on_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path())).await.unwrap();
+    assert!(
+        r.data.rdma_available(),
+        "no RDMA device: run this in the VM"
+    );
+    let c = client(&r, CarrierChoice::Rdma).await.unwrap();
+    assert_eq!(c.carrier(), Some(Carrier::Rdma));
+    assert_eq!(r.data.rdma_links(), 1);
+    let before = pattern((1 << 20) + 77, 3);
+    c.put(&k("kv/f/before"), before.clone()).await.unwrap();
+    assert_eq!(c.get(&k("kv/f/before")).await.unwrap().unwrap(), before);
+    let leased = r.data.stats().bytes_leased();
+    assert_eq!(leased, before.len() as u64, "the first read went by RDMA");
+    let (granted, _) = r.data.leases().counts();
+
+    c.data().unwrap().break_rdma_link();
+    assert_eq!(c.get(&k("kv/f/before")).await.unwrap().unwrap(), before);
+    let after = pattern((2 << 20) + 5, 4);
+    assert_eq!(
+        c.put(&k("kv/f/after"), after.clone()).await.unwrap().length,
+        after.len() as u64
+    );
+    assert_eq!(c.get(&k("kv/f/after")).await.unwrap().unwrap(), after);
+    let (_, part) = c
+        .get_range(&k("kv/f/after"), (1 << 20) - 3, Some(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(part, after.slice((1 << 20) - 3..(1 << 20) + 7));
+    assert_eq!(
+        c.mget(&[k("kv/f/after"), k("kv/f/none"), k("kv/f/before")])
+            .await
+            .unwrap(),
+        vec![Some(after.clone()), None, Some(before.clone())]
+    );
+    // None of that took a lease or an RDMA transfer.
+    assert_eq!(r.data.leases().counts().0, granted);
+    assert_eq!(r.data.stats().bytes_leased(), leased);
+    // A TCP client reads what went in after the break.
+    let tcp = client(&r, CarrierChoice::Tcp).await.unwrap();
+    assert_eq!(tcp.get(&k("kv/f/after")).await.unwrap().unwrap(), after);
+    r.shutdown().await.unwrap();
+}

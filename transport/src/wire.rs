@@ -87,6 +87,40 @@ impl Op {
         1 << (self as u8)
     }
 
+    /// Every op, in code order.
+    pub const LIST: [Self; 12] = [
+        Self::Hello,
+        Self::Get,
+        Self::MGet,
+        Self::Put,
+        Self::Reserve,
+        Self::Write,
+        Self::Commit,
+        Self::Abort,
+        Self::Delete,
+        Self::MatchPrefix,
+        Self::Release,
+        Self::MGetRange,
+    ];
+
+    /// The op's name in metrics and logs (`get`, `match_prefix`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Get => "get",
+            Self::MGet => "mget",
+            Self::Put => "put",
+            Self::Reserve => "reserve",
+            Self::Write => "write",
+            Self::Commit => "commit",
+            Self::Abort => "abort",
+            Self::Delete => "delete",
+            Self::MatchPrefix => "match_prefix",
+            Self::Release => "release",
+            Self::MGetRange => "mget_range",
+        }
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Hello,
@@ -133,6 +167,36 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in code order.
+    pub const LIST: [Self; 10] = [
+        Self::Ok,
+        Self::NotFound,
+        Self::Invalid,
+        Self::TooLarge,
+        Self::Range,
+        Self::Checksum,
+        Self::Busy,
+        Self::Unavailable,
+        Self::Internal,
+        Self::UnknownId,
+    ];
+
+    /// The status's name in metrics and logs (`ok`, `not_found`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NotFound => "not_found",
+            Self::Invalid => "invalid",
+            Self::TooLarge => "too_large",
+            Self::Range => "range",
+            Self::Checksum => "checksum",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::UnknownId => "unknown_id",
+        }
+    }
+
     fn from_u16(v: u16) -> Option<Self> {
         Some(match v {
             0 => Self::Ok,
@@ -962,6 +1026,25 @@ mod tests {
 
     fn key(b: &str) -> Key {
         Key::new("kv", "t", b).unwrap()
+    }
+
+    #[test]
+    fn op_and_status_lists_are_complete_and_in_code_order() {
+        for (i, op) in Op::LIST.iter().enumerate() {
+            assert_eq!(Op::from_u8(i as u8 + 1), Some(*op));
+        }
+        assert_eq!(Op::from_u8(Op::LIST.len() as u8 + 1), None);
+        assert_eq!(Op::LIST.iter().fold(0, |a, o| a | o.bit()), Op::ALL);
+        for (i, s) in Status::LIST.iter().enumerate() {
+            assert_eq!(Status::from_u16(i as u16), Some(*s));
+        }
+        assert_eq!(Status::from_u16(Status::LIST.len() as u16), None);
+        let names: std::collections::HashSet<_> = Op::LIST
+            .iter()
+            .map(|o| o.name())
+            .chain(Status::LIST.iter().map(|s| s.name()))
+            .collect();
+        assert_eq!(names.len(), Op::LIST.len() + Status::LIST.len());
     }
 
     fn roundtrip(req: Request, data: &[u8]) {

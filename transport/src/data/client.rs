@@ -300,6 +300,17 @@ impl DataClient {
         Ok(me)
     }
 
+    /// Takes this client's RDMA link out of service, as a failed or timed-out
+    /// RDMA operation does; later calls go over the TCP connection. Fault
+    /// injection, for tests of that fallback. (Nothing without an RDMA link.)
+    #[cfg(feature = "rdma")]
+    #[doc(hidden)]
+    pub fn break_rdma_link(&self) {
+        if let Some(r) = self.inner.rdma.get() {
+            r.lock().link.mark_broken();
+        }
+    }
+
     /// The carrier in use.
     pub fn carrier(&self) -> Carrier {
         self.inner.carrier

@@ -13,6 +13,7 @@
 //! byte budget, so that many tiny leases cannot grow the table without bound.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,8 @@ pub struct Leases {
     ttl: Duration,
     max_bytes: u64,
     table: Mutex<Table>,
+    granted: AtomicU64,
+    expired: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +52,8 @@ impl Leases {
             ttl,
             max_bytes,
             table: Mutex::new(Table::default()),
+            granted: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +93,11 @@ impl Leases {
                 id
             })
         };
+        self.expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        if granted.is_some() {
+            self.granted.fetch_add(1, Ordering::Relaxed);
+        }
         drop(expired); // outside the lock: returns extents to the arena
         granted
     }
@@ -112,6 +122,8 @@ impl Leases {
             let mut t = self.table.lock();
             Self::sweep_locked(&mut t, Instant::now())
         };
+        self.expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
         expired.len()
     }
 
@@ -130,6 +142,15 @@ impl Leases {
             }
         }
         out
+    }
+
+    /// Leases granted, and leases that expired (their client never released them:
+    /// it died, or was too slow), since the table was made.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.granted.load(Ordering::Relaxed),
+            self.expired.load(Ordering::Relaxed),
+        )
     }
 
     /// Live leases and the bytes they count against the budget (each at least
@@ -157,6 +178,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(l.sweep(), 1);
         assert_eq!(l.usage(), (0, 0));
+        assert_eq!(l.counts(), (2, 1));
     }
 
     /// Tiny leases count a page each, so their number is bounded by the budget.

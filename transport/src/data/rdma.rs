@@ -469,6 +469,13 @@ impl Link {
         self.broken
     }
 
+    /// Takes this link out of service, as a failed or timed-out operation does.
+    /// Fault injection: tests break a healthy link with it to drive the fallback.
+    #[doc(hidden)]
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
     fn wait(&mut self, deadline: Duration) -> io::Result<()> {
         let r = self.wait_once(deadline);
         self.broken |= r.is_err();

@@ -27,7 +27,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::Leases;
 use super::shm;
+use super::stats::{DataStats, Listener, add};
 use crate::wire::{
     Extent, FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, MGetItem, Op,
     Request, Status, WireError, response,
@@ -125,8 +126,8 @@ pub struct DataServer {
     host_id: String,
     /// Connections polling now (at most `config.poll_connections`).
     polling: AtomicUsize,
-    /// Polls that found a request (so saved a wake-up).
-    poll_hits: AtomicU64,
+    /// Counters, for metrics.
+    stats: Arc<DataStats>,
     /// The upload budget, in KiB (`config.max_upload_bytes`).
     uploads: Arc<Semaphore>,
     /// In-place reservations that expired, kept one more lease lifetime before
@@ -134,8 +135,6 @@ pub struct DataServer {
     /// stops at half a lifetime after the RESERVE answer reached it, and that
     /// answer may have waited behind others).
     quarantine: parking_lot::Mutex<Vec<(Instant, Upload)>>,
-    /// Reservations dropped because nobody wrote to or committed them in time.
-    expired_reservations: AtomicU64,
 }
 
 impl std::fmt::Debug for DataServer {
@@ -149,6 +148,8 @@ impl std::fmt::Debug for DataServer {
 
 /// One answer, ready to write.
 struct Out {
+    op: Op,
+    status: Status,
     header: [u8; HEADER_LEN],
     meta: Bytes,
     data: Vec<Bytes>,
@@ -158,6 +159,8 @@ impl Out {
     fn ok(op: Op, id: u64, meta: BytesMut, data: Vec<Bytes>) -> Self {
         let len = data.iter().map(|d| d.len() as u64).sum();
         Self {
+            op,
+            status: Status::Ok,
             header: Header::response(op, id, Status::Ok, meta.len(), len).encode(),
             meta: meta.freeze(),
             data,
@@ -167,6 +170,8 @@ impl Out {
     fn err(op: Op, id: u64, status: Status, message: String) -> Self {
         let meta = Bytes::from(message.into_bytes());
         Self {
+            op,
+            status,
             header: Header::response(op, id, status, meta.len(), 0).encode(),
             meta,
             data: Vec::new(),
@@ -270,8 +275,7 @@ impl DataServer {
             config,
             host_id: shm::host_id(),
             polling: AtomicUsize::new(0),
-            poll_hits: AtomicU64::new(0),
-            expired_reservations: AtomicU64::new(0),
+            stats: Arc::new(DataStats::default()),
         })
     }
 
@@ -283,7 +287,29 @@ impl DataServer {
     /// Reservations dropped because nobody wrote to or committed them for a lease
     /// lifetime.
     pub fn expired_reservations(&self) -> u64 {
-        self.expired_reservations.load(Ordering::Relaxed)
+        self.stats.reservations_expired()
+    }
+
+    /// The counters (answers, bytes, connections, what the bounds refused).
+    pub fn stats(&self) -> &DataStats {
+        &self.stats
+    }
+
+    /// In-place reservations held in quarantine now (expired, or left by a
+    /// connection that ended), and their bytes.
+    pub fn quarantined(&self) -> (usize, u64) {
+        let q = self.quarantine.lock();
+        (q.len(), q.iter().map(|(_, u)| u.res.len()).sum())
+    }
+
+    /// RDMA queue pairs held: one per RDMA client accepted, at most 4096 (the
+    /// oldest is dropped first; its client then goes on over TCP).
+    pub fn rdma_links(&self) -> usize {
+        #[cfg(feature = "rdma")]
+        if let Some(r) = &self.rdma {
+            return r.links.lock().len();
+        }
+        0
     }
 
     /// Bytes of the upload budget (`DataConfig::max_upload_bytes`) free now.
@@ -294,7 +320,7 @@ impl DataServer {
     /// How many times polling (`DataConfig::poll`) found the next request waiting,
     /// each a wake-up saved.
     pub fn poll_hits(&self) -> u64 {
-        self.poll_hits.load(Ordering::Relaxed)
+        self.stats.poll_hits()
     }
 
     /// Whether the RDMA carrier is offered (built with feature `rdma`, and a verbs
@@ -373,6 +399,7 @@ impl DataServer {
             match accepted {
                 Ok((stream, peer)) => {
                     let Ok(slot) = conns.clone().try_acquire_owned() else {
+                        self.stats.refused(Listener::Tcp);
                         tracing::warn!(
                             %peer,
                             max = self.config.max_connections,
@@ -385,9 +412,11 @@ impl DataServer {
                     }
                     let me = self.clone();
                     let stop = shutdown.clone();
+                    let open = self.stats.open(Listener::Tcp);
                     tokio::spawn(async move {
-                        let _slot = slot;
-                        if let Err(e) = me.serve_conn(stream, false, stop).await {
+                        let _slot = (slot, open);
+                        if let Err(e) = me.clone().serve_conn(stream, false, stop).await {
+                            me.ended(&e);
                             tracing::debug!(%peer, error = %e, "data connection ended");
                         }
                     });
@@ -443,6 +472,7 @@ impl DataServer {
             match accepted {
                 Ok((stream, _)) => {
                     let Ok(slot) = conns.clone().try_acquire_owned() else {
+                        self.stats.refused(Listener::Shm);
                         tracing::warn!(
                             max = self.config.max_connections,
                             "shm connection refused: at data.max_connections"
@@ -451,14 +481,16 @@ impl DataServer {
                     };
                     let me = self.clone();
                     let stop = shutdown.clone();
+                    let open = self.stats.open(Listener::Shm);
                     tokio::spawn(async move {
-                        let _slot = slot;
+                        let _slot = (slot, open);
                         let fd = me.store.dram().arena().fd();
                         if let Err(e) = shm::send_fd(&stream, fd).await {
                             tracing::debug!(error = %e, "sending the arena descriptor");
                             return;
                         }
-                        if let Err(e) = me.serve_conn(stream, true, stop).await {
+                        if let Err(e) = me.clone().serve_conn(stream, true, stop).await {
+                            me.ended(&e);
                             tracing::debug!(error = %e, "shm connection ended");
                         }
                     });
@@ -469,6 +501,20 @@ impl DataServer {
                 }
             }
         }
+    }
+
+    /// Counts how a connection ended in error.
+    fn ended(&self, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            add(&self.stats.stalled, 1);
+        }
+    }
+
+    /// Counts an answer that went out.
+    fn sent(&self, out: &Out) {
+        self.stats.answered(out.op, out.status);
+        let inline: usize = out.data.iter().map(|d| d.len()).sum();
+        add(&self.stats.bytes_inline, inline as u64);
     }
 
     /// Binds the shared-memory socket at `path` (replacing a stale one), owner-only.
@@ -550,6 +596,7 @@ impl DataServer {
                         let out =
                             Out::err(op, u64::from_le_bytes(id), Status::Invalid, e.to_string());
                         write_out(&mut stream, &out, self.config.lease_ttl).await?;
+                        self.sent(&out);
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
                 };
@@ -627,6 +674,7 @@ impl DataServer {
                 biased;
                 Some(out) = inflight.next(), if !inflight.is_empty() => {
                     write_out(&mut stream, &out, ttl).await?;
+                    self.sent(&out);
                     progress = Instant::now();
                 }
                 r = stream.read_buf(&mut buf), if !eof && inflight.len() < MAX_INFLIGHT => {
@@ -657,8 +705,7 @@ impl DataServer {
                         .filter(|(_, o)| o.touched.elapsed() >= ttl)
                         .map(|(id, _)| *id)
                         .collect();
-                    self.expired_reservations
-                        .fetch_add(expired.len() as u64, Ordering::Relaxed);
+                    add(&self.stats.reservations_expired, expired.len() as u64);
                     for id in expired {
                         let Some(o) = reservations.remove(&id) else { continue };
                         if o.up.res.is_in_place() {
@@ -691,7 +738,7 @@ impl DataServer {
             match shm::recv_now(fd, buf) {
                 Ok(n) => {
                     if n > 0 {
-                        self.poll_hits.fetch_add(1, Ordering::Relaxed);
+                        add(&self.stats.poll_hits, 1);
                     }
                     break Ok(Some(n));
                 }
@@ -888,20 +935,26 @@ impl DataServer {
                 reservation,
                 crc32c,
             } => match reservations.remove(&reservation) {
-                Some(Open { up, .. }) => Some(Box::pin(async move {
-                    // The budget is held until the commit is done.
-                    let Upload { mut res, _budget } = up;
-                    let r = if res.is_in_place() {
-                        res.commit_filled(crc32c).await
-                    } else {
-                        res.expect_crc(crc32c);
-                        res.commit().await
-                    };
-                    match r {
-                        Ok(receipt) => Out::u64(op, id, receipt.len),
-                        Err(e) => fail(op, id, e),
-                    }
-                })),
+                Some(Open { up, .. }) => {
+                    let stats = self.stats.clone();
+                    Some(Box::pin(async move {
+                        // The budget is held until the commit is done.
+                        let Upload { mut res, _budget } = up;
+                        let r = if res.is_in_place() {
+                            res.commit_filled(crc32c).await
+                        } else {
+                            res.expect_crc(crc32c);
+                            res.commit().await
+                        };
+                        match r {
+                            Ok(receipt) => {
+                                add(&stats.bytes_committed, receipt.len);
+                                Out::u64(op, id, receipt.len)
+                            }
+                            Err(e) => fail(op, id, e),
+                        }
+                    }))
+                }
                 None => ready(unknown(op, id, reservation)),
             },
             Request::Abort { reservation } => match reservations.remove(&reservation) {
@@ -952,10 +1005,14 @@ impl DataServer {
                     return None;
                 };
                 if commit {
+                    let stats = self.stats.clone();
                     return Some(Box::pin(async move {
                         let Upload { res, _budget } = up;
                         match res.commit().await {
-                            Ok(r) => Out::u64(op, id, r.len),
+                            Ok(r) => {
+                                add(&stats.bytes_committed, r.len);
+                                Out::u64(op, id, r.len)
+                            }
                             Err(e) => fail(op, id, e),
                         }
                     }));
@@ -1022,7 +1079,12 @@ impl DataServer {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        let id = self.leases.grant(slices.to_vec())?;
+        let Some(id) = self.leases.grant(slices.to_vec()) else {
+            add(&self.stats.lease_fallbacks, 1);
+            return None;
+        };
+        let len: u64 = extents.iter().map(|e| e.len).sum();
+        add(&self.stats.bytes_leased, len);
         Some(Lease {
             id,
             ttl_ms: self.config.lease_ttl.as_millis() as u32,
