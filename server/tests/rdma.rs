@@ -29,13 +29,21 @@ async fn client(
     r: &Running,
     carrier: CarrierChoice,
 ) -> Result<Client, strata_transport::ClientError> {
+    client_with(r, carrier, DataOptions::default()).await
+}
+
+async fn client_with(
+    r: &Running,
+    carrier: CarrierChoice,
+    data: DataOptions,
+) -> Result<Client, strata_transport::ClientError> {
     Client::connect(
         &r.addr.to_string(),
         ClientOptions {
             data: DataOptions {
                 carrier,
                 connections: 1,
-                ..DataOptions::default()
+                ..data
             },
             ..ClientOptions::default()
         },
@@ -146,7 +154,7 @@ async fn rdma_carrier_reads_and_writes_the_arena() {
 /// A client whose RDMA link failed (injected here; a timeout or a failed
 /// completion does the same) goes on over its TCP connection: reads answered
 /// inline, PUTs sent whole, no lease taken. Values written by RDMA before read
-/// back the same.
+/// back the same. (No new link is set up here: `rdma_relink_after` is an hour.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs an RDMA device: scripts/rdma-vm-test.sh runs it in the Soft-RoCE VM"]
 async fn a_client_whose_rdma_link_broke_goes_on_over_tcp() {
@@ -156,7 +164,11 @@ async fn a_client_whose_rdma_link_broke_goes_on_over_tcp() {
         r.data.rdma_available(),
         "no RDMA device: run this in the VM"
     );
-    let c = client(&r, CarrierChoice::Rdma).await.unwrap();
+    let never = DataOptions {
+        rdma_relink_after: std::time::Duration::from_secs(3600),
+        ..DataOptions::default()
+    };
+    let c = client_with(&r, CarrierChoice::Rdma, never).await.unwrap();
     assert_eq!(c.carrier(), Some(Carrier::Rdma));
     assert_eq!(r.data.rdma_links(), 1);
     let before = pattern((1 << 20) + 77, 3);
@@ -189,8 +201,57 @@ async fn a_client_whose_rdma_link_broke_goes_on_over_tcp() {
     // None of that took a lease or an RDMA transfer.
     assert_eq!(r.data.leases().counts().0, granted);
     assert_eq!(r.data.stats().bytes_leased(), leased);
+    assert_eq!(c.data().unwrap().rdma_relinks(), 0);
+    assert_eq!(r.data.rdma_links(), 1);
     // A TCP client reads what went in after the break.
     let tcp = client(&r, CarrierChoice::Tcp).await.unwrap();
     assert_eq!(tcp.get(&k("kv/f/after")).await.unwrap().unwrap(), after);
+    r.shutdown().await.unwrap();
+}
+
+/// A broken RDMA link is set up anew in the background (a new queue pair over
+/// gRPC) while calls go over TCP; then reads and writes go by RDMA again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an RDMA device: scripts/rdma-vm-test.sh runs it in the Soft-RoCE VM"]
+async fn a_broken_rdma_link_is_set_up_again() {
+    use strata_transport::wire::{Op, Status};
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path())).await.unwrap();
+    assert!(
+        r.data.rdma_available(),
+        "no RDMA device: run this in the VM"
+    );
+    let at_once = DataOptions {
+        rdma_relink_after: std::time::Duration::ZERO,
+        ..DataOptions::default()
+    };
+    let c = client_with(&r, CarrierChoice::Rdma, at_once).await.unwrap();
+    let v = pattern(300_000, 5);
+    c.put(&k("kv/g/v"), v.clone()).await.unwrap();
+    c.data().unwrap().break_rdma_link();
+    // This call goes over TCP, and starts the new link.
+    assert_eq!(c.get(&k("kv/g/v")).await.unwrap().unwrap(), v);
+    let t = std::time::Instant::now();
+    while c.data().unwrap().rdma_relinks() == 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "no new link"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.data.rdma_links(), 2);
+    // By RDMA again: a leased read, and a reserved (in-place) write.
+    let leased = r.data.stats().bytes_leased();
+    let reserved = r.data.stats().answers(Op::Reserve, Status::Ok);
+    assert_eq!(c.get(&k("kv/g/v")).await.unwrap().unwrap(), v);
+    assert_eq!(r.data.stats().bytes_leased(), leased + v.len() as u64);
+    let w = pattern(1 << 20, 6);
+    c.put(&k("kv/g/w"), w.clone()).await.unwrap();
+    assert_eq!(
+        r.data.stats().answers(Op::Reserve, Status::Ok),
+        reserved + 1
+    );
+    let tcp = client(&r, CarrierChoice::Tcp).await.unwrap();
+    assert_eq!(tcp.get(&k("kv/g/w")).await.unwrap().unwrap(), w);
     r.shutdown().await.unwrap();
 }

@@ -173,12 +173,16 @@ impl Client {
     async fn connect_rdma(&self, endpoint: DataEndpoint) -> Result<DataClient> {
         let grpc = self.inner.clone();
         let timeout = self.options.timeout;
-        DataClient::connect_rdma(endpoint, self.options.data.clone(), move |me| async move {
-            let mut req = tonic::Request::new(crate::convert::rdma_endpoint_to_proto(&me));
-            req.set_timeout(timeout);
-            let p = grpc.clone().rdma_connect(req).await?.into_inner();
-            crate::convert::rdma_endpoint_from_proto(&p)
-                .map_err(|e| ClientError::Protocol(format!("server RDMA endpoint: {e}")))
+        // Called again for each new queue pair after a link broke.
+        DataClient::connect_rdma(endpoint, self.options.data.clone(), move |me| {
+            let mut grpc = grpc.clone();
+            async move {
+                let mut req = tonic::Request::new(crate::convert::rdma_endpoint_to_proto(&me));
+                req.set_timeout(timeout);
+                let p = grpc.rdma_connect(req).await?.into_inner();
+                crate::convert::rdma_endpoint_from_proto(&p)
+                    .map_err(|e| ClientError::Protocol(format!("server RDMA endpoint: {e}")))
+            }
         })
         .await
     }

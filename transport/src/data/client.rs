@@ -77,6 +77,10 @@ pub struct DataOptions {
     pub attempts: u32,
     /// First backoff between attempts (doubled each time, with jitter). Default: 20 ms.
     pub backoff: Duration,
+    /// RDMA: how long after its link broke (an operation timed out or failed) the
+    /// client sets up a new queue pair, in the background, while its calls go over
+    /// TCP; and how long it waits after a failed attempt. Default: 1 s.
+    pub rdma_relink_after: Duration,
 }
 
 impl Default for DataOptions {
@@ -87,6 +91,7 @@ impl Default for DataOptions {
             timeout: Duration::from_secs(30),
             attempts: 3,
             backoff: Duration::from_millis(20),
+            rdma_relink_after: Duration::from_secs(1),
         }
     }
 }
@@ -130,6 +135,8 @@ struct Inner {
     mapping: Option<Mapping>,
     #[cfg(feature = "rdma")]
     rdma: std::sync::OnceLock<Mutex<RdmaClient>>,
+    #[cfg(feature = "rdma")]
+    relink: std::sync::OnceLock<Relink>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next_slot: AtomicUsize,
     next_id: AtomicU64,
@@ -247,6 +254,8 @@ impl DataClient {
                 mapping,
                 #[cfg(feature = "rdma")]
                 rdma: std::sync::OnceLock::new(),
+                #[cfg(feature = "rdma")]
+                relink: std::sync::OnceLock::new(),
                 slots,
                 next_slot: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
@@ -273,7 +282,8 @@ impl DataClient {
 
     /// Connects the RDMA carrier: frames over TCP to `endpoint.tcp`, bytes by
     /// one-sided RDMA on the server's arena. `exchange` sends this end's queue-pair
-    /// endpoint to the server (gRPC `RdmaConnect`) and returns the server's.
+    /// endpoint to the server (gRPC `RdmaConnect`) and returns the server's; it
+    /// runs again whenever a broken link is set up anew (`rdma_relink_after`).
     #[cfg(feature = "rdma")]
     pub async fn connect_rdma<F, Fut>(
         endpoint: DataEndpoint,
@@ -281,12 +291,11 @@ impl DataClient {
         exchange: F,
     ) -> Result<Self>
     where
-        F: FnOnce(super::rdma::Endpoint) -> Fut,
-        Fut: Future<Output = Result<super::rdma::Endpoint>>,
+        F: Fn(super::rdma::Endpoint) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<super::rdma::Endpoint>> + Send + 'static,
     {
-        let (mut client, me) = RdmaClient::open()?;
-        let peer = exchange(me).await?;
-        client.connect(peer)?;
+        let exchange: RdmaExchange = Arc::new(move |me| Box::pin(exchange(me)));
+        let client = RdmaClient::linked(&exchange).await?;
         let addr = endpoint.tcp.clone().ok_or_else(|| ClientError::Connect {
             addr: "(none)".into(),
             message: "the server announced no TCP data endpoint".into(),
@@ -294,10 +303,72 @@ impl DataClient {
         let conn = open_tcp(&addr).await?;
         let hello = hello(&conn, &shm::host_id(), options.timeout).await?;
         let me = Self::with(endpoint, options, Carrier::Rdma, hello, None, conn);
-        if me.inner.rdma.set(Mutex::new(client)).is_err() {
+        if me.inner.rdma.set(Mutex::new(client)).is_err()
+            || me
+                .inner
+                .relink
+                .set(Relink {
+                    exchange,
+                    state: Mutex::new(RelinkState::default()),
+                })
+                .is_err()
+        {
             return Err(proto("RDMA link set twice"));
         }
         Ok(me)
+    }
+
+    /// With the RDMA link broken: starts setting up a new one in the background,
+    /// once `rdma_relink_after` has passed since the break was first seen (or
+    /// since the last attempt failed) and no attempt is running. The new link
+    /// replaces the broken one under its lock, so a call never sees half of each.
+    #[cfg(feature = "rdma")]
+    fn relink(&self) {
+        let Some(relink) = self.inner.relink.get() else {
+            return;
+        };
+        {
+            let mut s = relink.state.lock();
+            let now = Instant::now();
+            let since = *s.since.get_or_insert(now);
+            if s.running || now.duration_since(since) < self.inner.options.rdma_relink_after {
+                return;
+            }
+            s.running = true;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let Some(relink) = inner.relink.get() else {
+                return;
+            };
+            let made = RdmaClient::linked(&relink.exchange).await;
+            let ok = match made {
+                Ok(client) => {
+                    if let Some(r) = inner.rdma.get() {
+                        *r.lock() = client;
+                    }
+                    tracing::info!("RDMA link rebuilt: reads and writes go by RDMA again");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "RDMA link not rebuilt; calls stay on TCP");
+                    false
+                }
+            };
+            let mut s = relink.state.lock();
+            s.running = false;
+            s.relinked += u64::from(ok);
+            s.since = (!ok).then(Instant::now);
+        });
+    }
+
+    /// How many times this client rebuilt its RDMA link after it broke.
+    #[cfg(feature = "rdma")]
+    pub fn rdma_relinks(&self) -> u64 {
+        self.inner
+            .relink
+            .get()
+            .map_or(0, |r| r.state.lock().relinked)
     }
 
     /// Takes this client's RDMA link out of service, as a failed or timed-out
@@ -703,7 +774,11 @@ impl DataClient {
     fn rdma_usable(&self) -> bool {
         #[cfg(feature = "rdma")]
         if let Some(r) = self.inner.rdma.get() {
-            return !r.lock().link.is_broken();
+            let up = !r.lock().link.is_broken();
+            if !up {
+                self.relink();
+            }
+            return up;
         }
         true
     }
@@ -1021,10 +1096,45 @@ struct RdmaClient {
     _device: super::rdma::Device,
 }
 
+/// Sends this end's queue-pair endpoint to the server (gRPC `RdmaConnect`) and
+/// returns the server's.
+#[cfg(feature = "rdma")]
+type RdmaExchange = Arc<
+    dyn Fn(
+            super::rdma::Endpoint,
+        ) -> futures::future::BoxFuture<'static, Result<super::rdma::Endpoint>>
+        + Send
+        + Sync,
+>;
+
+/// How a broken RDMA link is set up again.
+#[cfg(feature = "rdma")]
+struct Relink {
+    exchange: RdmaExchange,
+    state: Mutex<RelinkState>,
+}
+
+#[cfg(feature = "rdma")]
+#[derive(Default)]
+struct RelinkState {
+    /// When the break was first seen, or the last attempt failed.
+    since: Option<Instant>,
+    running: bool,
+    relinked: u64,
+}
+
 #[cfg(feature = "rdma")]
 impl RdmaClient {
     /// Bytes staged per RDMA operation.
     const STAGING: usize = 4 << 20;
+
+    /// A new queue pair, connected to one the server made for it.
+    async fn linked(exchange: &RdmaExchange) -> Result<Self> {
+        let (mut client, me) = Self::open()?;
+        let peer = exchange(me).await?;
+        client.connect(peer)?;
+        Ok(client)
+    }
 
     fn open() -> Result<(Self, super::rdma::Endpoint)> {
         let device = super::rdma::Device::open()?;
