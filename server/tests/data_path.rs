@@ -1255,3 +1255,60 @@ async fn metrics_count_what_each_carrier_served() {
     assert_eq!(sample(&body, "strata_data_leases_expired_total"), 0);
     r.shutdown().await.unwrap();
 }
+
+/// An MGET answers at most `data.max_frame_data` bytes, leased or inline: a range
+/// that would go past what is left answers `TooLarge` (and is not read), and a
+/// later one that still fits is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mget_past_the_frame_limit_refuses_only_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.data.max_frame_data = ByteSize(1 << 20);
+    let r = Server::start(cfg).await.unwrap();
+    let a = pattern(600 << 10, 1);
+    let b = pattern(600 << 10, 2);
+    let c = pattern(300 << 10, 3);
+    let tcp = client(&r, CarrierChoice::Tcp, 1).await;
+    for (key, v) in [("kv/l/a", &a), ("kv/l/b", &b), ("kv/l/c", &c)] {
+        tcp.put(&k(key), v.clone()).await.unwrap();
+    }
+    let whole = |key: &str| KeyRange {
+        key: k(key),
+        offset: 0,
+        length: None,
+    };
+    let ranges = [
+        whole("kv/l/a"),
+        whole("kv/l/b"),
+        whole("kv/l/none"),
+        whole("kv/l/c"),
+    ];
+    for carrier in [CarrierChoice::Tcp, CarrierChoice::Shm] {
+        let cl = client(&r, carrier, 1).await;
+        let got = cl
+            .data()
+            .unwrap()
+            .mget_range_with(&ranges, |_, rd| {
+                let mut v = vec![0u8; rd.remaining() as usize];
+                rd.read_exact(&mut v).unwrap();
+                v
+            })
+            .await
+            .unwrap();
+        assert_eq!(got[0].as_ref().unwrap().as_deref(), Some(&a[..]));
+        assert!(
+            matches!(
+                got[1],
+                Err(ClientError::Data {
+                    status: Status::TooLarge,
+                    ..
+                })
+            ),
+            "{carrier:?}: {:?}",
+            got[1]
+        );
+        assert!(matches!(got[2], Ok(None)), "{:?}", got[2]);
+        assert_eq!(got[3].as_ref().unwrap().as_deref(), Some(&c[..]));
+    }
+    r.shutdown().await.unwrap();
+}

@@ -316,11 +316,22 @@ impl TieredStore {
         key: &Key,
         range: Option<ByteRange>,
     ) -> Result<Option<(Entry, u64, Vec<Bytes>)>> {
+        let Some(entry) = self.lookup(key).await? else {
+            return Ok(None);
+        };
+        self.slices_of(entry, range).await
+    }
+
+    /// [`Self::get_slices`] of a value whose head [`Self::lookup`] found already
+    /// (its hit or miss counted there). If the value was replaced meanwhile, the
+    /// new one is looked up and read; `Ok(None)` if it is gone.
+    pub async fn slices_of(
+        &self,
+        mut entry: Entry,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Entry, u64, Vec<Bytes>)>> {
         let mut attempt = 0;
         loop {
-            let Some(entry) = self.lookup(key).await? else {
-                return Ok(None);
-            };
             match self.read_slices(&entry, range).await {
                 Ok((start, slices)) => return Ok(Some((entry, start, slices))),
                 Err(e) => {
@@ -330,6 +341,10 @@ impl TieredStore {
                     }
                 }
             }
+            let Some(again) = self.lookup(&entry.key).await? else {
+                return Ok(None);
+            };
+            entry = again;
         }
     }
 
