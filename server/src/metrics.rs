@@ -164,6 +164,14 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
     let _ = writeln!(out, "{name} {v}");
 }
 
+/// Writes a metric with one value per data-path listener.
+fn by_listener(out: &mut String, name: &str, kind: &str, help: &str, v: impl Fn(Listener) -> u64) {
+    head(out, name, kind, help);
+    for l in Listener::LIST {
+        let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", l.name(), v(l));
+    }
+}
+
 /// The data path's metrics.
 fn render_data(out: &mut String, data: &DataServer) {
     let s = data.stats();
@@ -205,34 +213,20 @@ fn render_data(out: &mut String, data: &DataServer) {
         "Value bytes of committed data-path PUTs",
         s.bytes_committed(),
     );
-    head(
+    by_listener(
         out,
         "strata_data_connections",
         "gauge",
         "Data-path connections open, by listener",
+        |l| s.connections(l),
     );
-    for l in Listener::LIST {
-        let _ = writeln!(
-            out,
-            "strata_data_connections{{listener=\"{}\"}} {}",
-            l.name(),
-            s.connections(l)
-        );
-    }
-    head(
+    by_listener(
         out,
         "strata_data_connections_refused_total",
         "counter",
         "Connections closed at once because the listener was at data.max_connections",
+        |l| s.refused_connections(l),
     );
-    for l in Listener::LIST {
-        let _ = writeln!(
-            out,
-            "strata_data_connections_refused_total{{listener=\"{}\"}} {}",
-            l.name(),
-            s.refused_connections(l)
-        );
-    }
     single(
         out,
         "strata_data_connections_stalled_total",

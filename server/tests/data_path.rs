@@ -1312,3 +1312,56 @@ async fn an_mget_past_the_frame_limit_refuses_only_what_does_not_fit() {
     }
     r.shutdown().await.unwrap();
 }
+
+/// A PUT whose data keeps coming, but slower than `MIN_UPLOAD_RATE`, is dropped
+/// once a lease lifetime plus its length at that rate has passed, though it never
+/// stalled for a lease lifetime; its budget comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
+    use strata_transport::data::MIN_UPLOAD_RATE;
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 1000)).await.unwrap();
+    let value = pattern(2 << 20, 9); // due within 1 s + 2 s
+    let allowed = Duration::from_millis(1000)
+        + Duration::from_secs_f64(value.len() as f64 / MIN_UPLOAD_RATE as f64);
+    let put = request_frame(
+        1,
+        0,
+        &Request::Put {
+            key: k("kv/d/slow"),
+            crc32c: crc32c::crc32c(&value),
+        },
+        value.len() as u64,
+    );
+    let s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let started = std::time::Instant::now();
+    let dribble = tokio::spawn(async move {
+        wr.write_all(&put).await.unwrap();
+        // 16 KiB every 200 ms: 80 KiB/s, so the whole value would take 25 s.
+        for chunk in value.chunks(16 << 10) {
+            if wr.write_all(chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(allowed * 2, rd.read(&mut b))
+        .await
+        .expect("the slow sender is let go")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "an answer came instead");
+    let took = started.elapsed();
+    assert!(took >= allowed - Duration::from_millis(100), "{took:?}");
+    dribble.abort();
+    within_5s("the budget to come back", || {
+        r.data.upload_budget_free() == 1 << 30
+    })
+    .await;
+    within_5s("the drop to be counted", || {
+        r.data.stats().stalled_connections() == 1
+    })
+    .await;
+    r.shutdown().await.unwrap();
+}

@@ -13,6 +13,6 @@ mod stats;
 
 pub use self::client::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions};
 pub use self::lease::Leases;
-pub use self::server::{DataConfig, DataServer, MAX_INFLIGHT, MAX_RESERVATIONS};
+pub use self::server::{DataConfig, DataServer, MAX_INFLIGHT, MAX_RESERVATIONS, MIN_UPLOAD_RATE};
 pub use self::shm::{ValueReader, host_id, recv_fd};
 pub use self::stats::{DataStats, Listener};

@@ -92,6 +92,17 @@ const BUDGET_UNIT: u64 = 1024;
 /// opened by the million.
 const MIN_UPLOAD_CHARGE: u64 = 4096;
 
+/// The slowest a PUT's or WRITE's data may come, in bytes per second, averaged over
+/// the frame: a frame of `n` bytes must be in within a lease lifetime plus `n` at
+/// this rate, or the connection is dropped. Without it, a sender that dribbles a
+/// byte now and then would hold its share of the upload budget forever.
+pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
+
+/// When a frame of `len` data bytes, starting now, must be in.
+fn upload_until(ttl: Duration, len: u64) -> Instant {
+    Instant::now() + ttl + Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64)
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
@@ -255,6 +266,9 @@ enum Sink {
         up: Upload,
         remaining: u64,
         commit: bool,
+        /// When the data must be in: a lease lifetime, plus its length at
+        /// [`MIN_UPLOAD_RATE`].
+        until: Instant,
     },
     /// Discarded (the request failed before its data).
     Discard { remaining: u64 },
@@ -660,7 +674,10 @@ impl DataServer {
             // Timers: the oldest untouched reservation's end, and, inside a frame's
             // data, the end of the wait for more of it (a sender that stalls holds
             // its share of the upload budget).
-            let stalled_at = sink.as_ref().map(|_| progress + ttl);
+            let stalled_at = sink.as_ref().map(|s| match s {
+                Sink::Reservation { until, .. } => (progress + ttl).min(*until),
+                Sink::Discard { .. } => progress + ttl,
+            });
             // At the in-flight cap, frames wait unread in the buffer (a COMMIT among
             // them, perhaps): reservations do not expire until they are read.
             let at_cap = inflight.len() >= MAX_INFLIGHT;
@@ -694,10 +711,13 @@ impl DataServer {
                         None => std::future::pending().await,
                     }
                 }, if expiry.is_some() => {
-                    if sink.is_some() && progress.elapsed() >= ttl {
+                    if stalled_at.is_some_and(|t| Instant::now() >= t) {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            format!("a frame's data stopped coming for {ttl:?}"),
+                            format!(
+                                "a frame's data stopped coming for {ttl:?}, or came slower \
+                                 than {MIN_UPLOAD_RATE} bytes/s"
+                            ),
                         ));
                     }
                     let expired: Vec<u64> = reservations
@@ -830,6 +850,7 @@ impl DataServer {
                             up,
                             remaining: h.data_len,
                             commit: true,
+                            until: upload_until(self.config.lease_ttl, h.data_len),
                         });
                         None
                     }
@@ -909,6 +930,7 @@ impl DataServer {
                         up: o.up,
                         remaining: h.data_len,
                         commit: false,
+                        until: upload_until(self.config.lease_ttl, h.data_len),
                     });
                     None
                 }
