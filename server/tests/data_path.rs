@@ -1315,7 +1315,8 @@ async fn an_mget_past_the_frame_limit_refuses_only_what_does_not_fit() {
 
 /// A PUT whose data keeps coming, but slower than `MIN_UPLOAD_RATE`, is dropped
 /// once a lease lifetime plus its length at that rate has passed, though it never
-/// stalled for a lease lifetime; its budget comes back.
+/// stalled for a lease lifetime; its budget comes back. So is a reservation kept
+/// alive by tiny WRITEs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
     use strata_transport::data::MIN_UPLOAD_RATE;
@@ -1363,5 +1364,35 @@ async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
         r.data.stats().stalled_connections() == 1
     })
     .await;
+
+    // The same through a reservation: a 1-byte WRITE every 300 ms touches it well
+    // within each lease lifetime, but its upload (64 KiB: due in 1 s + 62.5 ms)
+    // ends all the same, and a WRITE then finds it gone.
+    let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let reserve = request_frame(
+        1,
+        0,
+        &Request::Reserve {
+            key: k("kv/d/res"),
+            len: 64 << 10,
+        },
+        0,
+    );
+    assert_eq!(raw_call(&mut s, &reserve, b"").await.0.status, Status::Ok);
+    let started = std::time::Instant::now();
+    let mut id = 2;
+    let gone = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let write = request_frame(id, 0, &Request::Write { reservation: 1 }, 1);
+        let h = raw_call(&mut s, &write, b"x").await.0;
+        if h.status != Status::Ok {
+            break h.status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still open");
+        id += 1;
+    };
+    assert_eq!(gone, Status::UnknownId);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    assert_eq!(r.data.upload_budget_free(), 1 << 30);
     r.shutdown().await.unwrap();
 }

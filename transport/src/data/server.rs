@@ -92,13 +92,15 @@ const BUDGET_UNIT: u64 = 1024;
 /// opened by the million.
 const MIN_UPLOAD_CHARGE: u64 = 4096;
 
-/// The slowest a PUT's or WRITE's data may come, in bytes per second, averaged over
-/// the frame: a frame of `n` bytes must be in within a lease lifetime plus `n` at
-/// this rate, or the connection is dropped. Without it, a sender that dribbles a
-/// byte now and then would hold its share of the upload budget forever.
+/// The slowest an upload's data may come, in bytes per second: an upload of `n`
+/// bytes (one PUT, or a reservation and its WRITEs) must be in within a lease
+/// lifetime plus `n` at this rate. Past it a PUT's connection is dropped, and a
+/// reservation is dropped (a later WRITE or COMMIT answers `UnknownId`). Without
+/// it, a sender that dribbles a byte now and then would hold its share of the
+/// upload budget forever.
 pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
 
-/// When a frame of `len` data bytes, starting now, must be in.
+/// When an upload of `len` bytes, starting now, must be in.
 fn upload_until(ttl: Duration, len: u64) -> Instant {
     Instant::now() + ttl + Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64)
 }
@@ -223,6 +225,9 @@ fn fail(op: Op, id: u64, e: Error) -> Out {
 struct Upload {
     res: Box<Reservation>,
     _budget: OwnedSemaphorePermit,
+    /// When all its data must be in, however it comes (one PUT, or WRITEs): a
+    /// lease lifetime plus its length at [`MIN_UPLOAD_RATE`].
+    until: Instant,
 }
 
 /// A reservation waiting for its next WRITE or COMMIT.
@@ -230,6 +235,14 @@ struct Open {
     up: Upload,
     /// When it was made or last written: it is dropped a lease lifetime later.
     touched: Instant,
+}
+
+impl Open {
+    /// When it is dropped: a lease lifetime untouched, or past its upload's end
+    /// however often it is written (a byte now and then does not keep it).
+    fn expires(&self, ttl: Duration) -> Instant {
+        (self.touched + ttl).min(self.up.until)
+    }
 }
 
 /// A connection's open reservations. When the connection ends, the in-place ones
@@ -266,9 +279,6 @@ enum Sink {
         up: Upload,
         remaining: u64,
         commit: bool,
-        /// When the data must be in: a lease lifetime, plus its length at
-        /// [`MIN_UPLOAD_RATE`].
-        until: Instant,
     },
     /// Discarded (the request failed before its data).
     Discard { remaining: u64 },
@@ -675,7 +685,7 @@ impl DataServer {
             // data, the end of the wait for more of it (a sender that stalls holds
             // its share of the upload budget).
             let stalled_at = sink.as_ref().map(|s| match s {
-                Sink::Reservation { until, .. } => (progress + ttl).min(*until),
+                Sink::Reservation { up, .. } => (progress + ttl).min(up.until),
                 Sink::Discard { .. } => progress + ttl,
             });
             // At the in-flight cap, frames wait unread in the buffer (a COMMIT among
@@ -684,7 +694,7 @@ impl DataServer {
             let expiry = reservations
                 .values()
                 .filter(|_| !at_cap)
-                .map(|o| o.touched + ttl)
+                .map(|o| o.expires(ttl))
                 .chain(stalled_at)
                 .min();
             tokio::select! {
@@ -722,7 +732,7 @@ impl DataServer {
                     }
                     let expired: Vec<u64> = reservations
                         .iter()
-                        .filter(|(_, o)| o.touched.elapsed() >= ttl)
+                        .filter(|(_, o)| Instant::now() >= o.expires(ttl))
                         .map(|(id, _)| *id)
                         .collect();
                     add(&self.stats.reservations_expired, expired.len() as u64);
@@ -837,6 +847,7 @@ impl DataServer {
                         Ok(res) => Ok(Upload {
                             res: Box::new(res),
                             _budget: budget,
+                            until: upload_until(self.config.lease_ttl, h.data_len),
                         }),
                         Err(e) => Err(fail(op, id, e)),
                     }
@@ -850,7 +861,6 @@ impl DataServer {
                             up,
                             remaining: h.data_len,
                             commit: true,
-                            until: upload_until(self.config.lease_ttl, h.data_len),
                         });
                         None
                     }
@@ -913,6 +923,7 @@ impl DataServer {
                         up: Upload {
                             res: Box::new(res),
                             _budget: budget,
+                            until: upload_until(self.config.lease_ttl, len),
                         },
                         touched: Instant::now(),
                     },
@@ -930,7 +941,6 @@ impl DataServer {
                         up: o.up,
                         remaining: h.data_len,
                         commit: false,
-                        until: upload_until(self.config.lease_ttl, h.data_len),
                     });
                     None
                 }
@@ -961,7 +971,9 @@ impl DataServer {
                     let stats = self.stats.clone();
                     Some(Box::pin(async move {
                         // The budget is held until the commit is done.
-                        let Upload { mut res, _budget } = up;
+                        let Upload {
+                            mut res, _budget, ..
+                        } = up;
                         let r = if res.is_in_place() {
                             res.commit_filled(crc32c).await
                         } else {
@@ -1029,7 +1041,7 @@ impl DataServer {
                 if commit {
                     let stats = self.stats.clone();
                     return Some(Box::pin(async move {
-                        let Upload { res, _budget } = up;
+                        let Upload { res, _budget, .. } = up;
                         match res.commit().await {
                             Ok(r) => {
                                 add(&stats.bytes_committed, r.len);
