@@ -218,7 +218,7 @@ fn render_data(out: &mut String, data: &DataServer) {
         "strata_data_connections",
         "gauge",
         "Data-path connections open, by listener",
-        |l| s.connections(l),
+        |l| data.connections(l),
     );
     by_listener(
         out,
@@ -290,7 +290,7 @@ fn render_data(out: &mut String, data: &DataServer) {
         "strata_data_quarantined_bytes",
         "gauge",
         "Arena bytes of in-place reservations held one more lease lifetime after they expired or their connection ended",
-        data.quarantined().1,
+        data.quarantined_bytes(),
     );
     single(
         out,

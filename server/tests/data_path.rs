@@ -283,7 +283,7 @@ async fn a_polling_server_serves_every_operation() {
         exercise(&c).await;
     }
     assert!(
-        r.data.poll_hits() > 0,
+        r.data.stats().poll_hits() > 0,
         "some request was read by polling, not after a wake-up"
     );
     r.shutdown().await.unwrap();
@@ -660,7 +660,7 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     // Nobody touches reservation 2: a lease lifetime (1.5 s) later it is gone,
     // and so is its budget.
     within_5s("reservation 2 to expire", || {
-        r.data.expired_reservations() > 0
+        r.data.stats().reservations_expired() > 0
     })
     .await;
     assert_eq!(r.data.upload_budget_free(), 1 << 20);
@@ -1241,9 +1241,7 @@ async fn metrics_count_what_each_carrier_served() {
 
     drop((tcp, shm));
     within_5s("the connections to close", || {
-        Listener::LIST
-            .iter()
-            .all(|l| r.data.stats().connections(*l) == 0)
+        Listener::LIST.iter().all(|l| r.data.connections(*l) == 0)
     })
     .await;
     within_5s("the lease to be released", || {

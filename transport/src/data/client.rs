@@ -670,16 +670,17 @@ impl DataClient {
                 }),
             });
         }
-        let ttl = leases.iter().map(|l| l.ttl_ms).min();
-        let ok =
-            ttl.is_none_or(|t| frame.arrived.elapsed() < Duration::from_millis(u64::from(t)) / 2);
+        let late = leases
+            .iter()
+            .find(|l| in_lease_time(l.ttl_ms, frame.arrived).is_none());
+        let late = late.map(|l| ClientError::Timeout(Duration::from_millis(u64::from(l.ttl_ms))));
         for l in &leases {
             self.release(l.id).await;
         }
-        if let (false, Some(t)) = (ok, ttl) {
-            return Err(ClientError::Timeout(Duration::from_millis(u64::from(t))));
+        match late {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
     /// Stores a value; the server checks it against its CRC-32C before it becomes
@@ -711,18 +712,14 @@ impl DataClient {
             // The server drops a reservation left untouched for a lease lifetime
             // and reuses its memory; as with leased reads, writing must end
             // within half of it, counted from the answer's arrival.
-            let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-            let written = if f.arrived.elapsed() >= ttl / 2 {
-                Err(ClientError::Timeout(ttl))
-            } else {
-                let left = (ttl / 2).saturating_sub(f.arrived.elapsed());
-                self.write_extents(&lease.extents, value, left)
-                    .map_err(ClientError::from)
-                    .and_then(|()| {
-                        (f.arrived.elapsed() < ttl / 2)
-                            .then_some(())
-                            .ok_or(ClientError::Timeout(ttl))
-                    })
+            let late = ClientError::Timeout(Duration::from_millis(u64::from(lease.ttl_ms)));
+            let written = match in_lease_time(lease.ttl_ms, f.arrived) {
+                None => Err(late),
+                Some(left) => match self.write_extents(&lease.extents, value, left) {
+                    Err(e) => Err(e.into()),
+                    Ok(()) if in_lease_time(lease.ttl_ms, f.arrived).is_none() => Err(late),
+                    Ok(()) => Ok(()),
+                },
             };
             if let Err(e) = written {
                 let abort = Request::Abort { reservation: rid };
@@ -834,12 +831,13 @@ impl DataClient {
         f: impl FnOnce(&mut ValueReader<'_>) -> R,
     ) -> Result<R> {
         let out = self.with_extents(&lease.extents, len, f);
-        let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-        let ok = arrived.elapsed() < ttl / 2;
+        let in_time = in_lease_time(lease.ttl_ms, arrived).is_some();
         self.release(lease.id).await;
         let out = out?;
-        if !ok {
-            return Err(ClientError::Timeout(ttl));
+        if !in_time {
+            return Err(ClientError::Timeout(Duration::from_millis(u64::from(
+                lease.ttl_ms,
+            ))));
         }
         Ok(out)
     }
@@ -949,6 +947,15 @@ fn start_conn<R: AsyncRead + Send + Unpin + 'static>(
         broken,
         reader,
     }
+}
+
+/// What is left of the time a client may use arena memory under a lease (or an
+/// in-place reservation) of `ttl_ms`: half of it, counted from `arrived`, when its
+/// answer came in (the server started the clock a little earlier: the other half
+/// leaves that margin). `None` once it is spent.
+fn in_lease_time(ttl_ms: u32, arrived: Instant) -> Option<Duration> {
+    let half = Duration::from_millis(u64::from(ttl_ms)) / 2;
+    half.checked_sub(arrived.elapsed()).filter(|d| !d.is_zero())
 }
 
 /// How far ahead of the bytes that arrived an answer's buffer is allocated.

@@ -100,11 +100,6 @@ const MIN_UPLOAD_CHARGE: u64 = 4096;
 /// upload budget forever.
 pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
 
-/// When an upload of `len` bytes, starting now, must be in.
-fn upload_until(ttl: Duration, len: u64) -> Instant {
-    Instant::now() + ttl + Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64)
-}
-
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
@@ -141,6 +136,8 @@ pub struct DataServer {
     polling: AtomicUsize,
     /// Counters, for metrics.
     stats: Arc<DataStats>,
+    /// Connection slots of each listener (`config.max_connections` each).
+    slots: [Arc<Semaphore>; 2],
     /// The upload budget, in KiB (`config.max_upload_bytes`).
     uploads: Arc<Semaphore>,
     /// In-place reservations that expired, kept one more lease lifetime before
@@ -163,6 +160,8 @@ impl std::fmt::Debug for DataServer {
 struct Out {
     op: Op,
     status: Status,
+    /// Bytes of `data`.
+    data_len: u64,
     header: [u8; HEADER_LEN],
     meta: Bytes,
     data: Vec<Bytes>,
@@ -174,6 +173,7 @@ impl Out {
         Self {
             op,
             status: Status::Ok,
+            data_len: len,
             header: Header::response(op, id, Status::Ok, meta.len(), len).encode(),
             meta: meta.freeze(),
             data,
@@ -185,6 +185,7 @@ impl Out {
         Self {
             op,
             status,
+            data_len: 0,
             header: Header::response(op, id, status, meta.len(), 0).encode(),
             meta,
             data: Vec::new(),
@@ -255,15 +256,8 @@ struct OpenReservations {
 
 impl Drop for OpenReservations {
     fn drop(&mut self) {
-        let now = Instant::now();
-        let parked: Vec<_> = self
-            .map
-            .drain()
-            .filter(|(_, o)| o.up.res.is_in_place())
-            .map(|(_, o)| (now, o.up))
-            .collect();
-        if !parked.is_empty() {
-            self.server.quarantine.lock().extend(parked);
+        for (_, o) in self.map.drain() {
+            self.server.retire(o.up);
         }
     }
 }
@@ -296,10 +290,11 @@ impl DataServer {
                 (config.max_upload_bytes / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
             quarantine: parking_lot::Mutex::new(Vec::new()),
-            config,
             host_id: shm::host_id(),
             polling: AtomicUsize::new(0),
             stats: Arc::new(DataStats::default()),
+            slots: std::array::from_fn(|_| Arc::new(Semaphore::new(config.max_connections))),
+            config,
         })
     }
 
@@ -308,22 +303,25 @@ impl DataServer {
         &self.leases
     }
 
-    /// Reservations dropped because nobody wrote to or committed them for a lease
-    /// lifetime.
-    pub fn expired_reservations(&self) -> u64 {
-        self.stats.reservations_expired()
-    }
-
     /// The counters (answers, bytes, connections, what the bounds refused).
     pub fn stats(&self) -> &DataStats {
         &self.stats
     }
 
-    /// In-place reservations held in quarantine now (expired, or left by a
-    /// connection that ended), and their bytes.
-    pub fn quarantined(&self) -> (usize, u64) {
-        let q = self.quarantine.lock();
-        (q.len(), q.iter().map(|(_, u)| u.res.len()).sum())
+    /// Connections open now on `l`.
+    pub fn connections(&self, l: Listener) -> u64 {
+        let free = self.slots[l as usize].available_permits();
+        self.config.max_connections.saturating_sub(free) as u64
+    }
+
+    /// Bytes of the in-place reservations held in quarantine now (expired, or left
+    /// by a connection that ended).
+    pub fn quarantined_bytes(&self) -> u64 {
+        self.quarantine
+            .lock()
+            .iter()
+            .map(|(_, u)| u.res.len())
+            .sum()
     }
 
     /// RDMA queue pairs held: one per RDMA client accepted, at most 4096 (the
@@ -339,12 +337,6 @@ impl DataServer {
     /// Bytes of the upload budget (`DataConfig::max_upload_bytes`) free now.
     pub fn upload_budget_free(&self) -> u64 {
         self.uploads.available_permits() as u64 * BUDGET_UNIT
-    }
-
-    /// How many times polling (`DataConfig::poll`) found the next request waiting,
-    /// each a wake-up saved.
-    pub fn poll_hits(&self) -> u64 {
-        self.stats.poll_hits()
     }
 
     /// Whether the RDMA carrier is offered (built with feature `rdma`, and a verbs
@@ -414,7 +406,6 @@ impl DataServer {
 
     /// Serves TCP connections until `shutdown`.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let conns = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -422,13 +413,7 @@ impl DataServer {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = conns.clone().try_acquire_owned() else {
-                        self.stats.refused(Listener::Tcp);
-                        tracing::warn!(
-                            %peer,
-                            max = self.config.max_connections,
-                            "data connection refused: at data.max_connections"
-                        );
+                    let Some(slot) = self.admit(Listener::Tcp) else {
                         continue;
                     };
                     if let Err(e) = stream.set_nodelay(true) {
@@ -436,9 +421,8 @@ impl DataServer {
                     }
                     let me = self.clone();
                     let stop = shutdown.clone();
-                    let open = self.stats.open(Listener::Tcp);
                     tokio::spawn(async move {
-                        let _slot = (slot, open);
+                        let _slot = slot;
                         if let Err(e) = me.clone().serve_conn(stream, false, stop).await {
                             me.ended(&e);
                             tracing::debug!(%peer, error = %e, "data connection ended");
@@ -487,7 +471,6 @@ impl DataServer {
     ///
     /// [`expire_leases`]: Self::expire_leases
     pub async fn serve_unix(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
-        let conns = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -495,19 +478,13 @@ impl DataServer {
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let Ok(slot) = conns.clone().try_acquire_owned() else {
-                        self.stats.refused(Listener::Shm);
-                        tracing::warn!(
-                            max = self.config.max_connections,
-                            "shm connection refused: at data.max_connections"
-                        );
+                    let Some(slot) = self.admit(Listener::Shm) else {
                         continue;
                     };
                     let me = self.clone();
                     let stop = shutdown.clone();
-                    let open = self.stats.open(Listener::Shm);
                     tokio::spawn(async move {
-                        let _slot = (slot, open);
+                        let _slot = slot;
                         let fd = me.store.dram().arena().fd();
                         if let Err(e) = shm::send_fd(&stream, fd).await {
                             tracing::debug!(error = %e, "sending the arena descriptor");
@@ -527,6 +504,30 @@ impl DataServer {
         }
     }
 
+    /// Lets go of an upload that will not be committed: at once, or, if its client
+    /// may still be copying into it in place (shm, RDMA), after one more lease
+    /// lifetime in quarantine.
+    fn retire(&self, up: Upload) {
+        if up.res.is_in_place() {
+            self.quarantine.lock().push((Instant::now(), up));
+        }
+    }
+
+    /// A connection slot on `l`, held while the connection is served; `None` (the
+    /// connection is to be closed at once, and is counted) at `max_connections`.
+    fn admit(&self, l: Listener) -> Option<OwnedSemaphorePermit> {
+        let slot = self.slots[l as usize].clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            self.stats.refused(l);
+            tracing::warn!(
+                listener = l.name(),
+                max = self.config.max_connections,
+                "data connection refused: at data.max_connections"
+            );
+        }
+        slot
+    }
+
     /// Counts how a connection ended in error.
     fn ended(&self, e: &std::io::Error) {
         if e.kind() == std::io::ErrorKind::TimedOut {
@@ -537,8 +538,7 @@ impl DataServer {
     /// Counts an answer that went out.
     fn sent(&self, out: &Out) {
         self.stats.answered(out.op, out.status);
-        let inline: usize = out.data.iter().map(|d| d.len()).sum();
-        add(&self.stats.bytes_inline, inline as u64);
+        add(&self.stats.bytes_inline, out.data_len);
     }
 
     /// Binds the shared-memory socket at `path` (replacing a stale one), owner-only.
@@ -737,9 +737,8 @@ impl DataServer {
                         .collect();
                     add(&self.stats.reservations_expired, expired.len() as u64);
                     for id in expired {
-                        let Some(o) = reservations.remove(&id) else { continue };
-                        if o.up.res.is_in_place() {
-                            self.quarantine.lock().push((Instant::now(), o.up));
+                        if let Some(o) = reservations.remove(&id) {
+                            self.retire(o.up);
                         }
                     }
                 }
@@ -842,17 +841,7 @@ impl DataServer {
                 me.mget(Op::MGetRange, id, ranges, lease).await
             })),
             Request::Put { key, crc32c } => {
-                let up = self.upload_budget(op, id, h.data_len).and_then(|budget| {
-                    match self.store.reserve(&key, h.data_len, Some(crc32c)) {
-                        Ok(res) => Ok(Upload {
-                            res: Box::new(res),
-                            _budget: budget,
-                            until: upload_until(self.config.lease_ttl, h.data_len),
-                        }),
-                        Err(e) => Err(fail(op, id, e)),
-                    }
-                });
-                match up {
+                match self.begin_upload(op, id, &key, h.data_len, Some(crc32c)) {
                     Ok(up) => {
                         *sink = Some(Sink::Reservation {
                             op,
@@ -892,16 +881,12 @@ impl DataServer {
                         ),
                     ));
                 }
-                let budget = match self.upload_budget(op, id, len) {
-                    Ok(b) => b,
+                let mut up = match self.begin_upload(op, id, &key, len, None) {
+                    Ok(up) => up,
                     Err(out) => return ready(out),
                 };
-                let mut res = match self.store.reserve(&key, len, None) {
-                    Ok(r) => r,
-                    Err(e) => return ready(fail(op, id, e)),
-                };
                 let lease = if lease {
-                    match res.prepare_in_place() {
+                    match up.res.prepare_in_place() {
                         // Id 0: the extents belong to the reservation (named by this
                         // request's id), not to the lease table.
                         Ok(ext) => Some(Lease {
@@ -920,11 +905,7 @@ impl DataServer {
                 reservations.insert(
                     id,
                     Open {
-                        up: Upload {
-                            res: Box::new(res),
-                            _budget: budget,
-                            until: upload_until(self.config.lease_ttl, len),
-                        },
+                        up,
                         touched: Instant::now(),
                     },
                 );
@@ -1063,6 +1044,30 @@ impl DataServer {
             }
             _ => None,
         }
+    }
+
+    /// Starts an upload of `len` bytes to `key` (PUT, RESERVE): its share of the
+    /// upload budget, its reservation, and the time its data is due by. Or the
+    /// answer that refuses it.
+    fn begin_upload(
+        &self,
+        op: Op,
+        id: u64,
+        key: &Key,
+        len: u64,
+        crc32c: Option<u32>,
+    ) -> Result<Upload, Out> {
+        let budget = self.upload_budget(op, id, len)?;
+        let res = self
+            .store
+            .reserve(key, len, crc32c)
+            .map_err(|e| fail(op, id, e))?;
+        let at_min_rate = Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64);
+        Ok(Upload {
+            res: Box::new(res),
+            _budget: budget,
+            until: Instant::now() + self.config.lease_ttl + at_min_rate,
+        })
     }
 
     /// Takes `len` bytes (at least 4 KiB) of the upload budget for an upload, or the answer that

@@ -1,7 +1,7 @@
 //! Counters of a data server, for the server's Prometheus `/metrics`: answers by op
 //! and status, value bytes by how they left (inline on the socket, or leased out of
-//! the arena), connections by listener, and what the server's bounds refused or
-//! dropped. Relaxed atomics: each is counted where it happens, and read at scrape time.
+//! the arena), and what the server's bounds refused or dropped. (Connections open
+//! are read off the server's connection slots: `DataServer::connections`.) Relaxed atomics: each is counted where it happens, and read at scrape time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,7 +37,6 @@ pub struct DataStats {
     pub(crate) bytes_inline: AtomicU64,
     pub(crate) bytes_leased: AtomicU64,
     pub(crate) bytes_committed: AtomicU64,
-    open: [AtomicU64; 2],
     refused: [AtomicU64; 2],
     pub(crate) stalled: AtomicU64,
     pub(crate) lease_fallbacks: AtomicU64,
@@ -52,7 +51,6 @@ impl Default for DataStats {
             bytes_inline: AtomicU64::new(0),
             bytes_leased: AtomicU64::new(0),
             bytes_committed: AtomicU64::new(0),
-            open: Default::default(),
             refused: Default::default(),
             stalled: AtomicU64::new(0),
             lease_fallbacks: AtomicU64::new(0),
@@ -73,15 +71,6 @@ pub(crate) fn add(a: &AtomicU64, n: u64) {
 impl DataStats {
     pub(crate) fn answered(&self, op: Op, status: Status) {
         add(&self.answers[op as usize - 1][status as usize], 1);
-    }
-
-    /// Counts a connection open on `l` until the guard drops.
-    pub(crate) fn open(self: &std::sync::Arc<Self>, l: Listener) -> OpenConnection {
-        add(&self.open[l as usize], 1);
-        OpenConnection {
-            stats: self.clone(),
-            l,
-        }
     }
 
     pub(crate) fn refused(&self, l: Listener) {
@@ -107,11 +96,6 @@ impl DataStats {
     /// Value bytes of committed PUTs and reservations.
     pub fn bytes_committed(&self) -> u64 {
         get(&self.bytes_committed)
-    }
-
-    /// Connections open now on `l`.
-    pub fn connections(&self, l: Listener) -> u64 {
-        get(&self.open[l as usize])
     }
 
     /// Connections `l` closed at once because it was at `data.max_connections`.
@@ -140,18 +124,5 @@ impl DataStats {
     /// Polls that found the next request waiting, each a wake-up saved.
     pub fn poll_hits(&self) -> u64 {
         get(&self.poll_hits)
-    }
-}
-
-/// A connection counted open; dropping it counts it closed.
-#[derive(Debug)]
-pub(crate) struct OpenConnection {
-    stats: std::sync::Arc<DataStats>,
-    l: Listener,
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.stats.open[self.l as usize].fetch_sub(1, Ordering::Relaxed);
     }
 }
