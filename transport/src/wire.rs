@@ -87,7 +87,7 @@ impl Op {
         1 << (self as u8)
     }
 
-    /// Every op, in code order.
+    /// Every op, in code order (op `n` at index `n - 1`; decoding reads it).
     pub const LIST: [Self; 12] = [
         Self::Hello,
         Self::Get,
@@ -122,21 +122,7 @@ impl Op {
     }
 
     fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::Hello,
-            2 => Self::Get,
-            3 => Self::MGet,
-            4 => Self::Put,
-            5 => Self::Reserve,
-            6 => Self::Write,
-            7 => Self::Commit,
-            8 => Self::Abort,
-            9 => Self::Delete,
-            10 => Self::MatchPrefix,
-            11 => Self::Release,
-            12 => Self::MGetRange,
-            _ => return None,
-        })
+        Self::LIST.get(usize::from(v).checked_sub(1)?).copied()
     }
 }
 
@@ -167,7 +153,7 @@ pub enum Status {
 }
 
 impl Status {
-    /// Every status, in code order.
+    /// Every status, in code order (status `n` at index `n`; decoding reads it).
     pub const LIST: [Self; 10] = [
         Self::Ok,
         Self::NotFound,
@@ -198,19 +184,7 @@ impl Status {
     }
 
     fn from_u16(v: u16) -> Option<Self> {
-        Some(match v {
-            0 => Self::Ok,
-            1 => Self::NotFound,
-            2 => Self::Invalid,
-            3 => Self::TooLarge,
-            4 => Self::Range,
-            5 => Self::Checksum,
-            6 => Self::Busy,
-            7 => Self::Unavailable,
-            8 => Self::Internal,
-            9 => Self::UnknownId,
-            _ => return None,
-        })
+        Self::LIST.get(usize::from(v)).copied()
     }
 
     /// Whether a retry of an idempotent request may succeed.
@@ -1030,15 +1004,20 @@ mod tests {
 
     #[test]
     fn op_and_status_lists_are_complete_and_in_code_order() {
+        // The decoders index these lists by code: each entry sits at its code.
         for (i, op) in Op::LIST.iter().enumerate() {
-            assert_eq!(Op::from_u8(i as u8 + 1), Some(*op));
+            assert_eq!(*op as usize, i + 1, "{op:?}");
+            assert_eq!(Op::from_u8(*op as u8), Some(*op));
         }
+        assert_eq!(Op::from_u8(0), None);
         assert_eq!(Op::from_u8(Op::LIST.len() as u8 + 1), None);
         assert_eq!(Op::LIST.iter().fold(0, |a, o| a | o.bit()), Op::ALL);
         for (i, s) in Status::LIST.iter().enumerate() {
-            assert_eq!(Status::from_u16(i as u16), Some(*s));
+            assert_eq!(*s as usize, i, "{s:?}");
+            assert_eq!(Status::from_u16(*s as u16), Some(*s));
         }
         assert_eq!(Status::from_u16(Status::LIST.len() as u16), None);
+        assert_eq!(Status::from_u16(u16::MAX), None);
         let names: std::collections::HashSet<_> = Op::LIST
             .iter()
             .map(|o| o.name())
