@@ -10,12 +10,16 @@
 //!   this module uses once, a test copy to the device and back included, inside a
 //!   `catch_unwind`.) Everything else in the connector
 //!   works on CPU tensors whatever `open` said.
-//! - **Copies** go through page-locked (pinned) host memory, allocated without
-//!   write-combining, so the CPU reads what came back at full speed.
-//!   [`Gpu::upload`] and [`Gpu::download`] move bytes between ordinary host memory and
-//!   the device through a pinned staging buffer, a slice at a time.
+//! - **Copies** from and to ordinary host memory ([`Gpu::upload`],
+//!   [`Gpu::download`]) go through two page-locked (pinned) staging buffers,
+//!   allocated without write-combining so the CPU reads what came back at full speed:
+//!   the CPU fills one, several threads at once, while the copy engine moves the
+//!   other. Memory registered once with [`Gpu::register`] is copied straight over
+//!   the bus ([`Gpu::upload_registered`], [`Gpu::download_registered`]): the path for
+//!   buffers that are reused. Measured on an H200 in BENCHMARKS.md section 5.
 //! - **GPU tier** ([`GpuTier`]): whole chunks by key, least recently used out first,
-//!   within a byte budget that is a share of the device memory free when it is made.
+//!   within a byte budget that is a share of the device memory free when it is made;
+//!   served to the host or device to device.
 //!
 //! Not here yet: accepting CUDA candle tensors. candle-core's `cuda` feature needs
 //! `nvcc` at build time, and neither this machine nor CI has it (docs/kv-keys.md,
@@ -24,7 +28,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, PinnedHostSlice};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DevicePtr, DevicePtrMut, result};
+
+pub use cudarc::driver::{CudaSlice, PinnedHostSlice};
 
 /// What went wrong on the GPU side.
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +48,39 @@ fn driver(e: cudarc::driver::DriverError) -> GpuError {
     GpuError::Driver(e.to_string())
 }
 
-/// Bytes staged per copy through pinned memory.
-pub const STAGING: usize = 8 << 20;
+/// Bytes of one staged part: a copy through pinned memory goes in parts of this size,
+/// alternating between two pinned buffers, so that the CPU fills one while the copy
+/// engine moves the other.
+pub const STAGING: usize = 4 << 20;
 
-/// One CUDA device, its copy stream and a pinned staging buffer.
+/// Two pinned staging buffers and, for each, an event recorded after the last copy
+/// that used it.
+struct Staging {
+    bufs: [PinnedHostSlice<u8>; 2],
+    done: [CudaEvent; 2],
+    /// Whether each event was recorded (waiting on a fresh event is harmless, but
+    /// skipping it saves a driver call).
+    pending: [bool; 2],
+}
+
+impl Staging {
+    /// The host address of buffer `i`, once the copy that last used it is done.
+    fn ready(&mut self, i: usize) -> Result<*mut u8, GpuError> {
+        if self.pending[i] {
+            self.done[i].synchronize().map_err(driver)?;
+            self.pending[i] = false;
+        }
+        // The pinned slice's own event is never recorded: copies here are issued
+        // on raw pointers, ordered by `done`.
+        self.bufs[i].as_mut_ptr().map_err(driver)
+    }
+}
+
+/// One CUDA device, its copy stream and two pinned staging buffers.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    staging: parking_lot::Mutex<PinnedHostSlice<u8>>,
+    staging: parking_lot::Mutex<Staging>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -57,6 +88,64 @@ impl std::fmt::Debug for Gpu {
         f.debug_struct("Gpu")
             .field("ordinal", &self.ctx.ordinal())
             .finish()
+    }
+}
+
+/// Host memory registered with the driver (page-locked in place), so that copies
+/// from and to it go straight over the bus, with no staging copy: what a long-lived
+/// buffer (a receive buffer, a mapped arena) gets once. Unregistered when dropped.
+pub struct Registered<'a> {
+    ctx: Arc<CudaContext>,
+    ptr: *mut u8,
+    len: usize,
+    _mem: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: the registration is a property of the memory, usable from any thread of
+// the context; the borrow it holds is exclusive.
+unsafe impl Send for Registered<'_> {}
+
+impl std::fmt::Debug for Registered<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Registered<'_> {
+    /// The registered bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is the borrowed slice, alive for `'a`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The registered bytes, to fill.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above; the borrow is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` was registered by `Gpu::register` and not since.
+            let r = unsafe { cudarc::driver::sys::cuMemHostUnregister(self.ptr.cast()) };
+            if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                tracing::warn!(?r, "cuMemHostUnregister failed");
+            }
+        }
     }
 }
 
@@ -80,9 +169,14 @@ impl Gpu {
             }
             let ctx = CudaContext::new(ordinal).map_err(driver)?;
             let stream = ctx.new_stream().map_err(driver)?;
-            // SAFETY: the buffer is only read after a copy has filled it.
-            let staging =
-                unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGING, 0) }.map_err(driver)?;
+            // SAFETY: the buffers are only read after a copy has filled them.
+            let buf = || unsafe { ctx.alloc_pinned_with_flags::<u8>(STAGING, 0) }.map_err(driver);
+            let event = || ctx.new_event(None).map_err(driver);
+            let staging = Staging {
+                bufs: [buf()?, buf()?],
+                done: [event()?, event()?],
+                pending: [false; 2],
+            };
             let gpu = Self {
                 ctx,
                 stream,
@@ -97,7 +191,15 @@ impl Gpu {
             gpu.upload(&probe, &mut dev)?;
             let mut back = [0u8; 4];
             gpu.download(&dev, &mut back)?;
-            if back != probe {
+            let mut reg = [0u8; 4];
+            {
+                let mut r = gpu.register(&mut reg)?;
+                gpu.download_registered(&dev, &mut r, 0)?;
+                gpu.upload_registered(&r, 0..4, &mut dev)?;
+                let mut copy = gpu.alloc(probe.len())?;
+                gpu.copy_on_device(&dev, &mut copy)?;
+            }
+            if back != probe || reg != probe {
                 return Err(GpuError::Driver(
                     "a test copy to the device and back changed the bytes".into(),
                 ));
@@ -148,49 +250,193 @@ impl Gpu {
         &self.stream
     }
 
+    /// Registers `mem` with the driver for as long as the answer lives, so that
+    /// [`upload_registered`](Self::upload_registered) and
+    /// [`download_registered`](Self::download_registered) copy it with no staging.
+    /// Registration pins the pages and costs about as much as copying them once:
+    /// for buffers that are reused, not per copy.
+    pub fn register<'a>(&self, mem: &'a mut [u8]) -> Result<Registered<'a>, GpuError> {
+        if mem.is_empty() {
+            return Err(GpuError::Driver("cannot register an empty buffer".into()));
+        }
+        self.ctx.bind_to_thread().map_err(driver)?;
+        let ptr = mem.as_mut_ptr();
+        // SAFETY: `mem` is a live allocation of `mem.len()` bytes, borrowed for as
+        // long as the registration lives; the driver only pins it.
+        unsafe {
+            cudarc::driver::sys::cuMemHostRegister_v2(ptr.cast(), mem.len(), 0)
+                .result()
+                .map_err(driver)?;
+        }
+        Ok(Registered {
+            ctx: self.ctx.clone(),
+            ptr,
+            len: mem.len(),
+            _mem: std::marker::PhantomData,
+        })
+    }
+
+    /// Copies `src[range]` (registered host memory) to the start of `dst`, straight
+    /// over the bus. Returns when the bytes are on the device.
+    pub fn upload_registered(
+        &self,
+        src: &Registered<'_>,
+        range: std::ops::Range<usize>,
+        dst: &mut CudaSlice<u8>,
+    ) -> Result<(), GpuError> {
+        let part = src.as_slice().get(range.clone()).ok_or_else(|| {
+            GpuError::Driver(format!(
+                "range {range:?} is outside a {}-byte registered buffer",
+                src.len()
+            ))
+        })?;
+        fits(part.len(), dst.len())?;
+        let (d, _sync) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: `d` holds at least `part.len()` bytes; `part` stays borrowed until
+        // the stream is synchronized below.
+        unsafe { result::memcpy_htod_async(d, part, self.stream.cu_stream()) }.map_err(driver)?;
+        drop(_sync);
+        self.stream.synchronize().map_err(driver)
+    }
+
+    /// Copies the first bytes of `src` on the device into `dst` (registered host
+    /// memory) from `at`, as many as fit. Returns when the bytes are in `dst`.
+    pub fn download_registered(
+        &self,
+        src: &CudaSlice<u8>,
+        dst: &mut Registered<'_>,
+        at: usize,
+    ) -> Result<(), GpuError> {
+        let len = dst.len().saturating_sub(at).min(src.len());
+        let part = &mut dst.as_mut_slice()[at..at + len];
+        let (s, _sync) = src.device_ptr(&self.stream);
+        // SAFETY: `s` holds at least `len` bytes; `part` stays borrowed until the
+        // stream is synchronized below.
+        unsafe { result::memcpy_dtoh_async(part, s, self.stream.cu_stream()) }.map_err(driver)?;
+        drop(_sync);
+        self.stream.synchronize().map_err(driver)
+    }
+
+    /// Copies `src` into the start of `dst`, both on the device.
+    pub fn copy_on_device<S: DevicePtr<u8>>(
+        &self,
+        src: &S,
+        dst: &mut CudaSlice<u8>,
+    ) -> Result<(), GpuError> {
+        fits(src.len(), dst.len())?;
+        let mut view = dst.slice_mut(0..src.len());
+        self.stream.memcpy_dtod(src, &mut view).map_err(driver)?;
+        self.stream.synchronize().map_err(driver)
+    }
+
     /// Copies `src` (ordinary host memory) into `dst` on the device, through the
-    /// pinned staging buffer. Returns when the bytes are on the device.
+    /// two pinned staging buffers: the CPU fills one (several threads of the rayon
+    /// pool at once, for parts over 512 KiB) while the copy engine moves the other.
+    /// Returns when the bytes are on the device.
     pub fn upload(&self, src: &[u8], dst: &mut CudaSlice<u8>) -> Result<(), GpuError> {
-        if dst.len() < src.len() {
-            return Err(GpuError::Driver(format!(
-                "{} bytes do not fit a {}-byte device buffer",
-                src.len(),
-                dst.len()
-            )));
-        }
-        let mut staging = self.staging.lock();
+        fits(src.len(), dst.len())?;
+        let mut st = self.staging.lock();
+        let (d, _sync) = dst.device_ptr_mut(&self.stream);
         for (i, part) in src.chunks(STAGING).enumerate() {
-            let at = i * STAGING;
-            staging.as_mut_slice().map_err(driver)?[..part.len()].copy_from_slice(part);
-            let mut view = dst.slice_mut(at..at + part.len());
-            let from = &staging.as_slice().map_err(driver)?[..part.len()];
-            self.stream.memcpy_htod(from, &mut view).map_err(driver)?;
-            self.stream.synchronize().map_err(driver)?;
+            let b = i % 2;
+            let buf = st.ready(b)?;
+            // SAFETY: `buf` is STAGING pinned bytes no copy is using (`ready` waited
+            // for the last); `part` is at most STAGING bytes.
+            let staged = unsafe {
+                par_copy(part.as_ptr(), buf, part.len());
+                std::slice::from_raw_parts(buf, part.len())
+            };
+            let at = (i * STAGING) as u64;
+            // SAFETY: `d + at .. + part.len()` is inside `dst`; `staged` is not
+            // touched again until `done[b]` says the copy finished.
+            unsafe { result::memcpy_htod_async(d + at, staged, self.stream.cu_stream()) }
+                .map_err(driver)?;
+            st.done[b].record(&self.stream).map_err(driver)?;
+            st.pending[b] = true;
         }
+        drop(_sync);
+        self.stream.synchronize().map_err(driver)?;
+        st.pending = [false; 2];
         Ok(())
     }
 
     /// Copies the first `dst.len()` bytes of `src` on the device into `dst`
-    /// (ordinary host memory), through the pinned staging buffer.
+    /// (ordinary host memory), through the two pinned staging buffers: part `i + 1`
+    /// comes over the bus while the CPU copies part `i` out.
     pub fn download(&self, src: &CudaSlice<u8>, dst: &mut [u8]) -> Result<(), GpuError> {
-        if src.len() < dst.len() {
-            return Err(GpuError::Driver(format!(
-                "a {}-byte device buffer cannot fill {} bytes",
-                src.len(),
-                dst.len()
-            )));
+        fits(dst.len(), src.len())?;
+        let mut st = self.staging.lock();
+        let (s, _sync) = src.device_ptr(&self.stream);
+        let total = dst.len();
+        let parts = total.div_ceil(STAGING);
+        // Issues the copy of part `i` into buffer `i % 2`.
+        let issue = |st: &mut Staging, i: usize| -> Result<(), GpuError> {
+            let b = i % 2;
+            let len = STAGING.min(total - i * STAGING);
+            let buf = st.ready(b)?;
+            // SAFETY: `buf` is STAGING pinned bytes no copy is using.
+            let to = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+            // SAFETY: `s + i·STAGING .. + len` is inside `src`; `to` is read only
+            // after `done[b]` says the copy finished.
+            unsafe {
+                result::memcpy_dtoh_async(to, s + (i * STAGING) as u64, self.stream.cu_stream())
+            }
+            .map_err(driver)?;
+            st.done[b].record(&self.stream).map_err(driver)?;
+            st.pending[b] = true;
+            Ok(())
+        };
+        if parts > 0 {
+            issue(&mut st, 0)?;
         }
-        let mut staging = self.staging.lock();
-        for (i, part) in dst.chunks_mut(STAGING).enumerate() {
-            let at = i * STAGING;
-            let view = src.slice(at..at + part.len());
-            let to = &mut staging.as_mut_slice().map_err(driver)?[..part.len()];
-            self.stream.memcpy_dtoh(&view, to).map_err(driver)?;
-            self.stream.synchronize().map_err(driver)?;
-            part.copy_from_slice(&staging.as_slice().map_err(driver)?[..part.len()]);
+        for i in 0..parts {
+            if i + 1 < parts {
+                issue(&mut st, i + 1)?;
+            }
+            let b = i % 2;
+            let buf = st.ready(b)?;
+            let part = &mut dst[i * STAGING..(i * STAGING + STAGING).min(total)];
+            // SAFETY: `ready` waited for the copy into `buf`; `part.len() <= STAGING`.
+            unsafe { par_copy(buf, part.as_mut_ptr(), part.len()) };
         }
+        drop(_sync);
         Ok(())
     }
+}
+
+/// Pieces a staged part is split into for [`par_copy`]: enough that one CPU thread is
+/// not what bounds a copy from pageable memory (one thread moves ~11 GB/s, a PCIe 5
+/// x16 link ~53 GB/s).
+const COPY_PIECE: usize = 512 << 10;
+
+/// Copies `len` bytes from `from` to `to` on the rayon pool, in pieces of
+/// [`COPY_PIECE`] (a part of one piece or less is copied on this thread).
+///
+/// # Safety
+/// `from` and `to` must be valid for `len` bytes and not overlap.
+unsafe fn par_copy(from: *const u8, to: *mut u8, len: usize) {
+    use rayon::prelude::*;
+    if len <= COPY_PIECE {
+        // SAFETY: as the caller promised.
+        unsafe { std::ptr::copy_nonoverlapping(from, to, len) };
+        return;
+    }
+    let (from, to) = (from as usize, to as usize);
+    (0..len.div_ceil(COPY_PIECE)).into_par_iter().for_each(|i| {
+        let at = i * COPY_PIECE;
+        let n = COPY_PIECE.min(len - at);
+        // SAFETY: [at, at + n) is inside both buffers, and pieces are disjoint.
+        unsafe { std::ptr::copy_nonoverlapping((from + at) as *const u8, (to + at) as *mut u8, n) };
+    });
+}
+
+fn fits(len: usize, room: usize) -> Result<(), GpuError> {
+    if len > room {
+        return Err(GpuError::Driver(format!(
+            "{len} bytes do not fit a {room}-byte buffer"
+        )));
+    }
+    Ok(())
 }
 
 /// Sizes and recency of the entries of a byte-budgeted cache: the bookkeeping of
@@ -352,6 +598,22 @@ impl GpuTier {
         let mut out = vec![0u8; len as usize];
         self.gpu.download(dev, &mut out)?;
         Ok(Some(out))
+    }
+
+    /// Copies `key`'s chunk into the start of `dst` on the device (device to
+    /// device, no host copy) and returns its length, or `None` when it is not held.
+    pub fn get_on_device(
+        &mut self,
+        key: &[u8],
+        dst: &mut CudaSlice<u8>,
+    ) -> Result<Option<u64>, GpuError> {
+        let Some((len, dev)) = self.lru.get(key) else {
+            return Ok(None);
+        };
+        if len > 0 {
+            self.gpu.copy_on_device(&dev.slice(..len as usize), dst)?;
+        }
+        Ok(Some(len))
     }
 
     /// Drops `key`'s chunk; whether it was held.
