@@ -255,3 +255,45 @@ async fn a_broken_rdma_link_is_set_up_again() {
     assert_eq!(tcp.get(&k("kv/g/w")).await.unwrap().unwrap(), w);
     r.shutdown().await.unwrap();
 }
+
+/// Writes beyond DRAM never fail for space over RDMA either: 100 values of 1 MiB
+/// into a 64 MiB DRAM tier over NVMe, from one writer and from eight at once, are
+/// all stored (RDMA WRITEs into reserved arena extents) and read back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs an RDMA device: scripts/rdma-vm-test.sh runs it in the Soft-RoCE VM"]
+async fn writes_past_a_full_dram_are_all_stored_over_rdma() {
+    for writers in [1usize, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.dram.capacity = Some(ByteSize(64 << 20));
+        config.nvme.enabled = true;
+        config.nvme.capacity = ByteSize(1 << 30);
+        let r = Server::start(config).await.unwrap();
+        let c = std::sync::Arc::new(client(&r, CarrierChoice::Rdma).await.unwrap());
+        assert_eq!(c.carrier(), Some(Carrier::Rdma));
+        let key = move |i: usize| k(&format!("kv/full/{writers}/v{i}"));
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    for i in (w..100).step_by(writers) {
+                        let put = c.put(&key(i), pattern(1 << 20, i as u8)).await;
+                        assert!(put.is_ok(), "{writers} writers: put {i}: {put:?}");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for i in 0..100 {
+            let got = c.get(&key(i)).await.unwrap();
+            assert!(
+                got == Some(pattern(1 << 20, i as u8)),
+                "{writers} writers: value {i} read back wrong or absent"
+            );
+        }
+        drop(c);
+        r.shutdown().await.unwrap();
+    }
+}

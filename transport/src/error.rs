@@ -101,6 +101,21 @@ impl ClientError {
 pub(crate) async fn retry<T, F, Fut>(
     attempts: u32,
     backoff: std::time::Duration,
+    call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    retry_if(attempts, backoff, ClientError::is_retryable, call).await
+}
+
+/// As [`retry`], for the errors `retryable` picks: a non-idempotent call retries
+/// only what says nothing was done (a `Busy` answer).
+pub(crate) async fn retry_if<T, F, Fut>(
+    attempts: u32,
+    backoff: std::time::Duration,
+    retryable: impl Fn(&ClientError) -> bool,
     mut call: F,
 ) -> Result<T>
 where
@@ -111,7 +126,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(e) if e.is_retryable() && attempt < attempts => {
+            Err(e) if retryable(&e) && attempt < attempts => {
                 let jitter = rand::random_range(0..=delay.as_millis() as u64);
                 tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
                 delay *= 2;

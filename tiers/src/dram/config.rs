@@ -13,8 +13,9 @@ pub struct DramConfig {
     pub capacity: u64,
     /// Eviction policy. Default: `s3fifo`.
     pub eviction: EvictionKind,
-    /// Evicted entries queued for demotion to NVMe, at most. Past this, an evicted
-    /// entry is dropped instead of demoted (and counted). Default: 256.
+    /// Evicted entries queued for demotion to NVMe before writes wait for the
+    /// demoter (with a quarter of the capacity in bytes, whichever comes first).
+    /// Default: 256.
     pub demotion_queue: usize,
 }
 

@@ -48,7 +48,38 @@ struct Inner {
     /// written them below (see [`DramTier::demoted`]), so that a value is never
     /// invisible between leaving DRAM and reaching NVMe. Their memory is held by the
     /// queue anyway.
-    demoting: HashMap<Key, Bytes>,
+    demoting: Demoting,
+}
+
+/// The entries waiting for demotion, and the bytes they hold (heap copies).
+#[derive(Default)]
+struct Demoting {
+    map: HashMap<Key, Bytes>,
+    bytes: u64,
+}
+
+impl Demoting {
+    fn insert(&mut self, key: Key, value: Bytes) {
+        self.bytes += value.len() as u64;
+        if let Some(old) = self.map.insert(key, value) {
+            self.bytes -= old.len() as u64;
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Bytes> {
+        let old = self.map.remove(key)?;
+        self.bytes -= old.len() as u64;
+        Some(old)
+    }
+
+    fn get(&self, key: &Key) -> Option<&Bytes> {
+        self.map.get(key)
+    }
+
+    fn take(&mut self) -> HashMap<Key, Bytes> {
+        self.bytes = 0;
+        std::mem::take(&mut self.map)
+    }
 }
 
 /// Whether two values are the same bytes in the arena (not merely equal).
@@ -61,8 +92,10 @@ pub struct DramTier {
     arena: Arc<Arena>,
     inner: Mutex<Inner>,
     stats: Arc<TierStats>,
-    demote_tx: Mutex<Option<mpsc::Sender<Evicted>>>,
+    demote_tx: Mutex<Option<mpsc::UnboundedSender<Evicted>>>,
     demotion_queue: usize,
+    /// Signalled whenever an entry's demotion ends (its heap copy is let go).
+    demotion_done: tokio::sync::Notify,
     closed: AtomicBool,
 }
 
@@ -82,18 +115,20 @@ impl DramTier {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
                 policy: config.eviction.build(),
-                demoting: HashMap::new(),
+                demoting: Demoting::default(),
             }),
             stats: Arc::default(),
             demote_tx: Mutex::new(None),
             demotion_queue: config.demotion_queue.max(1),
+            demotion_done: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         })
     }
 
-    /// Sends entries evicted from now on to `tx` (best effort: when the queue is
-    /// full, an evicted entry is dropped).
-    pub fn set_demotion(&self, tx: mpsc::Sender<Evicted>) {
+    /// Sends entries evicted from now on to `tx`. The queue has no bound of its
+    /// own: what waits in it is bounded by [`Self::demotion_room`], which writes
+    /// wait for.
+    pub fn set_demotion(&self, tx: mpsc::UnboundedSender<Evicted>) {
         *self.demote_tx.lock() = Some(tx);
     }
 
@@ -144,10 +179,16 @@ impl DramTier {
 
     /// Allocates `len` bytes in the arena, evicting unpinned entries as needed.
     ///
-    /// Fails with [`Error::Exhausted`] when `len` exceeds the capacity, when what
-    /// is left is pinned or still held by readers, or when the entries it evicted
-    /// for `len` bytes are still queued for demotion (their memory returns once they
-    /// are demoted; evicting everything else meanwhile would only empty the tier).
+    /// An evicted entry leaves the arena at once: what goes to the demoter (and is
+    /// served until it is on NVMe) is a copy on the heap, so the arena memory is
+    /// free as soon as no reader holds the entry, and a write never waits for
+    /// NVMe. Those copies hold at most a quarter of the DRAM capacity together
+    /// ([`Self::demotion_bytes`]); past that, or with the demotion queue full, an
+    /// evicted entry is dropped instead of demoted (and counted), as a cache that
+    /// is full makes room.
+    ///
+    /// Fails with [`Error::Exhausted`] only when `len` exceeds the capacity, or
+    /// when everything left is pinned or held by readers.
     pub fn reserve(&self, len: usize) -> Result<ArenaBuf> {
         self.check_open()?;
         if len as u64 > self.arena.capacity() {
@@ -156,21 +197,11 @@ impl DramTier {
                 self.arena.capacity()
             )));
         }
-        let mut queued = 0u64;
         loop {
             if let Some(buf) = self.arena.alloc(len) {
                 return Ok(buf);
             }
-            if queued >= len as u64 {
-                return Err(Error::Exhausted {
-                    what: "dram tier".into(),
-                    detail: format!(
-                        "no room for {len} bytes yet: {queued} bytes evicted for it are being demoted"
-                    ),
-                    retry_after: Some(std::time::Duration::from_millis(10)),
-                });
-            }
-            let evicted = {
+            let (victim, value) = {
                 let mut inner = self.inner.lock();
                 let Some(victim) = inner.policy.victim() else {
                     return Err(self.exhausted(format!(
@@ -182,40 +213,83 @@ impl DramTier {
                 let Some(entry) = inner.map.remove(&victim) else {
                     continue;
                 };
+                // Still served (from the arena) while it is copied out below.
                 inner.demoting.insert(victim.clone(), entry.value.clone());
-                Evicted {
-                    key: victim,
-                    value: entry.value,
-                }
+                (victim, entry.value)
             };
-            let ns = self.stats.ns(evicted.key.namespace());
+            let ns = self.stats.ns(victim.namespace());
             Counters::inc(&ns.evictions);
             self.stats
-                .sub_resident(evicted.key.namespace(), evicted.value.len() as u64);
-            let size = evicted.value.len() as u64;
-            if self.demote(evicted) {
-                queued += size;
+                .sub_resident(victim.namespace(), value.len() as u64);
+            self.demote(victim, value);
+        }
+    }
+
+    /// Bytes that evicted entries waiting for demotion may hold on the heap before
+    /// writes wait for them ([`Self::demotion_room`]): a quarter of the capacity.
+    pub fn demotion_bytes(&self) -> u64 {
+        self.arena.capacity() / 4
+    }
+
+    /// Waits, up to `wait`, until the entries waiting for demotion hold at most
+    /// [`Self::demotion_bytes`] and number at most `dram.demotion_queue`: the
+    /// back-pressure that keeps a writer faster than NVMe from growing the queue
+    /// without bound (every write evicts about as much as it stores). Past `wait`,
+    /// [`Error::Exhausted`] with a retry hint (a `Busy` answer; clients retry it).
+    pub async fn demotion_room(&self, wait: std::time::Duration) -> Result<()> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let done = self.demotion_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let (bytes, entries) = {
+                let inner = self.inner.lock();
+                (inner.demoting.bytes, inner.demoting.map.len())
+            };
+            if bytes <= self.demotion_bytes() && entries <= self.demotion_queue {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(until, done).await.is_err() {
+                return Err(Error::Exhausted {
+                    what: "dram tier".into(),
+                    detail: format!(
+                        "demotion to NVMe is behind: {entries} evicted entries ({bytes} bytes) wait to be written"
+                    ),
+                    retry_after: Some(std::time::Duration::from_millis(50)),
+                });
             }
         }
     }
 
-    /// Queues an evicted entry for demotion; `true` if queued (its memory is then
-    /// held until the demoter is done with it).
-    fn demote(&self, evicted: Evicted) -> bool {
+    /// Hands an evicted entry (still in `demoting`, as `value`) to the demoter as a
+    /// heap copy, so that its arena memory is free once no reader holds it; with no
+    /// demoter (no NVMe below), the entry simply leaves.
+    fn demote(&self, key: Key, value: Bytes) {
         let tx = self.demote_tx.lock().clone();
         let Some(tx) = tx else {
-            self.demoted(&evicted.key, &evicted.value);
-            return false;
+            self.demoted(&key, &value);
+            return;
         };
-        if let Err(err) = tx.try_send(evicted) {
-            let evicted = match err {
-                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
-            };
-            self.demoted(&evicted.key, &evicted.value);
-            tracing::debug!(key = ?evicted.key, "demotion queue full: evicted entry dropped");
-            return false;
+        let copy = Bytes::copy_from_slice(&value);
+        {
+            let mut inner = self.inner.lock();
+            // Deleted, replaced or pinned back while it was copied: nothing to demote.
+            if !inner.demoting.get(&key).is_some_and(|v| same(v, &value)) {
+                return;
+            }
+            inner.demoting.insert(key.clone(), copy.clone());
         }
-        true
+        if tx
+            .send(Evicted {
+                key: key.clone(),
+                value: copy.clone(),
+            })
+            .is_err()
+        {
+            // The demoter is gone (shutting down): the entry leaves, counted.
+            self.demoted(&key, &copy);
+            Counters::inc(&self.stats.ns(key.namespace()).dropped_writes);
+        }
     }
 
     /// Whether `value` is still the evicted entry of `key` awaiting demotion (not
@@ -231,10 +305,13 @@ impl DramTier {
     /// Stops serving an evicted entry: its demotion is over (done, refused or
     /// failed). A newer value evicted since under the same key is left alone.
     pub fn demoted(&self, key: &Key, value: &Bytes) {
-        let mut inner = self.inner.lock();
-        if inner.demoting.get(key).is_some_and(|v| same(v, value)) {
-            inner.demoting.remove(key);
+        {
+            let mut inner = self.inner.lock();
+            if inner.demoting.get(key).is_some_and(|v| same(v, value)) {
+                inner.demoting.remove(key);
+            }
         }
+        self.demotion_done.notify_waiters();
     }
 
     /// Inserts a value that already lives in this tier's arena (from [`Self::reserve`]),
@@ -244,7 +321,9 @@ impl DramTier {
         let size = value.len() as u64;
         let old = {
             let mut inner = self.inner.lock();
-            inner.demoting.remove(key);
+            if inner.demoting.remove(key).is_some() {
+                self.demotion_done.notify_waiters();
+            }
             let old = inner.map.insert(key.clone(), Entry { value, pins: 0 });
             if old.is_some() {
                 inner.policy.remove(key);
@@ -331,7 +410,7 @@ impl DramTier {
     pub fn drain(&self) -> Vec<Evicted> {
         let mut inner = self.inner.lock();
         let map = std::mem::take(&mut inner.map);
-        let demoting = std::mem::take(&mut inner.demoting);
+        let demoting = inner.demoting.take();
         while inner.policy.victim().is_some() {}
         drop(inner);
         let resident = map.into_iter().map(|(key, e)| {
@@ -440,6 +519,9 @@ impl Tier for DramTier {
             }
             (removed, inner.demoting.remove(key).is_some())
         };
+        if removed.1 {
+            self.demotion_done.notify_waiters();
+        }
         match removed {
             (Some(e), _) => {
                 self.stats
@@ -464,6 +546,7 @@ impl Tier for DramTier {
         let inner = self.inner.lock();
         let demoting = inner
             .demoting
+            .map
             .iter()
             .filter(|(k, _)| !inner.map.contains_key(*k));
         let out: Vec<Listed> = inner

@@ -182,7 +182,7 @@ impl TieredStore {
                 ),
             });
         }
-        let (tx, rx) = mpsc::channel(dram.demotion_queue());
+        let (tx, rx) = mpsc::unbounded_channel();
         // Without NVMe an evicted entry has nowhere to go: its memory returns as
         // soon as its readers are done, not after a pass through the demoter.
         if nvme.is_some() {
@@ -595,7 +595,7 @@ impl TieredStore {
     }
 }
 
-async fn demote_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Evicted>) {
+async fn demote_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Evicted>) {
     while let Some(e) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         inner.demote(e).await;

@@ -9,6 +9,10 @@ use crate::policy::{NamespacePolicy, OriginKind, WritePolicy};
 use super::record::{self, HEAD_LEN, Head, PAGE_HEADER_LEN};
 use super::{Inner, Receipt, Record, now_ms};
 
+/// How long a commit waits for the demoter to catch up before it answers
+/// `Exhausted` (a `Busy` answer, which clients retry within their deadline).
+const DEMOTION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A put in progress. Write exactly the reserved length, then [`Self::commit`].
 /// Dropping it (a client that disconnected, a truncated stream) abandons the put:
 /// nothing was made visible, and its buffers return to the arena.
@@ -228,6 +232,9 @@ impl Reservation {
                 actual: self.written,
             });
         }
+        // What this write evicted waits for the demoter like everything else:
+        // a writer faster than NVMe waits here, instead of growing the queue.
+        self.inner.dram.demotion_room(DEMOTION_WAIT).await?;
         if let Some(expected) = self.expected_crc
             && expected != self.crc
         {

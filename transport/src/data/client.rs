@@ -685,8 +685,32 @@ impl DataClient {
 
     /// Stores a value; the server checks it against its CRC-32C before it becomes
     /// visible. Over TCP the value travels in one PUT frame; over shared memory the
-    /// client reserves room in the arena, copies into it and commits. Not retried.
+    /// client reserves room in the arena, copies into it and commits (or, when the
+    /// arena has no room to place it, sends it in a PUT frame). Retried, with
+    /// backoff and within the deadline, only when the server answered `Busy` (its
+    /// upload budget was full: nothing was stored).
     pub async fn put(&self, key: &Key, value: &[u8]) -> Result<u64> {
+        let o = &self.inner.options;
+        let busy = |e: &ClientError| {
+            matches!(
+                e,
+                ClientError::Data {
+                    status: Status::Busy,
+                    ..
+                }
+            )
+        };
+        tokio::time::timeout(
+            o.timeout,
+            crate::error::retry_if(o.attempts.max(8), o.backoff, busy, || {
+                self.put_once(key, value)
+            }),
+        )
+        .await
+        .unwrap_or(Err(ClientError::Timeout(o.timeout)))
+    }
+
+    async fn put_once(&self, key: &Key, value: &[u8]) -> Result<u64> {
         let crc = crc32c::crc32c(value);
         let tcp = self.inner.carrier == Carrier::Tcp || !self.rdma_usable();
         let f = if tcp {
@@ -705,9 +729,19 @@ impl DataClient {
                 len: value.len() as u64,
             };
             let f = send(&conn, rid, FLAG_LEASE, &reserve, None, timeout, None).await?;
-            let lease = response::decode_reserve(&f.meta)
-                .map_err(proto)?
-                .ok_or_else(|| proto("RESERVE answered without extents"))?;
+            let Some(lease) = response::decode_reserve(&f.meta).map_err(proto)? else {
+                // No room in the arena for the value (what is left is pinned or
+                // being read): the bytes travel in a PUT frame instead.
+                let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let abort = Request::Abort { reservation: rid };
+                let _ = send(&conn, cid, 0, &abort, None, timeout, None).await;
+                let req = Request::Put {
+                    key: key.clone(),
+                    crc32c: crc,
+                };
+                let f = self.call(&req, 0, Some(value)).await?;
+                return response::decode_u64(f.header.op, &f.meta).map_err(proto);
+            };
             let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             // The server drops a reservation left untouched for a lease lifetime
             // and reuses its memory; as with leased reads, writing must end

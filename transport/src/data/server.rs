@@ -897,6 +897,10 @@ impl DataServer {
                                 .map(|(offset, len)| Extent { offset, len })
                                 .collect(),
                         }),
+                        // Nothing left in the arena to place it (all pinned or
+                        // read): no extents, and the client sends the bytes
+                        // instead (they go to NVMe), rather than a refusal.
+                        Err(strata_tiers::Error::Exhausted { .. }) => None,
                         Err(e) => return ready(fail(op, id, e)),
                     }
                 } else {
