@@ -179,6 +179,20 @@ pub struct ServerConfig {
     pub get_chunk_size: ByteSize,
     /// Seconds to wait for in-flight requests at shutdown. Default: 30.
     pub shutdown_grace_secs: u64,
+    /// Log lines: `text` (coloured only when written to a terminal) or `json` (one
+    /// object per line, for log collectors). Default: `text`.
+    pub log_format: LogFormat,
+}
+
+/// How `strata-server` writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +203,7 @@ impl Default for ServerConfig {
             max_inflight_bytes: ByteSize(1 << 30),
             get_chunk_size: ByteSize(1 << 20),
             shutdown_grace_secs: 30,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -311,6 +326,12 @@ pub struct Overrides {
     pub dram_capacity: Option<String>,
     /// `--nvme-capacity`
     pub nvme_capacity: Option<String>,
+    /// `--data-listen` (empty turns the TCP data path off)
+    pub data_listen: Option<String>,
+    /// `--shm-socket`
+    pub shm_socket: Option<PathBuf>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
 }
 
 /// A configuration error, naming the field.
@@ -373,6 +394,15 @@ impl Config {
         }
         if let Some(v) = &overrides.nvme_capacity {
             cfg.nvme.capacity = size("--nvme-capacity", v)?;
+        }
+        if let Some(v) = &overrides.data_listen {
+            cfg.data.listen = v.clone();
+        }
+        if let Some(v) = &overrides.shm_socket {
+            cfg.data.shm_socket = Some(v.clone());
+        }
+        if let Some(v) = overrides.log_format {
+            cfg.server.log_format = v;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -571,6 +601,19 @@ mod tests {
             Config::load(Some(&f), &o).unwrap().server.listen,
             "127.0.0.1:1"
         );
+        let o = Overrides {
+            data_listen: Some("127.0.0.1:0".into()),
+            shm_socket: Some("/tmp/x.sock".into()),
+            log_format: Some(LogFormat::Json),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.data.listen, "127.0.0.1:0");
+        assert_eq!(c.shm_socket(), std::path::PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        std::fs::write(&f, "[server]\nlog_format = \"json\"\n").unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.server.log_format, LogFormat::Json);
         let o = Overrides {
             listen: Some("nonsense".into()),
             ..Default::default()

@@ -164,9 +164,17 @@ impl Server {
         health_reporter
             .set_serving::<CacheServer<CacheService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(strata_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both reflection versions: `grpc.reflection.v1` for current tools, and
+        // `v1alpha` for Python's grpcio-reflection client and older grpcurl.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(strata_proto::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building the reflection service (v1alpha)")?;
+        let reflection = reflection()
             .build_v1()
             .context("building the reflection service")?;
 
@@ -192,6 +200,7 @@ impl Server {
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let token = shutdown.clone();
         let store_for_close = store.clone();
+        let data_for_close = data.clone();
         let datasets_for_svc = datasets.clone();
         let task = tokio::spawn(async move {
             // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
@@ -205,6 +214,7 @@ impl Server {
                 .initial_connection_window_size(64 << 20)
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(
                     CacheServer::new(svc)
                         .max_decoding_message_size(MAX_MESSAGE)
@@ -232,6 +242,15 @@ impl Server {
                 }
             }
             let _ = metrics_task.await;
+            // Data connections finish what they have in flight (COMMITs writing
+            // their values) before the tiers close under them.
+            if !data_for_close.drain(grace).await {
+                tracing::warn!(
+                    ?grace,
+                    connections = data_for_close.connection_tasks(),
+                    "data connections did not drain in time; closing anyway"
+                );
+            }
             store_for_close.close().await.context("closing the tiers")?;
             tracing::info!("stopped");
             Ok(())

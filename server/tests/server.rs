@@ -180,7 +180,80 @@ async fn health_and_reflection() {
         r.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    // Reflection answers both versions, through the stock clients generated from
+    // the official reflection protos (v1alpha is what Python's grpcio-reflection
+    // and older grpcurl ask).
+    use tonic_reflection::pb::{v1, v1alpha};
+    let mut r1 = v1::server_reflection_client::ServerReflectionClient::new(c.channel().clone());
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = r1
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1: not a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "strata.v1.Cache"),
+        "v1: {names:?}"
+    );
+    let mut ra =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(c.channel().clone());
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "strata.v1.Cache".into(),
+            ),
+        ),
+    };
+    let mut answers = ra
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(f)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha: no file descriptor for strata.v1.Cache");
+    };
+    assert!(!f.file_descriptor_proto.is_empty());
     running.shutdown().await.unwrap();
+}
+
+/// Several servers on one host: every listener on port 0 (gRPC, metrics, data
+/// TCP) and a shared-memory socket of its own; each reports what it bound, and
+/// each serves its own values over every carrier.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_share_a_host() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, ca) = start(d1.path()).await;
+    let (b, cb) = start(d2.path()).await;
+    assert_ne!(a.addr, b.addr);
+    assert_ne!(a.metrics_addr, b.metrics_addr);
+    let (da, db) = (a.data_addr.unwrap(), b.data_addr.unwrap());
+    assert_ne!(da, db);
+    assert_ne!(da.port(), 0);
+    assert_ne!(a.shm_socket, b.shm_socket);
+    for (c, r, v) in [(&ca, &a, "a"), (&cb, &b, "b")] {
+        c.put(&k("kv/host/x"), Bytes::from(v)).await.unwrap();
+        let data = Client::connect(&r.addr.to_string(), ClientOptions::default())
+            .await
+            .unwrap();
+        assert!(data.carrier().is_some(), "the data path is offered");
+        assert_eq!(data.get(&k("kv/host/x")).await.unwrap().unwrap(), v);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 fn code(e: strata_transport::ClientError) -> (Code, String) {

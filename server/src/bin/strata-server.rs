@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
+use strata_server::config::LogFormat;
 use strata_server::{Config, Overrides, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -35,15 +38,29 @@ struct Args {
     /// NVMe tier size, e.g. 100GiB [default: 4GiB].
     #[arg(long, value_name = "SIZE")]
     nvme_capacity: Option<String>,
+    /// Binary data path (TCP) listen address; "" turns it off [default: 127.0.0.1:7072].
+    #[arg(long, value_name = "HOST:PORT")]
+    data_listen: Option<String>,
+    /// Unix socket of the shared-memory carrier [default: DATA_DIR/strata.sock].
+    #[arg(long, value_name = "PATH")]
+    shm_socket: Option<PathBuf>,
+    /// Log format [default: text; ANSI colours only on a terminal].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// Logs to standard output, filtered by RUST_LOG (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
     let overrides = Overrides {
         listen: args.listen,
@@ -51,6 +68,9 @@ async fn main() -> std::process::ExitCode {
         data_dir: args.data_dir,
         dram_capacity: args.dram_capacity,
         nvme_capacity: args.nvme_capacity,
+        data_listen: args.data_listen,
+        shm_socket: args.shm_socket,
+        log_format: args.log_format,
     };
     match run(args.config, overrides).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -63,6 +83,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref(), &overrides)?;
+    init_logs(config.server.log_format);
     let running = Server::start(config.clone()).await?;
     println!(
         "strata-server listening: grpc {} (metrics http://{}/metrics), data path tcp {} shm {} rdma {}; \

@@ -414,11 +414,21 @@ async fn dataset(client: &Client, cmd: DatasetCmd) -> anyhow::Result<()> {
                 .into_inner();
             let start = std::time::Instant::now();
             let mut last = proto::PreloadProgress::default();
+            // Drawn on standard error, and only when it is a terminal.
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "[{bar:30}] {binary_bytes} / {binary_total_bytes}  {binary_bytes_per_sec}  ETA {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("#>-"),
+            );
             while let Some(p) = stream.message().await? {
-                eprint!("\r{}", progress_line(&p, start.elapsed()));
+                bar.set_length(p.bytes_total);
+                bar.set_position(p.bytes_done);
+                bar.set_message(format!("({}/{} shards)", p.shards_done, p.shards_total));
                 last = p;
             }
-            eprintln!();
+            bar.finish_and_clear();
             eprintln!(
                 "preloaded {} shards, {} ({} already cached) in {:.1}s",
                 last.shards_done,
@@ -429,34 +439,4 @@ async fn dataset(client: &Client, cmd: DatasetCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `[#####-----] 1.2 GiB / 4.0 GiB  310 MiB/s  ETA 9s  (120/400 shards)`
-fn progress_line(p: &proto::PreloadProgress, elapsed: std::time::Duration) -> String {
-    const WIDTH: usize = 30;
-    let frac = if p.bytes_total == 0 {
-        1.0
-    } else {
-        p.bytes_done as f64 / p.bytes_total as f64
-    };
-    let filled = ((frac * WIDTH as f64) as usize).min(WIDTH);
-    // The rate counts what this run moved (cached bytes cost nothing).
-    let moved = p.bytes_done.saturating_sub(p.bytes_cached);
-    let rate = moved as f64 / elapsed.as_secs_f64().max(1e-3);
-    let left = p.bytes_total.saturating_sub(p.bytes_done);
-    let eta = if rate > 0.0 {
-        format!("{:.0}s", left as f64 / rate)
-    } else {
-        "?".into()
-    };
-    format!(
-        "[{}{}] {} / {}  {}/s  ETA {eta}  ({}/{} shards)   ",
-        "#".repeat(filled),
-        "-".repeat(WIDTH - filled),
-        human(p.bytes_done),
-        human(p.bytes_total),
-        human(rate as u64),
-        p.shards_done,
-        p.shards_total
-    )
 }

@@ -145,6 +145,8 @@ pub struct DataServer {
     /// stops at half a lifetime after the RESERVE answer reached it, and that
     /// answer may have waited behind others).
     quarantine: parking_lot::Mutex<Vec<(Instant, Upload)>>,
+    /// Every connection task, so that shutdown can wait for them ([`Self::drain`]).
+    connections: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for DataServer {
@@ -290,6 +292,7 @@ impl DataServer {
                 (config.max_upload_bytes / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
             quarantine: parking_lot::Mutex::new(Vec::new()),
+            connections: tokio_util::task::TaskTracker::new(),
             host_id: shm::host_id(),
             polling: AtomicUsize::new(0),
             stats: Arc::new(DataStats::default()),
@@ -404,6 +407,23 @@ impl DataServer {
         Ok(me)
     }
 
+    /// Waits, at most `grace`, until every connection task has ended: once
+    /// `shutdown` is cancelled each one finishes the requests it has in flight
+    /// (a COMMIT that is writing its value included), answers them and stops. The
+    /// server closes the tiers only after this, so no commit runs into a closed
+    /// store. `false` if some were still running after `grace`.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.connections.close();
+        tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Connection tasks running now.
+    pub fn connection_tasks(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Serves TCP connections until `shutdown`.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         loop {
@@ -421,7 +441,7 @@ impl DataServer {
                     }
                     let me = self.clone();
                     let stop = shutdown.clone();
-                    tokio::spawn(async move {
+                    self.connections.spawn(async move {
                         let _slot = slot;
                         if let Err(e) = me.clone().serve_conn(stream, false, stop).await {
                             me.ended(&e);
@@ -483,7 +503,7 @@ impl DataServer {
                     };
                     let me = self.clone();
                     let stop = shutdown.clone();
-                    tokio::spawn(async move {
+                    self.connections.spawn(async move {
                         let _slot = slot;
                         let fd = me.store.dram().arena().fd();
                         if let Err(e) = shm::send_fd(&stream, fd).await {
