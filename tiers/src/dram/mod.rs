@@ -82,6 +82,10 @@ impl Demoting {
     }
 }
 
+/// Whether an evicted entry needs no demotion (its namespace does not demote, or
+/// the tier below holds it already): it then leaves DRAM with no copy.
+pub type LeavesAsIs = dyn Fn(&Key) -> bool + Send + Sync;
+
 /// Whether two values are the same bytes in the arena (not merely equal).
 fn same(a: &Bytes, b: &Bytes) -> bool {
     a.as_ptr() == b.as_ptr() && a.len() == b.len()
@@ -92,7 +96,7 @@ pub struct DramTier {
     arena: Arc<Arena>,
     inner: Mutex<Inner>,
     stats: Arc<TierStats>,
-    demote_tx: Mutex<Option<mpsc::UnboundedSender<Evicted>>>,
+    demote_tx: Mutex<Option<(mpsc::UnboundedSender<Evicted>, Arc<LeavesAsIs>)>>,
     demotion_queue: usize,
     /// Signalled whenever an entry's demotion ends (its heap copy is let go).
     demotion_done: tokio::sync::Notify,
@@ -125,11 +129,12 @@ impl DramTier {
         })
     }
 
-    /// Sends entries evicted from now on to `tx`. The queue has no bound of its
-    /// own: what waits in it is bounded by [`Self::demotion_room`], which writes
-    /// wait for.
-    pub fn set_demotion(&self, tx: mpsc::UnboundedSender<Evicted>) {
-        *self.demote_tx.lock() = Some(tx);
+    /// Sends entries evicted from now on to `tx`, but for those `leaves_as_is`
+    /// picks (no copy, no queue: nothing to write below). The queue has no bound of
+    /// its own: what waits in it is bounded by [`Self::demotion_room`], which
+    /// writes wait for.
+    pub fn set_demotion(&self, tx: mpsc::UnboundedSender<Evicted>, leaves_as_is: Arc<LeavesAsIs>) {
+        *self.demote_tx.lock() = Some((tx, leaves_as_is));
     }
 
     /// Allocates `len` bytes for a fill of `key` from the origin: without
@@ -266,10 +271,14 @@ impl DramTier {
     /// demoter (no NVMe below), the entry simply leaves.
     fn demote(&self, key: Key, value: Bytes) {
         let tx = self.demote_tx.lock().clone();
-        let Some(tx) = tx else {
+        let Some((tx, leaves_as_is)) = tx else {
             self.demoted(&key, &value);
             return;
         };
+        if leaves_as_is(&key) {
+            self.demoted(&key, &value);
+            return;
+        }
         let copy = Bytes::copy_from_slice(&value);
         {
             let mut inner = self.inner.lock();

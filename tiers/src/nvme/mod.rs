@@ -274,6 +274,12 @@ impl NvmeTier {
         }
     }
 
+    /// Whether the tier holds `key` now (no I/O: the catalog and the engine's
+    /// index).
+    pub fn holds(&self, key: &Key) -> bool {
+        self.catalogued(key).is_some()
+    }
+
     /// The catalogued length of `key`, if the engine still holds it.
     fn catalogued(&self, key: &Key) -> Option<u64> {
         let len = self.catalog.lock().get(key).copied()?;

@@ -183,11 +183,7 @@ impl TieredStore {
             });
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        // Without NVMe an evicted entry has nowhere to go: its memory returns as
-        // soon as its readers are done, not after a pass through the demoter.
-        if nvme.is_some() {
-            dram.set_demotion(tx);
-        }
+        let has_nvme = nvme.is_some();
         let inner = Arc::new(Inner {
             namespaces,
             dram,
@@ -198,6 +194,17 @@ impl TieredStore {
             head_flights: SingleFlight::default(),
             page_flights: SingleFlight::default(),
         });
+        // Without NVMe an evicted entry has nowhere to go: its memory returns as
+        // soon as its readers are done, not after a pass through the demoter. An
+        // entry NVMe already holds (filled from the origin into both tiers), or of
+        // a namespace that does not demote, leaves with no copy either.
+        if has_nvme {
+            let weak = Arc::downgrade(&inner);
+            inner.dram.set_demotion(
+                tx,
+                Arc::new(move |k: &Key| weak.upgrade().is_none_or(|i| !i.needs_demotion(k))),
+            );
+        }
         let demoter = tokio::spawn(demote_loop(Arc::downgrade(&inner), rx));
         Ok(Self {
             inner,
@@ -612,6 +619,19 @@ impl Inner {
         let stored = self.dram.is_demoting(&key, &value) && self.demote_to_nvme(e).await;
         self.dram.demoted(&key, &value);
         stored
+    }
+
+    /// Whether an entry evicted from DRAM has to be written to NVMe: its namespace
+    /// demotes to NVMe, and NVMe does not hold it already (a fill from the origin
+    /// goes to both tiers).
+    fn needs_demotion(&self, key: &Key) -> bool {
+        let Some(nvme) = &self.nvme else { return false };
+        let Ok(policy) = self.namespaces.policy_for(key) else {
+            return false;
+        };
+        policy.tiers.nvme
+            && policy.demote
+            && !(policy.origin == OriginKind::Origin && nvme.holds(key))
     }
 
     async fn demote_to_nvme(&self, e: Evicted) -> bool {
