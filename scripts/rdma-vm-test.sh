@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
 # Builds the RDMA carrier's tests (feature `rdma`) and runs them for real: once on
 # this host (no verbs device: the fallback) and once inside the Soft-RoCE VM of
-# ../shared/rdma-vm/ (device rxe0: one-sided READ/WRITE), with --include-ignored.
-# Installs the build dependencies of rdma-sys and builds the VM cache if missing
+# scripts/rdma-vm.sh (device rxe0: one-sided READ/WRITE), with --include-ignored.
+# Installs the build dependencies of rdma-sys (libibverbs-dev also brings the rxe
+# verbs provider the VM uses from this host) and builds the VM's cache if missing
 # (needs root for both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VM=../shared/rdma-vm/rxe-vm.sh
-if [ ! -f "$VM" ]; then
-  echo "rdma-vm-test: $VM not found (the shared/ folder beside the checkout)" >&2
-  exit 1
-fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
@@ -25,10 +21,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-CACHE=${RXE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rxe-vm}
-if [ ! -f "$CACHE/rootfs/.done" ] || [ ! -f "$CACHE/initrd.img" ]; then
+# The cache path as scripts/rdma-vm.sh computes it, passed on explicitly (sudo may
+# change HOME).
+export STRATA_RDMA_VM_CACHE=${STRATA_RDMA_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/strata-rdma-vm}
+if [ ! -f "$STRATA_RDMA_VM_CACHE/kernel" ] || [ ! -f "$STRATA_RDMA_VM_CACHE/initrd.img" ]; then
   echo "==> building the Soft-RoCE VM (once per machine)"
-  $SUDO bash "$VM" build
+  $SUDO env STRATA_RDMA_VM_CACHE="$STRATA_RDMA_VM_CACHE" scripts/rdma-vm.sh build
 fi
 
 echo "==> cargo clippy --features rdma"
@@ -43,5 +41,5 @@ for l in sys.stdin:
 echo "==> host (no RDMA device): $BIN"
 "$BIN" --test-threads 1
 echo "==> Soft-RoCE VM (rxe0): $BIN --include-ignored"
-RUST_BACKTRACE=1 RXE_VM_TIMEOUT=${RXE_VM_TIMEOUT:-600} \
-  bash "$VM" run --share "$PWD" --env RUST_BACKTRACE -- "$BIN" --include-ignored --test-threads 1
+RUST_BACKTRACE=1 STRATA_RDMA_VM_TIMEOUT=${STRATA_RDMA_VM_TIMEOUT:-600} \
+  scripts/rdma-vm.sh run --share "$PWD" --env RUST_BACKTRACE -- "$BIN" --include-ignored --test-threads 1

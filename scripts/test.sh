@@ -6,7 +6,7 @@
 # path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) and the KV
 # chunk header decoder for FUZZ_CHUNK_SECONDS (default 30) on nightly
 # (cargo-fuzz is installed into ./.tools if missing), and the RDMA carrier's tests
-# on this host and in the Soft-RoCE VM of ../shared/rdma-vm (scripts/rdma-vm-test.sh).
+# on this host and in the Soft-RoCE VM of scripts/rdma-vm.sh (scripts/rdma-vm-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,6 @@
 //! The RDMA carrier (feature `rdma`). `scripts/rdma-vm-test.sh` builds this test
 //! binary and runs it twice: on the host, which has no verbs device (the fallback),
-//! and inside the Soft-RoCE VM of `../shared/rdma-vm/` with `--include-ignored`,
+//! and inside the project's Soft-RoCE VM (`scripts/rdma-vm.sh`) with `--include-ignored`,
 //! where one-sided READs and WRITEs go through a real verbs device (`rxe0`).
 #![cfg(feature = "rdma")]
 
