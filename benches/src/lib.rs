@@ -28,6 +28,7 @@ pub mod gpucopy;
 pub mod kvconn;
 pub mod load;
 pub mod odirect;
+pub mod origin;
 pub mod pagecache;
 pub mod rawtcp;
 pub mod redis;

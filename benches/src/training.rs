@@ -11,7 +11,7 @@
 //! makes stall time meaningful: the consumer's wait for data beyond it.
 
 #[path = "../../tiers/tests/common/azurite.rs"]
-mod azurite;
+pub(crate) mod azurite;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,10 @@ pub struct TrainingArgs {
     /// The store's page size, in MiB (a cold shard is filled one page per Blob read).
     #[arg(long, default_value_t = 4)]
     pub page_mib: u64,
+    /// Bytes per origin read, in MiB (`store.origin_read_size`: a run of pages;
+    /// the page size gives one page per request).
+    #[arg(long, default_value_t = 16)]
+    pub origin_read_mib: u64,
     /// Simulated compute per shard, in ms (0: measure pure read throughput).
     #[arg(long, default_value_t = 0)]
     pub compute_ms: u64,
@@ -116,6 +120,7 @@ async fn run_async(a: &TrainingArgs) -> anyhow::Result<()> {
     c.data_dir = dir.path().to_path_buf();
     c.dram.capacity = Some(ByteSize(a.dram_mib << 20));
     c.store.page_size = ByteSize(a.page_mib << 20);
+    c.store.origin_read_size = ByteSize(a.origin_read_mib << 20);
     c.nvme.block_size = ByteSize((a.page_mib << 20).max(c.nvme.block_size.0) + (1 << 20));
     c.nvme.capacity = ByteSize(total + (total / 2) + (256 << 20));
     c.origin.kind = OriginKindConfig::Blob;
@@ -136,9 +141,10 @@ async fn run_async(a: &TrainingArgs) -> anyhow::Result<()> {
     let spec = PlanSpec::new(a.shards, 7, 1);
     let compute = Duration::from_millis(a.compute_ms);
     println!(
-        "server: DRAM {} MiB, NVMe on, page {} MiB, carrier {:?}; window {} shards; compute {} ms/shard",
+        "server: DRAM {} MiB, NVMe on, page {} MiB, origin reads of {} MiB, carrier {:?}; window {} shards; compute {} ms/shard",
         a.dram_mib,
         a.page_mib,
+        a.origin_read_mib,
         client.carrier(),
         a.window,
         a.compute_ms

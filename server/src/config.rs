@@ -268,12 +268,16 @@ impl Default for NvmeSection {
 pub struct StoreSection {
     /// Page size of large values. Default: 4 MiB.
     pub page_size: ByteSize,
+    /// Bytes read from the origin per page miss (the aligned run of pages holding
+    /// it, filled together). Default: 16 MiB.
+    pub origin_read_size: ByteSize,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         Self {
             page_size: ByteSize(4 << 20),
+            origin_read_size: ByteSize(16 << 20),
         }
     }
 }

@@ -334,6 +334,7 @@ async fn build_store(config: &Config) -> anyhow::Result<TieredStore> {
     };
     let store_cfg = StoreConfig {
         page_size: config.store.page_size.0 as u32,
+        origin_read_size: config.store.origin_read_size.0,
     };
     Ok(TieredStore::new(
         &store_cfg,

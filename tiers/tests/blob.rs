@@ -246,6 +246,88 @@ async fn large_values_are_read_with_parallel_ranged_gets() {
     assert_eq!(got, value.slice((20 << 20) - 7..));
 }
 
+/// A pinned read of a known length asks for every chunk at once; a range past the
+/// end falls back to the general read, and a changed blob is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_reads_of_a_known_length_fetch_every_chunk_at_once() {
+    let az = Azurite::start();
+    let writer = az.tier("pinned").await;
+    let value = pattern(6 << 20);
+    let k = key("big/6MiB.bin");
+    put(&writer, &k, value.clone()).await;
+    let name = writer.blob_name(&k).expect("blob name");
+    let etag = writer
+        .list_blobs("")
+        .await
+        .expect("request")
+        .into_iter()
+        .find(|b| b.name == name)
+        .expect("listed")
+        .etag;
+
+    let proxy = FaultProxy::start(az.port, 0, "").await;
+    let mut config = proxy.config(&az, "pinned");
+    config.range_chunk_size = 1 << 20;
+    config.max_concurrency = 8;
+    let t = BlobTier::open(config).await.expect("request");
+    let (off, len) = (12_345u64, (5 << 20) + 3);
+    let got = t
+        .read_pinned(
+            &name,
+            ByteRange {
+                offset: off,
+                length: Some(len),
+            },
+            &etag,
+            None,
+        )
+        .await
+        .expect("request")
+        .expect("value present");
+    assert!(
+        got == value.slice(off as usize..(off + len) as usize),
+        "the pinned read came back different"
+    );
+    assert_eq!(proxy.seen(), 6, "one GET per 1 MiB chunk");
+    assert!(
+        proxy.max_in_flight() >= 4,
+        "the chunks were not all asked at once ({} at most)",
+        proxy.max_in_flight()
+    );
+
+    // Past the end: the general read resolves it (the bytes there are, to the end).
+    let got = t
+        .read_pinned(
+            &name,
+            ByteRange {
+                offset: 5 << 20,
+                length: Some(4 << 20),
+            },
+            &etag,
+            None,
+        )
+        .await
+        .expect("request")
+        .expect("value present");
+    assert!(got == value.slice(5 << 20..), "a range past the end");
+
+    // A changed blob is refused, never mixed.
+    put(&writer, &k, pattern(6 << 20).slice(1..)).await;
+    let err = t
+        .read_pinned(
+            &name,
+            ByteRange {
+                offset: 0,
+                length: Some(3 << 20),
+            },
+            &etag,
+            None,
+        )
+        .await
+        .expect_err("the ETag moved");
+    assert!(matches!(err, Error::Changed { .. }), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_by_prefix_with_limit() {
     let az = Azurite::start();

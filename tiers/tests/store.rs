@@ -19,6 +19,8 @@ use self::pattern::pattern;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const PAGE: usize = 64 * 1024;
+/// Bytes per origin read: runs of 4 pages.
+const RUN: usize = 4 * PAGE;
 
 fn key(ns: &str, body: &str) -> Key {
     Key::new(ns, "", body).expect("valid key")
@@ -83,6 +85,7 @@ fn open_tiers(
     TieredStore::new(
         &StoreConfig {
             page_size: PAGE as u32,
+            origin_read_size: RUN as u64,
         },
         Namespaces::default(),
         dram,
@@ -165,11 +168,11 @@ async fn single_flight_reads_each_page_from_the_origin_once() {
     for got in concurrent_gets(&store, &big, 32).await {
         assert!(got == value, "a concurrent get returned {}", describe(&got));
     }
-    let pages = MIB / PAGE as u64;
+    let runs = MIB / RUN as u64;
     assert_eq!(
         totals(&store, "localdir").origin_reads - before,
-        pages,
-        "each of the {pages} pages is read from the origin exactly once"
+        runs,
+        "each of the {runs} runs of pages is read from the origin exactly once"
     );
 
     let small = key("shard", "ds/v1/small.json");
@@ -193,6 +196,53 @@ async fn single_flight_reads_each_page_from_the_origin_once() {
         "cached read",
     );
     assert_eq!(totals(&store, "localdir").origin_reads, before);
+}
+
+/// A page that misses is read from the origin with the rest of its aligned run,
+/// and every page of the run is filled: readers of the others find them cached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missed_page_fills_its_whole_run_in_one_origin_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    let k = key("shard", "ds/v1/runs.tar");
+    // 2 runs of 4 pages and a short last page.
+    let value = pattern(3, 8 * PAGE + 100);
+    place_in_origin(dir.path(), &k, &value);
+    let reads = || totals(&store, "localdir").origin_reads;
+    let at = |p: usize| ByteRange {
+        offset: (p * PAGE) as u64,
+        length: Some(10),
+    };
+    let base = reads();
+    let (_, got) = store
+        .get(&k, Some(at(2)))
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(&got[..], &value[2 * PAGE..2 * PAGE + 10]);
+    assert_eq!(reads() - base, 1, "page 2 read with its run, pages 0..=3");
+    for p in [0, 1, 3] {
+        let (_, got) = store
+            .get(&k, Some(at(p)))
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(&got[..], &value[p * PAGE..p * PAGE + 10]);
+    }
+    assert_eq!(reads() - base, 1, "the rest of the run was cached");
+    let (_, got) = store
+        .get(&k, Some(at(8)))
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(&got[..], &value[8 * PAGE..8 * PAGE + 10]);
+    assert_eq!(reads() - base, 2, "the short last run, pages 8..=8");
+    assert_value(read(&store, &k).await, &value, "whole value");
+    assert_eq!(
+        reads() - base,
+        3,
+        "the middle run, pages 4..=7, in one read"
+    );
 }
 
 /// A cache with no room passes origin reads through: served, counted as dropped
@@ -221,14 +271,14 @@ async fn a_full_cache_serves_origin_reads_without_keeping_them() {
         );
         assert_eq!(
             totals(&store, "localdir").origin_reads - before,
-            3,
-            "round {round}: each page read from the origin once"
+            1,
+            "round {round}: the 3 pages read from the origin in one request"
         );
     }
     assert!(totals(&store, "dram").dropped_writes >= 3);
 
     // Unpinned, the same DRAM cycles through values larger than itself, each
-    // page read from the origin once per pass (evicted entries free their
+    // value's pages read from the origin once per pass (one request) (evicted entries free their
     // memory at once: there is no NVMe to demote them to).
     assert!(store.unpin(&pinned).await.expect("unpin"));
     let keys: Vec<Key> = (0..12)
@@ -247,7 +297,7 @@ async fn a_full_cache_serves_origin_reads_without_keeping_them() {
             "pass",
         );
     }
-    assert_eq!(totals(&store, "localdir").origin_reads - before, 24);
+    assert_eq!(totals(&store, "localdir").origin_reads - before, 12);
     assert_eq!(
         totals(&store, "dram").dropped_writes,
         dropped,
@@ -735,6 +785,7 @@ async fn overwrites_never_resurface_older_values() {
         TieredStore::new(
             &StoreConfig {
                 page_size: PAGE as u32,
+                origin_read_size: RUN as u64,
             },
             namespaces,
             DramTier::new(&DramConfig {

@@ -268,7 +268,8 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
     let m = fetch_manifest(&c, "imagenet", "").await.unwrap();
     assert_eq!(m.shards[0].path, "train/00.tar");
 
-    // 16 readers miss the same cold shard at once: one origin read per page.
+    // 16 readers miss the same cold shard at once: its 3 pages are one run of
+    // pages (store.origin_read_size), read from Blob once.
     let stats = running.datasets.stats().ns("shard");
     let key = m.shard_key(0);
     let readers: Vec<_> = (0..16)
@@ -283,7 +284,7 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
     let reads = stats
         .origin_reads
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(reads, 3, "3 pages of 1 MiB, each read from Blob once");
+    assert_eq!(reads, 1, "3 pages of 1 MiB, read from Blob in one request");
     // Filled into DRAM and NVMe both.
     let head = running.store.lookup(&key).await.unwrap().unwrap();
     let nvme = running.store.nvme().unwrap();
@@ -303,8 +304,8 @@ async fn blob_read_through_is_single_flight_pinned_limited_and_fills_both_tiers(
     assert_eq!(last.bytes_cached, 3 << 20, "shard 0 was cached");
     assert_eq!(
         proxy.seen() - before,
-        15,
-        "5 shards x 3 pages, nothing twice"
+        5,
+        "5 shards, each one request for its 3 pages, nothing twice"
     );
     assert!(
         proxy.max_in_flight() <= 2,

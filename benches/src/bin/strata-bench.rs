@@ -66,6 +66,8 @@ enum Cmd {
     ShardSim(strata_benches::shardsim::SimArgs),
     /// The training loader end to end with Azurite as the origin, vs the Blob SDK.
     Training(strata_benches::training::TrainingArgs),
+    /// One origin GET on Azurite by size, concurrency, and ETag pinning.
+    OriginGet(strata_benches::origin::OriginArgs),
     /// Ours / limit / ratio rows from the medians of the criterion `dram` bench.
     CriterionSummary(SummaryArgs),
 }
@@ -147,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::GpuCopy(a) => strata_benches::gpucopy::run(&a),
         Cmd::ShardSim(a) => strata_benches::shardsim::run(&a),
         Cmd::Training(a) => strata_benches::training::run(&a),
+        Cmd::OriginGet(a) => strata_benches::origin::run(&a),
         Cmd::CriterionSummary(a) => criterion_summary(&a),
     }
 }

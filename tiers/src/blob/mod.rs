@@ -343,6 +343,14 @@ impl BlobTier {
             return self.read_nothing(&blob, &target, range, deadline).await;
         }
         let pinned = pin.is_some();
+        if let (Some(etag), Some(len)) = (&pin, range.length)
+            && len > chunk_size
+            && let Some(read) = self
+                .read_sized(&blob, &target, range.offset, len, etag, deadline)
+                .await?
+        {
+            return Ok(read);
+        }
         let first = match self
             .fetch(&blob, &target, range.offset, first_len, pin, deadline)
             .await
@@ -404,6 +412,58 @@ impl BlobTier {
             out.extend_from_slice(&part);
         }
         Ok(Read::Value(Some(out.freeze())))
+    }
+
+    /// A pinned read of `len` bytes at `offset` whose every chunk is requested at
+    /// once (the pin keeps them one version, and the length is known, so the first
+    /// answer need not come back before the others are asked). `Ok(None)` when the
+    /// range does not lie inside the blob: the caller then reads it the general way.
+    async fn read_sized(
+        &self,
+        blob: &BlobClient,
+        target: &str,
+        offset: u64,
+        len: u64,
+        etag: &Etag,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Read>> {
+        let Some(end) = offset.checked_add(len) else {
+            return Ok(None);
+        };
+        let chunk_size = self.core.config.range_chunk_size;
+        let ranges: Vec<(u64, u64)> = (offset..end)
+            .step_by(usize::try_from(chunk_size).unwrap_or(usize::MAX))
+            .map(|o| (o, chunk_size.min(end - o)))
+            .collect();
+        let parts: std::result::Result<Vec<Chunk>, Failure> = futures::stream::iter(ranges)
+            .map(|(o, l)| self.fetch(blob, target, o, l, Some(etag.clone()), deadline))
+            .buffered(self.core.config.max_concurrency)
+            .try_collect()
+            .await;
+        let parts = match parts {
+            Ok(p) => p,
+            Err(f) if f.kind == Kind::PreconditionFailed => return Ok(Some(Read::Changed)),
+            Err(f) if f.kind == Kind::NotFound => return Ok(Some(Read::Value(None))),
+            Err(f) if f.kind == Kind::RangeNotSatisfiable => return Ok(None),
+            Err(f) => return Err(f.into()),
+        };
+        if parts.iter().any(|c| c.total < end) {
+            return Ok(None);
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for (i, c) in parts.iter().enumerate() {
+            let want = chunk_size.min(end - (offset + i as u64 * chunk_size));
+            if c.bytes.len() as u64 != want {
+                return Err(short_read(
+                    target,
+                    offset + i as u64 * chunk_size,
+                    want,
+                    c.bytes.len(),
+                ));
+            }
+            out.extend_from_slice(&c.bytes);
+        }
+        Ok(Some(Read::Value(Some(out.freeze()))))
     }
 
     /// A read that returns no bytes if the blob exists: an empty range, or one that
