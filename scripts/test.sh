@@ -35,6 +35,8 @@ fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> crate split: clients link no server code (scripts/check-split.sh)"
+scripts/check-split.sh
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo clippy -p strata-kv-connector --no-default-features (the formats alone, as fuzz/ builds them)"

@@ -29,10 +29,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::ensure;
 use clap::Args;
+use strata_server::oracle::{JobPlan, Oracle};
 use strata_tiers::Key;
 use strata_tiers::dram::{EvictionKind, EvictionPolicy, Gdsf};
 use strata_training_cache::plan::SplitMix64;
-use strata_training_cache::{JobPlan, Oracle, PlanSpec, Position};
+use strata_training_cache::{PlanSpec, Position};
 
 /// Arguments of `strata-bench shard-sim`.
 #[derive(Debug, Args)]

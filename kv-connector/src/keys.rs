@@ -6,7 +6,7 @@
 //! `MatchPrefix` over the prompt's chunk keys gives the hit length.
 
 use sha2::{Digest, Sha256};
-use strata_tiers::Key;
+use strata_proto::Key;
 
 use crate::cbor::Value;
 use crate::error::{Error, Result};

@@ -1,6 +1,6 @@
 //! What the scheduler tells the workers each step (vLLM's `KVConnectorMetadata`).
 
-use strata_tiers::Key;
+use strata_proto::Key;
 
 use crate::keys::Hash;
 

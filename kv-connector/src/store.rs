@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use strata_tiers::Key;
+use strata_proto::Key;
 use strata_transport::Client;
 use strata_transport::data::ValueReader;
 use strata_transport::wire::KeyRange;

@@ -659,7 +659,7 @@ fn finish(st: &LoadState, l: usize, c: usize, outcome: Result<bool>, placed: usi
 }
 
 /// Turns a decode refusal into the connector's error.
-fn corrupt(key: &strata_tiers::Key, why: impl Into<String>) -> Error {
+fn corrupt(key: &strata_proto::Key, why: impl Into<String>) -> Error {
     Error::Corrupt {
         key: key.display_path(),
         why: why.into(),

@@ -15,9 +15,9 @@ use strata_kv_connector::{
     ChunkKeys, ChunkStore, KvLayout, ModelFingerprint, ReadUnit, ScheduledRequest, Scheduler,
     Worker, WorkerConfig,
 };
+use strata_proto::Key;
 use strata_server::config::{ByteSize, Config};
 use strata_server::{Running, Server};
-use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
 use strata_transport::wire::KeyRange;
 use strata_transport::{Client, ClientOptions};

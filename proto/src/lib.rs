@@ -1,7 +1,16 @@
-//! Strata's gRPC API (`strata.v1`), generated from `proto/strata/v1/cache.proto`.
+//! Strata's wire contract, shared by every client and the server:
 //!
-//! Only `server/` and `transport/` depend on this crate; the storage engine
-//! (`strata-tiers`) never sees proto types.
+//! - [`key`]: the key space (`namespace/tenant/body`) and its binary encoding;
+//! - [`codec`]: the bounds-checked reader every decoder of bytes uses;
+//! - [`v1`]: the gRPC API (`strata.v1`), generated from `proto/strata/v1/cache.proto`.
+//!
+//! It builds with no server code: the storage engine (`strata-tiers`) uses the
+//! key space from here, and never sees the generated gRPC types.
+
+pub mod codec;
+pub mod key;
+
+pub use self::key::{KEY_VERSION, Key, KeyError, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};
 
 /// Version 1 of the API.
 pub mod v1 {

@@ -6,13 +6,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::dataset::{Datasets, Manifest};
+use crate::oracle::{JobPlan, Oracle};
 use futures::{Stream, StreamExt as _};
 use parking_lot::Mutex;
 use strata_proto::v1 as pb;
 use strata_proto::v1::datasets_server::Datasets as DatasetsRpc;
 use strata_tiers::{Key, NextUse, Planned};
-use strata_training_cache::dataset::{Datasets, Manifest};
-use strata_training_cache::{JobPlan, Oracle, PlanSpec, Position, Remainder};
+use strata_training_cache::{PlanSpec, Position, Remainder};
 use tonic::{Request, Response, Status};
 
 use crate::status::to_status;

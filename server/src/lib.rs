@@ -7,8 +7,11 @@
 //! the tiers close.
 
 pub mod config;
+pub mod data;
+pub mod dataset;
 pub mod datasets;
 pub mod metrics;
+pub mod oracle;
 pub mod service;
 mod status;
 
@@ -16,6 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::data::{DataConfig, DataServer};
+use crate::dataset::{Datasets, OriginSpec};
 use anyhow::Context;
 use strata_proto::v1::cache_server::CacheServer;
 use strata_proto::v1::datasets_server::DatasetsServer;
@@ -23,8 +28,6 @@ use strata_tiers::{
     DramConfig, DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig,
     TieredStore,
 };
-use strata_training_cache::dataset::{Datasets, OriginSpec};
-use strata_transport::data::{DataConfig, DataServer};
 use strata_transport::wire::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

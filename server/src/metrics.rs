@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Mutex;
 
+use crate::data::{DataServer, Listener};
 use strata_tiers::TieredStore;
-use strata_transport::data::{DataServer, Listener};
 use strata_transport::wire::{Op, Status};
 
 /// Reads one counter out of a snapshot.

@@ -30,7 +30,7 @@ pub struct CacheService {
     metrics: Arc<Metrics>,
     started: Instant,
     data_path: pb::DataPathResponse,
-    data: Option<Arc<strata_transport::data::DataServer>>,
+    data: Option<Arc<crate::data::DataServer>>,
 }
 
 impl CacheService {
@@ -39,7 +39,7 @@ impl CacheService {
     pub fn with_data_path(
         mut self,
         data_path: pb::DataPathResponse,
-        data: Arc<strata_transport::data::DataServer>,
+        data: Arc<crate::data::DataServer>,
     ) -> Self {
         self.data_path = data_path;
         self.data = Some(data);
@@ -69,7 +69,7 @@ impl CacheService {
 }
 
 fn key(k: Option<&pb::Key>) -> Result<Key, Status> {
-    key_from_proto(k).map_err(to_status)
+    key_from_proto(k).map_err(|e| to_status(e.into()))
 }
 
 fn keys(ks: &[pb::Key]) -> Result<Vec<Key>, Status> {

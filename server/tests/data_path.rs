@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use strata_server::config::{ByteSize, Config};
+use strata_server::data::Listener;
 use strata_server::{Running, Server};
 use strata_tiers::Key;
-use strata_transport::data::{Carrier, CarrierChoice, DataOptions, Listener};
+use strata_transport::data::{Carrier, CarrierChoice, DataOptions};
 use strata_transport::wire::{
     FLAG_LEASE, HEADER_LEN, Header, KeyRange, Limits, Op, Request, Status, request_frame, response,
 };
@@ -680,7 +681,7 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     // At most MAX_RESERVATIONS open on one connection (each holds 4 KiB of the
     // budget at least, so 256 of 1 byte take all of it; a 257th is refused by the
     // cap, which is checked first).
-    let max = strata_transport::data::MAX_RESERVATIONS as u64;
+    let max = strata_server::data::MAX_RESERVATIONS as u64;
     let mut frames = Vec::new();
     for id in 100..100 + max + 1 {
         frames.extend_from_slice(&reserve(id, 1));
@@ -721,7 +722,7 @@ async fn a_deep_pipeline_past_the_inflight_cap_gets_every_answer() {
     let c = client(&r, CarrierChoice::Tcp, 1).await;
     let value = pattern(4096, 9);
     c.put(&k("kv/p/v"), value.clone()).await.unwrap();
-    let n = 3 * strata_transport::data::MAX_INFLIGHT as u64 + 7;
+    let n = 3 * strata_server::data::MAX_INFLIGHT as u64 + 7;
     let mut frames = Vec::new();
     for id in 1..=n {
         let key = if id % 2 == 0 { "kv/p/v" } else { "kv/p/none" };
@@ -1317,7 +1318,7 @@ async fn an_mget_past_the_frame_limit_refuses_only_what_does_not_fit() {
 /// alive by tiny WRITEs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
-    use strata_transport::data::MIN_UPLOAD_RATE;
+    use strata_server::data::MIN_UPLOAD_RATE;
     let dir = tempfile::tempdir().unwrap();
     let r = Server::start(config(dir.path(), 1000)).await.unwrap();
     let value = pattern(2 << 20, 9); // due within 1 s + 2 s

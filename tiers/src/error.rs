@@ -173,3 +173,9 @@ impl Error {
         }
     }
 }
+
+impl From<strata_proto::KeyError> for Error {
+    fn from(e: strata_proto::KeyError) -> Self {
+        Error::InvalidKey { reason: e.reason }
+    }
+}

@@ -11,10 +11,8 @@
 //! This crate knows nothing of gRPC; the server maps its [`Error`] to statuses.
 
 pub mod blob;
-pub mod codec;
 pub mod dram;
 mod error;
-mod key;
 pub mod localdir;
 pub mod nvme;
 mod policy;
@@ -25,7 +23,6 @@ mod tier;
 pub use self::blob::{BlobAuth, BlobConfig, BlobItem, BlobTier};
 pub use self::dram::{DramConfig, DramTier, EvictionKind, NextUse, Planned};
 pub use self::error::{Error, Result};
-pub use self::key::{KEY_VERSION, Key, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};
 pub use self::localdir::LocalDirTier;
 pub use self::nvme::{NvmeConfig, NvmeTier};
 pub use self::policy::{NamespacePolicy, Namespaces, OriginKind, TierSet, WritePolicy};
@@ -36,4 +33,8 @@ pub use self::store::{
 };
 pub use self::tier::{
     ByteRange, Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage,
+};
+pub use strata_proto::codec;
+pub use strata_proto::key::{
+    KEY_VERSION, Key, KeyError, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN,
 };

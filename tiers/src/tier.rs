@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 use crate::stats::TierStats;
 
 /// A byte range of a value: `length: None` means "to the end".

@@ -1,17 +1,15 @@
-//! Strata's training shard cache, client and server sides.
+//! Strata's training shard cache, the client side (it links no server code):
 //!
 //! - [`plan`]: deterministic epoch plans from `(seed, epoch)`, split by
 //!   `(rank, world_size)`, resumable from `(epoch, step)`.
-//! - [`dataset`]: manifests of shards on the origin, versioned by ETag, and
-//!   the `shard` namespace's read-through origin (server side).
+//! - [`manifest`]: what a dataset version is made of, and its shards' keys.
 //! - [`loader`]: a rank's plan read through the cache with bounded prefetch.
-//! - [`oracle`]: the next use of every shard over the registered plans, for
-//!   clairvoyant (Belady) eviction.
+//!
+//! The server side (the dataset registry that lists the origin, and the oracle of
+//! next uses for clairvoyant eviction) is in `strata-server`.
 
-pub mod dataset;
 pub mod loader;
-pub mod oracle;
+pub mod manifest;
 pub mod plan;
 
-pub use oracle::{JobId, JobPlan, Oracle};
 pub use plan::{Item, PlanSpec, Position, RankPlan, Remainder};

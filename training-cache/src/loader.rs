@@ -24,7 +24,7 @@ use strata_transport::{Client, ClientError, proto};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::dataset::{Manifest, Shard, shard_key};
+use crate::manifest::{Manifest, Shard, shard_key};
 use crate::plan::{Item, PlanSpec, Position, RankPlan};
 
 /// Unit of the byte window's permits.

@@ -4,9 +4,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use strata_proto::Key;
 use strata_proto::v1 as pb;
 use strata_proto::v1::cache_client::CacheClient;
-use strata_tiers::Key;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 

@@ -1,7 +1,7 @@
 //! Conversions between the storage engine's keys and the wire's.
 
 use strata_proto::v1 as pb;
-use strata_tiers::Key;
+use strata_proto::{Key, KeyError};
 
 /// A key for the wire.
 pub fn key_to_proto(key: &Key) -> pb::Key {
@@ -13,8 +13,8 @@ pub fn key_to_proto(key: &Key) -> pb::Key {
 }
 
 /// A key from the wire, validated.
-pub fn key_from_proto(key: Option<&pb::Key>) -> strata_tiers::Result<Key> {
-    let key = key.ok_or_else(|| strata_tiers::Error::InvalidKey {
+pub fn key_from_proto(key: Option<&pb::Key>) -> Result<Key, KeyError> {
+    let key = key.ok_or_else(|| KeyError {
         reason: "the key is missing".into(),
     })?;
     Key::new(&key.namespace, &key.tenant, &key.body)

@@ -23,7 +23,7 @@ pub enum ClientError {
     },
     /// The key is malformed (checked before sending).
     #[error(transparent)]
-    Key(#[from] strata_tiers::Error),
+    Key(#[from] strata_proto::KeyError),
     /// The server's answer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

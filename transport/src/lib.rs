@@ -23,3 +23,4 @@ pub use self::convert::{key_from_proto, key_to_proto};
 pub use self::convert::{rdma_endpoint_from_proto, rdma_endpoint_to_proto};
 pub use self::error::{ClientError, Result};
 pub use strata_proto::v1 as proto;
+pub use strata_proto::{Key, KeyError};

@@ -23,8 +23,8 @@
 //! `fuzz/fuzz_targets/frame.rs`).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use strata_tiers::Key;
-use strata_tiers::codec::Reader;
+use strata_proto::Key;
+use strata_proto::codec::Reader;
 
 /// Frame magic.
 pub const MAGIC: [u8; 2] = *b"SD";

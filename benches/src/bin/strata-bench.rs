@@ -444,7 +444,7 @@ fn nvme_vs_odirect(a: &NvmeArgs) -> anyhow::Result<()> {
         direct_io: !a.buffered,
     };
     let rt = runtime(2, "bench-nvme")?;
-    let key = |i: usize| Key::new("kv", "bench", format!("nvme-{i:05}"));
+    let key = |i: usize| Ok(Key::new("kv", "bench", format!("nvme-{i:05}"))?);
 
     // Write: ours through the tier (+ syncfs so the bytes are on disk, as the limit's
     // are after its fdatasync), then the limit.

@@ -37,8 +37,8 @@ pub use self::config::{BlobAuth, BlobConfig};
 use self::core::Core;
 use self::error::{Failure, Kind};
 pub use self::sas::AccountSas;
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 use crate::localdir::{decode_segment, encode_segment};
 use crate::stats::TierStats;
 use crate::tier::{

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::key::Key;
+use crate::Key;
 
 /// Chooses which entry leaves the tier next.
 pub trait EvictionPolicy: Send + 'static {

@@ -19,8 +19,8 @@ pub use self::eviction::{
     Clairvoyant, EvictionKind, EvictionPolicy, GDSF_REQUEST_BYTES, Gdsf, Lru, NextUse, Planned,
     S3Fifo,
 };
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 use crate::stats::{Counters, TierStats};
 use crate::tier::{
     Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, slice_range,

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 use crate::stats::TierStats;
 use crate::tier::{
     Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, sorted_up_to,

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 
 const MAGIC: &[u8; 4] = b"STRC";
 const VERSION: u8 = 1;

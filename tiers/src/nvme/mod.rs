@@ -32,8 +32,8 @@ use foyer::{
 use parking_lot::Mutex;
 
 pub use self::config::NvmeConfig;
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 use crate::stats::{Counters, TierStats};
 use crate::tier::{
     Capabilities, GetOptions, Listed, PutOptions, PutOutcome, Tier, Usage, slice_range,
@@ -68,7 +68,7 @@ impl Code for DiskKey {
         let mut l = [0u8; 4];
         r.read_exact(&mut l).map_err(foyer::Error::io_error)?;
         let len = u32::from_le_bytes(l) as usize;
-        if len > crate::key::MAX_BODY_LEN + 1024 {
+        if len > crate::MAX_BODY_LEN + 1024 {
             return Err(code_err("key length out of bounds"));
         }
         let mut v = vec![0u8; len];

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::Key;
 use crate::blob::BlobTier;
 use crate::error::Result;
-use crate::key::Key;
 use crate::localdir::LocalDirTier;
 use crate::stats::TierStats;
 use crate::tier::{GetOptions, Listed, PutOptions, PutOutcome, Tier};

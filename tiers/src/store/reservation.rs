@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::Key;
 use crate::error::{Error, Result};
-use crate::key::Key;
 use crate::policy::{NamespacePolicy, OriginKind, WritePolicy};
 
 use super::record::{self, HEAD_LEN, Head, PAGE_HEADER_LEN};

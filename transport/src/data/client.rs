@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use strata_tiers::Key;
+use strata_proto::Key;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::oneshot;
 
-use super::server::write_all_vectored;
+use super::io::write_all_vectored;
 use super::shm::{self, Mapping, ValueReader};
 use crate::error::{ClientError, Result};
 use crate::wire::{

@@ -20,7 +20,7 @@ pub fn host_id() -> String {
 }
 
 /// Sends `fd` with one byte over `stream` (SCM_RIGHTS).
-pub(crate) async fn send_fd(stream: &UnixStream, fd: RawFd) -> io::Result<()> {
+pub async fn send_fd(stream: &UnixStream, fd: RawFd) -> io::Result<()> {
     loop {
         stream.writable().await?;
         match stream.try_io(Interest::WRITABLE, || sendmsg_fd(stream.as_raw_fd(), fd)) {
@@ -414,7 +414,7 @@ fn unsafe_zeroed_stat() -> libc::stat {
 /// which a thread that polls in a loop holds up. Reading around the runtime is
 /// safe: a readiness left set by this read costs the next `readable()` one
 /// spurious wake-up.
-pub(crate) fn recv_now(
+pub fn recv_now(
     fd: std::os::fd::BorrowedFd<'_>,
     buf: &mut bytes::BytesMut,
 ) -> std::io::Result<usize> {

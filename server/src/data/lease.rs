@@ -154,7 +154,7 @@ impl Leases {
     }
 
     /// Live leases and the bytes they count against the budget (each at least
-    /// [`MIN_CHARGE`]).
+    /// `MIN_CHARGE`).
     pub fn usage(&self) -> (usize, u64) {
         let t = self.table.lock();
         (t.map.len(), t.bytes)

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::plan::{PlanSpec, Position};
+use strata_training_cache::plan::{PlanSpec, Position};
 
 /// How far ahead (in epochs past the current one) a job's future is looked for.
 const LOOKAHEAD_EPOCHS: u64 = 2;
@@ -52,7 +52,12 @@ impl Job {
     fn inverse(&mut self, epoch: u64) -> &[u32] {
         let spec = self.plan.spec;
         self.inverse.entry(epoch).or_insert_with(|| {
-            let perm = crate::plan::permutation(spec.shards, spec.seed, epoch, spec.shuffle);
+            let perm = strata_training_cache::plan::permutation(
+                spec.shards,
+                spec.seed,
+                epoch,
+                spec.shuffle,
+            );
             let mut inv = vec![0u32; perm.len()];
             for (pos, &s) in perm.iter().enumerate() {
                 inv[s as usize] = pos as u32;
@@ -195,7 +200,7 @@ impl Oracle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Remainder;
+    use strata_training_cache::plan::Remainder;
 
     fn job(spec: PlanSpec) -> JobPlan {
         JobPlan {

@@ -15,7 +15,15 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{Error, Result};
+/// A malformed key: bad encoding, a bad namespace or tenant name, a body too long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid key: {reason}")]
+pub struct KeyError {
+    /// What was wrong.
+    pub reason: String,
+}
+
+type Result<T> = std::result::Result<T, KeyError>;
 
 /// Version byte of a user key's encoding.
 pub const KEY_VERSION: u8 = 0x01;
@@ -37,18 +45,18 @@ pub struct Key {
 
 impl Key {
     /// Builds a user key, checking the shape rules that hold for every namespace
-    /// (a namespace's own limits are checked by its [`crate::NamespacePolicy`]).
+    /// (a namespace's own limits are checked by `strata-tiers`: its `NamespacePolicy`).
     pub fn new(namespace: &str, tenant: &str, body: impl AsRef<[u8]>) -> Result<Self> {
         let body = body.as_ref();
         validate_namespace(namespace)?;
         validate_tenant(tenant)?;
         if body.is_empty() {
-            return Err(Error::InvalidKey {
+            return Err(KeyError {
                 reason: "the body is empty".into(),
             });
         }
         if body.len() > MAX_BODY_LEN {
-            return Err(Error::InvalidKey {
+            return Err(KeyError {
                 reason: format!(
                     "the body is {} bytes; the limit is {MAX_BODY_LEN}",
                     body.len()
@@ -79,7 +87,7 @@ impl Key {
         match (parts.next(), parts.next()) {
             (Some(body), None) => Self::new(ns, "", body),
             (Some(tenant), Some(body)) => Self::new(ns, tenant, body),
-            _ => Err(Error::InvalidKey {
+            _ => Err(KeyError {
                 reason: format!("{path:?} is not of the form NAMESPACE/[TENANT/]KEY"),
             }),
         }
@@ -89,14 +97,14 @@ impl Key {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let (ns, tenant, body, rest) = split_user(bytes, KEY_VERSION)?;
         if !rest.is_empty() {
-            return Err(Error::InvalidKey {
+            return Err(KeyError {
                 reason: format!("{} trailing bytes", rest.len()),
             });
         }
-        let ns = std::str::from_utf8(ns).map_err(|_| Error::InvalidKey {
+        let ns = std::str::from_utf8(ns).map_err(|_| KeyError {
             reason: "namespace is not UTF-8".into(),
         })?;
-        let tenant = std::str::from_utf8(tenant).map_err(|_| Error::InvalidKey {
+        let tenant = std::str::from_utf8(tenant).map_err(|_| KeyError {
             reason: "tenant is not UTF-8".into(),
         })?;
         Self::new(ns, tenant, body)
@@ -110,14 +118,14 @@ impl Key {
         }
         let (ns, tenant, body, rest) = split_user(bytes, PAGE_KEY_VERSION)?;
         if rest.len() != 12 {
-            return Err(Error::InvalidKey {
+            return Err(KeyError {
                 reason: "page key suffix is not 12 bytes".into(),
             });
         }
-        let ns = std::str::from_utf8(ns).map_err(|_| Error::InvalidKey {
+        let ns = std::str::from_utf8(ns).map_err(|_| KeyError {
             reason: "namespace is not UTF-8".into(),
         })?;
-        let tenant = std::str::from_utf8(tenant).map_err(|_| Error::InvalidKey {
+        let tenant = std::str::from_utf8(tenant).map_err(|_| KeyError {
             reason: "tenant is not UTF-8".into(),
         })?;
         let generation = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
@@ -231,7 +239,7 @@ type UserParts<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8]);
 fn split_user(bytes: &[u8], version: u8) -> Result<UserParts<'_>> {
     fn take<'a>(buf: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8]> {
         if buf.len() < n {
-            return Err(Error::InvalidKey {
+            return Err(KeyError {
                 reason: format!("truncated {what}: need {n} bytes, have {}", buf.len()),
             });
         }
@@ -242,7 +250,7 @@ fn split_user(bytes: &[u8], version: u8) -> Result<UserParts<'_>> {
     let mut buf = bytes;
     let v = take(&mut buf, 1, "version")?[0];
     if v != version {
-        return Err(Error::InvalidKey {
+        return Err(KeyError {
             reason: format!("unknown key encoding version {v:#04x}"),
         });
     }
@@ -260,7 +268,7 @@ fn split_user(bytes: &[u8], version: u8) -> Result<UserParts<'_>> {
 fn validate_namespace(ns: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
     if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN || !ns.chars().all(ok_char) {
-        return Err(Error::InvalidKey {
+        return Err(KeyError {
             reason: format!(
                 "namespace {ns:?} must be 1..={MAX_NAMESPACE_LEN} characters of [a-z0-9_-]"
             ),
@@ -272,7 +280,7 @@ fn validate_namespace(ns: &str) -> Result<()> {
 fn validate_tenant(tenant: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_graphic() && c != '/';
     if tenant.len() > MAX_TENANT_LEN || !tenant.chars().all(ok_char) {
-        return Err(Error::InvalidKey {
+        return Err(KeyError {
             reason: format!(
                 "tenant {tenant:?} must be at most {MAX_TENANT_LEN} printable ASCII characters without '/'"
             ),

@@ -23,7 +23,6 @@
 //! commits for a lease lifetime is dropped.
 
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,15 +34,16 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use strata_tiers::{ByteRange, Error, Key, Reservation, TieredStore};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Leases;
-use super::shm;
 use super::stats::{DataStats, Listener, add};
-use crate::wire::{
+use strata_transport::data as shm;
+use strata_transport::data::write_all_vectored_within;
+use strata_transport::wire::{
     Extent, FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, MGetItem, Op,
     Request, Status, WireError, response,
 };
@@ -118,9 +118,9 @@ impl Default for DataConfig {
 /// client. Fields drop in order: links, then the region, then the device.
 #[cfg(feature = "rdma")]
 struct RdmaState {
-    links: parking_lot::Mutex<Vec<super::rdma::Link>>,
-    arena: super::rdma::Region,
-    device: super::rdma::Device,
+    links: parking_lot::Mutex<Vec<strata_transport::data::rdma::Link>>,
+    arena: strata_transport::data::rdma::Region,
+    device: strata_transport::data::rdma::Device,
 }
 
 /// The data-path server of one store.
@@ -353,7 +353,7 @@ impl DataServer {
 
     #[cfg(feature = "rdma")]
     fn open_rdma(store: &TieredStore) -> Option<RdmaState> {
-        let device = match super::rdma::Device::open() {
+        let device = match strata_transport::data::rdma::Device::open() {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "RDMA unavailable; clients use TCP or shared memory");
@@ -387,8 +387,8 @@ impl DataServer {
     #[cfg(feature = "rdma")]
     pub fn rdma_accept(
         &self,
-        peer: &super::rdma::Endpoint,
-    ) -> std::io::Result<super::rdma::Endpoint> {
+        peer: &strata_transport::data::rdma::Endpoint,
+    ) -> std::io::Result<strata_transport::data::rdma::Endpoint> {
         let Some(r) = &self.rdma else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -1282,69 +1282,4 @@ async fn write_out<S: AsyncWrite + Unpin>(
     }
     parts.extend(out.data.iter().filter(|d| !d.is_empty()).map(|d| &d[..]));
     write_all_vectored_within(stream, &parts, Some(stall)).await
-}
-
-/// Writes every byte of `parts`, in order, with as few syscalls as the kernel allows.
-pub(crate) async fn write_all_vectored<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    parts: &[&[u8]],
-) -> std::io::Result<()> {
-    write_all_vectored_within(stream, parts, None).await
-}
-
-/// As [`write_all_vectored`], failing with `TimedOut` when one write makes no
-/// progress for `stall`.
-async fn write_all_vectored_within<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    parts: &[&[u8]],
-    stall: Option<Duration>,
-) -> std::io::Result<()> {
-    let (mut i, mut off) = (0usize, 0usize);
-    loop {
-        // Skip what is written (and empty parts).
-        while i < parts.len() && off == parts[i].len() {
-            i += 1;
-            off = 0;
-        }
-        if i == parts.len() {
-            break;
-        }
-        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[i][off..]))
-            .chain(
-                parts[i + 1..]
-                    .iter()
-                    .filter(|p| !p.is_empty())
-                    .map(|p| IoSlice::new(p)),
-            )
-            .take(64)
-            .collect();
-        let write = stream.write_vectored(&slices);
-        let mut n = match stall {
-            Some(d) => tokio::time::timeout(d, write).await.map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the peer took no bytes of an answer for {d:?}"),
-                )
-            })??,
-            None => write.await?,
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let left = parts[i].len() - off;
-            if n >= left {
-                n -= left;
-                i += 1;
-                off = 0;
-                while i < parts.len() && parts[i].is_empty() {
-                    i += 1;
-                }
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use strata_tiers::Key;
-use strata_transport::{Client, ClientOptions, proto};
+use strata_transport::{Client, ClientOptions, Key, proto};
 
 /// Strata admin CLI. Keys are written NAMESPACE/KEY or NAMESPACE/TENANT/KEY.
 #[derive(Debug, Parser)]
@@ -137,7 +136,14 @@ async fn main() -> ExitCode {
 }
 
 fn human(n: u64) -> String {
-    strata_server::ByteSize(n).to_string()
+    let b = n as f64;
+    match n {
+        n if n >= 1 << 40 => format!("{:.1} TiB", b / (1u64 << 40) as f64),
+        n if n >= 1 << 30 => format!("{:.1} GiB", b / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", b / 1024.0),
+        n => format!("{n} B"),
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::wire::{Op, Status};
+use strata_transport::wire::{Op, Status};
 
 /// A data server's listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
