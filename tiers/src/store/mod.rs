@@ -722,18 +722,6 @@ impl Inner {
             .is_none_or(|h| h.generation != entry.head.generation)
     }
 
-    /// A cached page (no origin access, no promotion, no counters).
-    async fn cached_page(&self, pk: &Key, generation: u64, index: u32) -> Option<Bytes> {
-        let opts = GetOptions::default();
-        if let Ok(Some(rec)) = self.dram.get(pk, &opts).await
-            && let Ok(page) = record::decode_page(&rec, generation, index, Payload::Trust)
-        {
-            return Some(page);
-        }
-        let rec = self.nvme.as_ref()?.get(pk, &opts).await.ok()??;
-        record::decode_page(&rec, generation, index, Payload::Verify).ok()
-    }
-
     async fn remove_cached(&self, key: &Key) -> bool {
         let head = self.cached_head(key).await;
         while self.dram.unpin(key) {}
@@ -1237,8 +1225,12 @@ impl Inner {
         let mut pages: Vec<Option<Bytes>> = Vec::with_capacity((last - first + 1) as usize);
         for i in first..=last {
             // A flight that ended between a reader's miss and this one filled some.
-            let pk = entry.key.page(head.generation, i);
-            pages.push(self.cached_page(&pk, head.generation, i).await);
+            pages.push(
+                self.cached_page_checked(entry, i, policy)
+                    .await
+                    .ok()
+                    .flatten(),
+            );
         }
         let missing = |p: &Option<Bytes>| p.is_none();
         let (Some(lo), Some(hi)) = (
