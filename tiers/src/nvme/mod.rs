@@ -7,22 +7,26 @@
 //! [`PutOutcome::Dropped`] and is counted, never reported as stored, and leaves the
 //! key absent (never the older value).
 //!
-//! foyer cannot list its keys, so the tier keeps a catalog (key → length) that is
-//! saved on a clean close and loaded at open; it backs `list`, the resident gauges,
-//! `size` and `contains`. An entry whose block the engine reclaimed to make room
-//! leaves the engine's index; the catalog drops it when it next looks (`usage`,
-//! `list`, `size`, `contains`) and counts an eviction. foyer checksums every entry
-//! (xxhash64) and answers a corrupt entry as a miss; when a `get` finds the key in
-//! the catalog and the engine returns nothing, the entry was lost to corruption (or
-//! to a reclaim not yet noticed) — it is counted in `checksum_failures` and dropped
-//! from the catalog.
+//! foyer cannot list its keys, so the tier keeps a catalog (key → length), a
+//! snapshot and a journal on disk (`catalog.rs`), and the catalog is the truth: a
+//! value is served only while the catalog names it, at the catalogued length. A put
+//! journals the key's removal before it writes and its new length only once the
+//! engine holds the write, so a write that a crash (or a fault) cut midway, or that
+//! was never acknowledged, is never read back, before or after a restart. The
+//! catalog backs `list`, the resident gauges, `size` and `contains`. An entry whose
+//! block the engine reclaimed to make room leaves the engine's index; the catalog
+//! drops it when it next looks (`usage`, `list`, `size`, `contains`) and counts an
+//! eviction. foyer checksums every entry (xxhash64) and answers a corrupt entry as a
+//! miss; when a `get` finds the key in the catalog and the engine returns nothing
+//! (or a value of another length), the entry was lost to corruption (or to a
+//! reclaim not yet noticed) — it is counted in `checksum_failures` and dropped from
+//! the catalog.
 
 mod catalog;
 mod config;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use foyer::{
@@ -40,7 +44,7 @@ use crate::tier::{
     sorted_up_to,
 };
 
-const CATALOG_FILE: &str = "strata-catalog.bin";
+use self::catalog::{Catalog, Entry};
 
 /// Key as stored by foyer: the canonical encoding.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -112,7 +116,8 @@ impl Code for DiskValue {
 pub struct NvmeTier {
     cache: HybridCache<DiskKey, DiskValue>,
     config: NvmeConfig,
-    catalog: Mutex<HashMap<Key, u64>>,
+    catalog: Mutex<Catalog>,
+    faults: NvmeFaults,
     stats: Arc<TierStats>,
     closed: AtomicBool,
     io_engine: &'static str,
@@ -144,6 +149,7 @@ impl NvmeTier {
         }
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+        ensure_a_clean_block(config)?;
         let mut attempts = Vec::with_capacity(4);
         for uring in [true, false] {
             for direct in [true, false] {
@@ -175,15 +181,24 @@ impl NvmeTier {
             });
         };
         let stats = Arc::new(TierStats::default());
-        let catalog = catalog::load(&config.dir.join(CATALOG_FILE));
-        for (k, len) in &catalog {
-            stats.add_resident(k.namespace(), *len);
+        let (catalog, recovered) = Catalog::open(&config.dir)?;
+        for (k, e) in catalog.map() {
+            stats.add_resident(k.namespace(), e.len);
         }
-        tracing::info!(dir = %config.dir.display(), io_engine, direct_io, recovered = catalog.len(), "NVMe tier open");
+        tracing::info!(
+            dir = %config.dir.display(),
+            io_engine,
+            direct_io,
+            recovered = catalog.map().len(),
+            journal_records = recovered.replayed,
+            journal_torn_bytes = recovered.torn_bytes,
+            "NVMe tier open"
+        );
         Ok(Self {
             cache,
             config: config.clone(),
             catalog: Mutex::new(catalog),
+            faults: NvmeFaults::default(),
             stats,
             closed: AtomicBool::new(false),
             io_engine,
@@ -260,16 +275,12 @@ impl NvmeTier {
     /// `list`, `size` and `contains` describe what the engine still holds.
     fn prune_reclaimed(&self) {
         let storage = self.cache.storage();
-        let mut gone = Vec::new();
-        self.catalog.lock().retain(|k, len| {
-            let present = storage.may_contains(&DiskKey(k.clone()));
-            if !present {
-                gone.push((k.clone(), *len));
-            }
-            present
-        });
-        for (k, len) in gone {
-            self.stats.sub_resident(k.namespace(), len);
+        let gone = self
+            .catalog
+            .lock()
+            .retain(|k| storage.may_contains(&DiskKey(k.clone())));
+        for (k, e) in gone {
+            self.stats.sub_resident(k.namespace(), e.len);
             Counters::inc(&self.stats.ns(k.namespace()).evictions);
         }
     }
@@ -282,7 +293,7 @@ impl NvmeTier {
 
     /// The catalogued length of `key`, if the engine still holds it.
     fn catalogued(&self, key: &Key) -> Option<u64> {
-        let len = self.catalog.lock().get(key).copied()?;
+        let len = self.catalog.lock().get(key)?.len;
         if self.cache.storage().may_contains(&DiskKey(key.clone())) {
             return Some(len);
         }
@@ -292,10 +303,119 @@ impl NvmeTier {
         None
     }
 
+    /// Removes `key` from the catalog (journaled), so it is not served any more.
     fn forget(&self, key: &Key) -> Option<u64> {
-        let len = self.catalog.lock().remove(key)?;
+        let removed = self.catalog.lock().remove(key);
+        let len = match removed {
+            Ok(e) => e?.len,
+            Err(e) => {
+                tracing::error!(?key, error = %e, "NVMe catalog journal write failed; a restart may find the key again");
+                return None;
+            }
+        };
         self.stats.sub_resident(key.namespace(), len);
         Some(len)
+    }
+
+    /// Fault injection for tests (see [`NvmeFaults`]).
+    #[doc(hidden)]
+    pub fn faults(&self) -> &NvmeFaults {
+        &self.faults
+    }
+}
+
+/// foyer 0.22's block files: one per block, `foyer-storage-direct-fs-NNNNNNNN`.
+fn block_file(dir: &std::path::Path, block: u64) -> std::path::PathBuf {
+    dir.join(format!("foyer-storage-direct-fs-{block:08}"))
+}
+
+/// Bytes at the head of a block that foyer reads to find its entries (its blob
+/// index, 4 KiB by default): zero, the block recovers as clean.
+const BLOCK_INDEX_BYTES: usize = 4096;
+
+/// Leaves at least one block that foyer recovers as clean (holding no entry).
+///
+/// foyer 0.22 wedges when it recovers a device whose every block holds entries:
+/// its block manager starts with no clean block, and only taking a clean block
+/// (or finishing a write or a reclaim) starts a reclaim, so the first flush waits
+/// for a clean block forever, and every put with it. A server killed while its
+/// NVMe tier was full (or nearly) restarts in that state. So, before foyer opens
+/// the device: if every block file begins with an index, the one written least
+/// recently (what FIFO reclaim would take next) has its index zeroed, and its
+/// entries are given up (the catalog forgets them when it finds them gone).
+fn ensure_a_clean_block(config: &NvmeConfig) -> Result<()> {
+    use std::io::{Read, Seek, Write};
+    let blocks = config.capacity / config.block_size;
+    let mut oldest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for b in 0..blocks {
+        let path = block_file(&config.dir, b);
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            // foyer creates it empty: a clean block.
+            return Ok(());
+        };
+        let mut head = vec![0u8; BLOCK_INDEX_BYTES];
+        if f.read_exact(&mut head).is_err() || head.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        let modified = f
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        if oldest.as_ref().is_none_or(|(t, _)| modified < *t) {
+            oldest = Some((modified, path));
+        }
+    }
+    let Some((_, path)) = oldest else {
+        return Ok(());
+    };
+    tracing::warn!(
+        block = %path.display(),
+        "every NVMe block holds entries (the server stopped with its NVMe tier full); \
+         giving up the least recently written block so the engine starts with a clean one"
+    );
+    let io = |e| Error::io(format!("clearing {}", path.display()), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+    f.write_all(&[0u8; BLOCK_INDEX_BYTES]).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+/// Faults a test can inject into the NVMe tier, around the real engine.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct NvmeFaults {
+    tear_every: AtomicU64,
+    puts: AtomicU64,
+    torn: AtomicU64,
+}
+
+impl NvmeFaults {
+    /// Tears every `n`th put from now on (0: none): the engine receives the value
+    /// with its second half zeroed, as a write that died midway leaves it, and the
+    /// put fails with an I/O error.
+    pub fn tear_every(&self, n: u64) {
+        self.puts.store(0, Ordering::Relaxed);
+        self.tear_every.store(n, Ordering::Relaxed);
+    }
+
+    /// How many puts were torn.
+    pub fn torn(&self) -> u64 {
+        self.torn.load(Ordering::Relaxed)
+    }
+
+    fn tears_next(&self) -> bool {
+        let n = self.tear_every.load(Ordering::Relaxed);
+        if n == 0 {
+            return false;
+        }
+        let tear = (self.puts.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n);
+        if tear {
+            self.torn.fetch_add(1, Ordering::Relaxed);
+        }
+        tear
     }
 }
 
@@ -322,8 +442,9 @@ impl Tier for NvmeTier {
         let used = self
             .catalog
             .lock()
+            .map()
             .values()
-            .map(|l| l.div_ceil(4096) * 4096)
+            .map(|e| e.len.div_ceil(4096) * 4096)
             .sum();
         Usage {
             capacity: self.config.capacity,
@@ -333,12 +454,42 @@ impl Tier for NvmeTier {
 
     async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
         self.check_open()?;
+        // The catalog is the truth: what it does not name (never written, a write
+        // not finished, or one a crash cut) is absent, whatever the engine holds.
+        let Some(catalogued) = self.catalog.lock().get(key) else {
+            return Ok(None);
+        };
         let dk = DiskKey(key.clone());
         match self.cache.get(&dk).await {
-            Ok(Some(entry)) => Ok(Some(slice_range(
-                entry.value().0.clone(),
-                opts.range.as_ref(),
-            )?)),
+            Ok(Some(entry)) => {
+                let value = entry.value().0.clone();
+                drop(entry);
+                let found = Entry::of(&value);
+                // Looked at again: a put of the key may have begun (or ended)
+                // meanwhile. (Bound first: the guard must not live through the match.)
+                let now = self.catalog.lock().get(key);
+                match now {
+                    Some(e) if e == found => {}
+                    Some(e) if e != catalogued => return Ok(None),
+                    None => return Ok(None),
+                    Some(_) => {
+                        // Not the catalogued value: torn, or an older one the
+                        // engine still finds. Never served.
+                        self.cache.remove(&dk);
+                        if self.forget(key).is_some() {
+                            Counters::inc(&self.stats.ns(key.namespace()).checksum_failures);
+                        }
+                        tracing::error!(
+                            ?key,
+                            len = found.len,
+                            catalogued = catalogued.len,
+                            "NVMe entry is not the catalogued value; dropped"
+                        );
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(slice_range(value, opts.range.as_ref())?))
+            }
             Ok(None) => {
                 if self.forget(key).is_some() {
                     // The catalog had it: the engine dropped it as corrupt, or reclaimed its block.
@@ -365,29 +516,42 @@ impl Tier for NvmeTier {
     async fn put(&self, key: &Key, value: Bytes, _opts: &PutOptions) -> Result<PutOutcome> {
         self.check_open()?;
         let len = value.len() as u64;
+        let entry = Entry::of(&value);
         let dk = DiskKey(key.clone());
-        // The previous value goes first: the engine indexes entries by hash, so if
-        // this write is dropped, `may_contains` must not find the previous one and
-        // report the drop as stored; and a dropped overwrite must never leave the
-        // older value to be served in place of the newer.
+        // The previous value goes first, from the catalog (journaled, so neither
+        // this process nor a restart serves it in place of this write) and from the
+        // engine, which indexes entries by hash: if this write is dropped,
+        // `may_contains` must not find the previous one and report the drop as
+        // stored.
+        self.forget(key);
         if self.cache.storage().may_contains(&dk) {
             self.cache.remove(&dk);
         }
         if len > self.max_value_size() {
-            self.forget(key);
             Counters::inc(&self.stats.ns(key.namespace()).dropped_writes);
             return Ok(PutOutcome::Dropped);
+        }
+        if self.faults.tears_next() {
+            let mut torn = value.to_vec();
+            let half = torn.len() / 2;
+            torn[half..].fill(0);
+            self.cache.insert(dk, DiskValue(Bytes::from(torn)));
+            self.cache.storage().wait().await;
+            return Err(Error::io(
+                "writing to the NVMe tier",
+                std::io::Error::other("injected fault: the write was torn midway"),
+            ));
         }
         self.cache.insert(dk.clone(), DiskValue(value));
         self.cache.storage().wait().await;
         if !self.cache.storage().may_contains(&dk) {
-            self.forget(key);
             Counters::inc(&self.stats.ns(key.namespace()).dropped_writes);
             return Ok(PutOutcome::Dropped);
         }
-        let old = self.catalog.lock().insert(key.clone(), len);
+        // On disk: now the catalog may name it.
+        let old = self.catalog.lock().insert(key, entry)?;
         if let Some(old) = old {
-            self.stats.sub_resident(key.namespace(), old);
+            self.stats.sub_resident(key.namespace(), old.len);
         }
         self.stats.add_resident(key.namespace(), len);
         Ok(PutOutcome::Stored)
@@ -395,8 +559,11 @@ impl Tier for NvmeTier {
 
     async fn delete(&self, key: &Key) -> Result<bool> {
         self.check_open()?;
+        // The catalog first: once it forgets the key, nothing serves it, whenever
+        // the engine gets to its removal.
+        let found = self.forget(key).is_some();
         self.cache.remove(&DiskKey(key.clone()));
-        Ok(self.forget(key).is_some())
+        Ok(found)
     }
 
     async fn contains(&self, key: &Key) -> Result<bool> {
@@ -413,11 +580,12 @@ impl Tier for NvmeTier {
         self.prune_reclaimed();
         let catalog = self.catalog.lock();
         let out: Vec<Listed> = catalog
+            .map()
             .iter()
             .filter(|(k, _)| k.is_listed_under(namespace, tenant, prefix))
-            .map(|(k, len)| Listed {
+            .map(|(k, e)| Listed {
                 key: k.clone(),
-                len: *len,
+                len: e.len,
             })
             .collect();
         Ok(sorted_up_to(out, limit))
@@ -430,7 +598,56 @@ impl Tier for NvmeTier {
         self.cache.close().await.map_err(|e| Error::Nvme {
             message: e.to_string(),
         })?;
-        let catalog = self.catalog.lock().clone();
-        catalog::save(&self.config.dir.join(CATALOG_FILE), &catalog)
+        self.catalog.lock().compact()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_with_no_clean_block_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NvmeConfig {
+            dir: dir.path().to_path_buf(),
+            capacity: 8 << 20,
+            block_size: 1 << 20,
+            ..NvmeConfig::default()
+        };
+        let full = vec![0xa5u8; 1 << 20];
+        for b in 0..8 {
+            std::fs::write(block_file(&config.dir, b), &full).unwrap();
+            // Block 3 was written first.
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(if b == 3 { 10 } else { 1000 + b });
+            let f = std::fs::File::options()
+                .write(true)
+                .open(block_file(&config.dir, b))
+                .unwrap();
+            f.set_modified(t).unwrap();
+        }
+        let clean = |config: &NvmeConfig| -> Vec<u64> {
+            (0..8)
+                .filter(|&b| {
+                    std::fs::read(block_file(&config.dir, b))
+                        .is_ok_and(|d| d[..BLOCK_INDEX_BYTES].iter().all(|&x| x == 0))
+                })
+                .collect()
+        };
+        ensure_a_clean_block(&config).unwrap();
+        assert_eq!(
+            clean(&config),
+            vec![3],
+            "the least recently written block is cleared"
+        );
+        // One clean block is enough: nothing more is given up.
+        ensure_a_clean_block(&config).unwrap();
+        assert_eq!(clean(&config), vec![3]);
+        // A missing block file is a clean block too.
+        std::fs::write(block_file(&config.dir, 3), &full).unwrap();
+        std::fs::remove_file(block_file(&config.dir, 5)).unwrap();
+        ensure_a_clean_block(&config).unwrap();
+        assert!(clean(&config).is_empty());
     }
 }

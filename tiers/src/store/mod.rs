@@ -144,7 +144,17 @@ pub(crate) struct Inner {
     head_flights: SingleFlight<Key, Option<Head>>,
     /// Origin reads of page runs, by the key of a run's first page.
     run_flights: SingleFlight<Key, Arc<[Bytes]>>,
+    /// Striped per-key locks, held only around a key's NVMe writes and drops (never
+    /// while waiting for DRAM room), so that a demotion or fill of an older record
+    /// cannot land on NVMe after a newer write dropped it from there.
+    key_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Keys whose write-through to the origin is under way (with how many): their
+    /// older records are not demoted to NVMe meanwhile (see [`Inner::writing_through`]).
+    writing: parking_lot::Mutex<HashMap<Key, u32>>,
 }
+
+/// Stripes of [`Inner::key_locks`].
+const KEY_LOCKS: usize = 1024;
 
 /// The tiered store. Cheap to clone.
 #[derive(Clone)]
@@ -208,6 +218,10 @@ impl TieredStore {
                 as u32,
             head_flights: SingleFlight::default(),
             run_flights: SingleFlight::default(),
+            key_locks: (0..KEY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            writing: parking_lot::Mutex::default(),
         });
         // Without NVMe an evicted entry has nowhere to go: its memory returns as
         // soon as its readers are done, not after a pass through the demoter. An
@@ -362,7 +376,16 @@ impl TieredStore {
                 Ok((start, slices)) => return Ok(Some((entry, start, slices))),
                 Err(e) => {
                     attempt += 1;
-                    if attempt >= 8 || !self.inner.replaced(&entry).await {
+                    if attempt >= 8 {
+                        return Err(e);
+                    }
+                    if let Error::Changed { .. } = e {
+                        // The origin holds another value than this head describes
+                        // (written there after the head was cached, e.g. by a
+                        // write-through a crash cut short): the head goes, and the
+                        // origin's value is read afresh.
+                        self.inner.drop_stale_head(&entry).await;
+                    } else if !self.inner.replaced(&entry).await {
                         return Err(e);
                     }
                 }
@@ -621,7 +644,7 @@ impl TieredStore {
         let drained = self.inner.dram.drain();
         let mut demoted = 0usize;
         for e in drained {
-            if self.inner.demote_to_nvme(e).await {
+            if self.inner.demote_to_nvme(e, false).await {
                 demoted += 1;
             }
         }
@@ -648,11 +671,41 @@ impl Inner {
     /// stored. DRAM serves the entry until this is over.
     async fn demote(&self, e: Evicted) -> bool {
         let (key, value) = (e.key.clone(), e.value.clone());
-        // Deleted, or replaced by a newer value, while queued: writing it below
-        // would bring the old value back.
-        let stored = self.dram.is_demoting(&key, &value) && self.demote_to_nvme(e).await;
+        let stored = self.demote_to_nvme(e, true).await;
         self.dram.demoted(&key, &value);
         stored
+    }
+
+    /// The lock of `key`'s stripe (see [`Inner::key_locks`]).
+    fn key_lock(&self, key: &Key) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        // A fixed hasher: the same key must always find the same stripe.
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.key_locks[(h.finish() as usize) % self.key_locks.len()]
+    }
+
+    /// Marks `key` as being written through to the origin, before the origin
+    /// changes: its older head leaves NVMe (journaled), and while the mark stays no
+    /// older record of it is demoted there. A server killed while the origin
+    /// changes then restarts with no cached head of the older value to serve in
+    /// place of the origin's newer one. DRAM keeps serving the older value until
+    /// the new one is stored. Undone by [`Inner::written_through`].
+    pub(crate) async fn writing_through(&self, key: &Key) {
+        let _g = self.key_lock(key).lock().await;
+        *self.writing.lock().entry(key.clone()).or_default() += 1;
+        self.drop_from_nvme_locked(key).await;
+    }
+
+    /// Ends a [`Inner::writing_through`] mark.
+    pub(crate) fn written_through(&self, key: &Key) {
+        let mut w = self.writing.lock();
+        if let Some(n) = w.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(key);
+            }
+        }
     }
 
     /// Whether an entry evicted from DRAM has to be written to NVMe: its namespace
@@ -668,12 +721,21 @@ impl Inner {
             && !(policy.origin == OriginKind::Origin && nvme.holds(key))
     }
 
-    async fn demote_to_nvme(&self, e: Evicted) -> bool {
+    /// Writes an evicted entry to NVMe. With `queued`, only if DRAM still holds it
+    /// as the key's evicted value (not deleted or replaced by a newer one while it
+    /// waited: writing it would bring the older value back).
+    async fn demote_to_nvme(&self, e: Evicted, queued: bool) -> bool {
         let Some(nvme) = &self.nvme else { return false };
         let Ok(policy) = self.namespaces.policy_for(&e.key) else {
             return false;
         };
         if !(policy.tiers.nvme && policy.demote) {
+            return false;
+        }
+        let _g = self.key_lock(&e.key).lock().await;
+        if (queued && !self.dram.is_demoting(&e.key, &e.value))
+            || self.writing.lock().contains_key(&e.key)
+        {
             return false;
         }
         // Filled from the origin into both tiers: already there.
@@ -727,6 +789,7 @@ impl Inner {
         while self.dram.unpin(key) {}
         let mut found = self.dram.delete(key).await.unwrap_or(false);
         if let Some(n) = &self.nvme {
+            let _g = self.key_lock(key).lock().await;
             found |= n.delete(key).await.unwrap_or(false);
         }
         if let Some(h) = head
@@ -735,6 +798,19 @@ impl Inner {
             self.remove_pages(key, &h).await;
         }
         found
+    }
+
+    /// Drops `entry`'s head (and pages) from the cache tiers if it is still the
+    /// cached one.
+    async fn drop_stale_head(&self, entry: &Entry) {
+        if self
+            .cached_head(&entry.key)
+            .await
+            .is_some_and(|h| h.generation == entry.head.generation)
+        {
+            tracing::warn!(key = ?entry.key, "cached head no longer matches the origin; dropped");
+            self.remove_cached(&entry.key).await;
+        }
     }
 
     async fn remove_pages(&self, key: &Key, head: &Head) {
@@ -1010,6 +1086,7 @@ impl Inner {
                 retry_after: Some(Duration::from_millis(100)),
             });
         };
+        let _g = self.key_lock(key).lock().await;
         match nvme.put(key, v, &PutOptions::default()).await? {
             PutOutcome::Stored => Ok(None),
             PutOutcome::Dropped => Err(Error::Exhausted {
@@ -1048,9 +1125,15 @@ impl Inner {
             Record::Heap(v) => Bytes::from(v),
             Record::Arena(buf) => buf.freeze(),
         };
-        if let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme)
-            && let Err(e) = nvme.put(key, rec, &PutOptions::default()).await
-        {
+        let Some(nvme) = self.nvme.as_ref().filter(|_| policy.tiers.nvme) else {
+            return;
+        };
+        let _g = self.key_lock(key).lock().await;
+        // A write-through of the key under way: this fill may be of the older value.
+        if self.writing.lock().contains_key(key) {
+            return;
+        }
+        if let Err(e) = nvme.put(key, rec, &PutOptions::default()).await {
             tracing::warn!(?key, error = %e, "NVMe write of a bypassed fill failed");
         }
     }
@@ -1064,6 +1147,17 @@ impl Inner {
             return;
         };
         if !policy.tiers.nvme {
+            return;
+        }
+        let _g = self.key_lock(key).lock().await;
+        // Replaced in DRAM since the fill (a write-through of the key stored a newer
+        // value, or is under way): the filled record is the older value's.
+        // (A page belongs to one generation and is never replaced.)
+        let current = || async {
+            matches!(self.dram.get(key, &GetOptions::default()).await,
+                Ok(Some(r)) if r.as_ptr() == rec.as_ptr() && r.len() == rec.len())
+        };
+        if !key.is_page() && (self.writing.lock().contains_key(key) || !current().await) {
             return;
         }
         match nvme.put(key, rec, &PutOptions::default()).await {
@@ -1086,6 +1180,14 @@ impl Inner {
 
     /// Drops an older record of `key` from NVMe (after a newer one went to DRAM).
     async fn drop_from_nvme(&self, key: &Key) {
+        if self.nvme.is_some() {
+            let _g = self.key_lock(key).lock().await;
+            self.drop_from_nvme_locked(key).await;
+        }
+    }
+
+    /// [`Inner::drop_from_nvme`], the key's lock held.
+    async fn drop_from_nvme_locked(&self, key: &Key) {
         if let Some(n) = &self.nvme
             && n.contains(key).await.unwrap_or(false)
             && let Err(e) = n.delete(key).await
@@ -1294,6 +1396,16 @@ impl Inner {
                 key: entry.key.display_path(),
             })?;
         if data.len() as u64 != len {
+            if !origin.immutable() {
+                return Err(Error::Changed {
+                    target: entry.key.display_path(),
+                    detail: format!(
+                        "the origin returned {} bytes for pages {lo}..={hi} of a cached head of {} bytes, expected {len}",
+                        data.len(),
+                        head.total_len
+                    ),
+                });
+            }
             return Err(Error::Corrupt {
                 tier: origin.name(),
                 reason: format!(

@@ -268,16 +268,16 @@ impl Reservation {
             && self.policy.origin == OriginKind::Origin
             && let Some(origin) = &inner.origin
         {
+            // Marked until the new head is stored (or this fails): no older head
+            // stays on, or reaches, NVMe while the origin changes under it.
+            inner.writing_through(&self.key).await;
+            let key = self.key.clone();
+            let _mark = WritingThrough(&inner, &key);
             origin.put(&self.key, self.payload(&head_rec)).await?;
+            self.store_records(&inner, head_rec).await?;
+        } else {
+            self.store_records(&inner, head_rec).await?;
         }
-        for (i, rec) in std::mem::take(&mut self.pages).into_iter().enumerate() {
-            inner
-                .store_record(&self.key.page(self.generation, i as u32), rec, &self.policy)
-                .await?;
-        }
-        inner
-            .store_record(&self.key, head_rec, &self.policy)
-            .await?;
         if let Some(old) = old
             && !old.is_inline()
             && old.generation != self.generation
@@ -288,6 +288,19 @@ impl Reservation {
             len: self.len,
             crc32c: self.crc,
         })
+    }
+
+    /// Stores the pages, then the head.
+    async fn store_records(&mut self, inner: &Inner, head_rec: Record) -> Result<()> {
+        for (i, rec) in std::mem::take(&mut self.pages).into_iter().enumerate() {
+            inner
+                .store_record(&self.key.page(self.generation, i as u32), rec, &self.policy)
+                .await?;
+        }
+        inner
+            .store_record(&self.key, head_rec, &self.policy)
+            .await?;
+        Ok(())
     }
 
     /// The whole value, for the origin: a copy of the payloads.
@@ -301,5 +314,14 @@ impl Reservation {
             }
         }
         bytes::Bytes::from(out)
+    }
+}
+
+/// Ends a write-through's mark when dropped (stored, failed or cancelled).
+struct WritingThrough<'a>(&'a Inner, &'a Key);
+
+impl Drop for WritingThrough<'_> {
+    fn drop(&mut self) {
+        self.0.written_through(self.1);
     }
 }
