@@ -537,8 +537,13 @@ impl DatasetOrigin {
             .get(&(name.to_owned(), version.to_owned()))
             .cloned();
         let Some(l) = loaded else {
-            return Err(Error::NotFound {
-                key: format!("dataset version {name}@{version} (run `strata dataset add`)"),
+            // The key names a version this server does not know: the request must
+            // change (not a miss, which a client reads as "absent").
+            return Err(Error::PolicyViolation {
+                namespace: "shard".into(),
+                rule: format!(
+                    "dataset version {name}@{version} is not registered (run `strata dataset add`)"
+                ),
             });
         };
         Ok(l.by_path.get(path).copied().map(|i| (l, i)))

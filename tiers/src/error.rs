@@ -129,8 +129,8 @@ pub enum Error {
     Shared {
         /// The original error, as text.
         message: String,
-        /// Whether the original error was retryable.
-        retryable: bool,
+        /// The original error's kind.
+        kind: ErrorKind,
     },
     /// The origin's object changed since the version being read was recorded (a
     /// dataset version whose blob was rewritten): served from neither version.
@@ -151,17 +151,97 @@ pub enum Error {
     },
 }
 
-impl Error {
+/// What kind of failure an [`Error`] is: what a caller, and a status, needs to
+/// know of it. Every error has one ([`Error::kind`]); the server turns kinds into
+/// gRPC codes and data-path statuses through one table (`server/src/status.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request is malformed or breaks a rule of its namespace.
+    Invalid,
+    /// The bytes sent do not match the checksum sent with them.
+    ChecksumMismatch,
+    /// A range starts past the end of the value.
+    OutOfRange,
+    /// No such value (for operations that need one).
+    NotFound,
+    /// Out of room or in-flight budget; retry later.
+    Exhausted,
+    /// A deadline passed.
+    DeadlineExceeded,
+    /// Shutting down, or a failure of a tier or origin that a retry may not meet.
+    Unavailable,
+    /// Stored bytes failed to decode, and no intact copy could be read.
+    Corrupt,
+    /// The origin's object changed since the version being read was recorded.
+    Changed,
+    /// Anything else (the message says what).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [Self; 10] = [
+        Self::Invalid,
+        Self::ChecksumMismatch,
+        Self::OutOfRange,
+        Self::NotFound,
+        Self::Exhausted,
+        Self::DeadlineExceeded,
+        Self::Unavailable,
+        Self::Corrupt,
+        Self::Changed,
+        Self::Internal,
+    ];
+
     /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Exhausted | Self::DeadlineExceeded | Self::Unavailable
+        )
+    }
+}
+
+impl Error {
+    /// The kind of this error (an exhaustive match: a new variant must choose one).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidKey { .. }
+            | Error::UnknownNamespace { .. }
+            | Error::PolicyViolation { .. }
+            | Error::Incomplete { .. }
+            | Error::Config { .. } => ErrorKind::Invalid,
+            Error::ChecksumMismatch { .. } => ErrorKind::ChecksumMismatch,
+            Error::RangeOutOfBounds { .. } => ErrorKind::OutOfRange,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Exhausted { .. } => ErrorKind::Exhausted,
+            Error::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Changed { .. } => ErrorKind::Changed,
+            Error::Shared { kind, .. } => *kind,
+            Error::Io { .. } | Error::Nvme { .. } | Error::Blob { .. } => {
+                if self.is_retryable() {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Internal
+                }
+            }
+        }
+    }
+
+    /// Whether retrying the same operation may succeed: its kind says so, or, for
+    /// the errors of a disk or an origin, the error itself.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Exhausted { .. } | Error::DeadlineExceeded { .. } => true,
-            Error::Blob { retryable, .. } | Error::Shared { retryable, .. } => *retryable,
+            Error::Blob { retryable, .. } => *retryable,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
             ),
-            _ => false,
+            Error::Nvme { .. } => false,
+            _ => self.kind().is_retryable(),
         }
     }
 

@@ -22,7 +22,7 @@ mod tier;
 
 pub use self::blob::{BlobAuth, BlobConfig, BlobItem, BlobTier};
 pub use self::dram::{DramConfig, DramTier, EvictionKind, NextUse, Planned};
-pub use self::error::{Error, Result};
+pub use self::error::{Error, ErrorKind, Result};
 pub use self::localdir::LocalDirTier;
 pub use self::nvme::{NvmeConfig, NvmeTier};
 pub use self::policy::{NamespacePolicy, Namespaces, OriginKind, TierSet, WritePolicy};

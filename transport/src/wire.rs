@@ -150,11 +150,17 @@ pub enum Status {
     Internal = 8,
     /// No reservation or lease with that id on this connection.
     UnknownId = 9,
+    /// A deadline passed on the server (an origin read that took too long).
+    DeadlineExceeded = 10,
+    /// Stored bytes failed verification and no intact copy could be read.
+    Corrupt = 11,
+    /// The origin's object changed since the version being read was recorded.
+    Changed = 12,
 }
 
 impl Status {
     /// Every status, in code order (status `n` at index `n`; decoding reads it).
-    pub const LIST: [Self; 10] = [
+    pub const LIST: [Self; 13] = [
         Self::Ok,
         Self::NotFound,
         Self::Invalid,
@@ -165,6 +171,9 @@ impl Status {
         Self::Unavailable,
         Self::Internal,
         Self::UnknownId,
+        Self::DeadlineExceeded,
+        Self::Corrupt,
+        Self::Changed,
     ];
 
     /// The status's name in metrics and logs (`ok`, `not_found`, …).
@@ -180,6 +189,9 @@ impl Status {
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
             Self::UnknownId => "unknown_id",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Corrupt => "corrupt",
+            Self::Changed => "changed",
         }
     }
 

@@ -201,22 +201,9 @@ impl Out {
     }
 }
 
-/// Maps an engine error to a wire status and message.
+/// Maps an engine error to a wire status (the one table, `crate::status`).
 fn status_of(e: &Error) -> Status {
-    match e {
-        Error::InvalidKey { .. }
-        | Error::UnknownNamespace { .. }
-        | Error::PolicyViolation { .. }
-        | Error::Incomplete { .. }
-        | Error::Config { .. } => Status::Invalid,
-        Error::ChecksumMismatch { .. } => Status::Checksum,
-        Error::RangeOutOfBounds { .. } => Status::Range,
-        Error::Exhausted { .. } => Status::Busy,
-        Error::NotFound { .. } => Status::NotFound,
-        Error::ShuttingDown => Status::Unavailable,
-        e if e.is_retryable() => Status::Busy,
-        _ => Status::Internal,
-    }
+    crate::status::wire_status(e)
 }
 
 fn fail(op: Op, id: u64, e: Error) -> Out {

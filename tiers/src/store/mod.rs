@@ -379,7 +379,7 @@ impl TieredStore {
                     if attempt >= 8 {
                         return Err(e);
                     }
-                    if let Error::Changed { .. } = e {
+                    if e.kind() == crate::ErrorKind::Changed {
                         // The origin holds another value than this head describes
                         // (written there after the head was cached, e.g. by a
                         // write-through a crash cut short): the head goes, and the

@@ -70,14 +70,14 @@ where
         };
         flight.await.map_err(|e| match &*e {
             // The store acts on a changed origin (it drops the stale head and reads
-            // again); every other error is shared as text.
+            // again); every other error is shared as text, with its kind.
             Error::Changed { target, detail } => Error::Changed {
                 target: target.clone(),
                 detail: detail.clone(),
             },
             e => Error::Shared {
                 message: e.to_string(),
-                retryable: e.is_retryable(),
+                kind: e.kind(),
             },
         })
     }
