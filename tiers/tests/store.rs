@@ -617,17 +617,19 @@ async fn an_nvme_write_that_fails_midway_is_never_served() {
                 .expect("put");
         }
     }
-    let mut present = 0;
-    for i in 0..n {
-        present +=
-            usize::from(intact_or_absent(&store, &key("kv", &format!("t{i}")), &value(i)).await);
-        // obj reads through to its origin: never absent.
-        assert_value(
-            read(&store, &key("obj", &format!("t{i}"))).await,
-            &value(i),
-            "obj",
-        );
-    }
+    // Every kv value intact or absent; obj reads through to its origin, so never
+    // absent. Returns how many kv values were kept.
+    let check = async |store: &TieredStore| {
+        let mut kept = 0;
+        for i in 0..n {
+            let k = key("kv", &format!("t{i}"));
+            kept += usize::from(intact_or_absent(store, &k, &value(i)).await);
+            let k = key("obj", &format!("t{i}"));
+            assert_value(read(store, &k).await, &value(i), "obj");
+        }
+        kept
+    };
+    let present = check(&store).await;
     let torn = store.nvme().expect("nvme").faults().torn();
     assert!(torn > 0, "no write was torn");
     eprintln!("before the restart: {torn} torn NVMe writes, {present} of {n} kv values kept");
@@ -636,16 +638,7 @@ async fn an_nvme_write_that_fails_midway_is_never_served() {
     store.close().await.expect("close");
     drop(store);
     let store = open(dir.path(), 8 * MIB).await;
-    let mut kept = 0;
-    for i in 0..n {
-        kept +=
-            usize::from(intact_or_absent(&store, &key("kv", &format!("t{i}")), &value(i)).await);
-        assert_value(
-            read(&store, &key("obj", &format!("t{i}"))).await,
-            &value(i),
-            "obj",
-        );
-    }
+    let kept = check(&store).await;
     eprintln!("after the restart: {kept} of {n} kv values kept");
     assert!(kept > 0, "the restart kept nothing");
 }

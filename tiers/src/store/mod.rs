@@ -156,6 +156,25 @@ pub(crate) struct Inner {
 /// Stripes of [`Inner::key_locks`].
 const KEY_LOCKS: usize = 1024;
 
+/// A write-through's mark on its key ([`Inner::writing_through`]), ended when
+/// dropped (the value stored, failed or cancelled).
+pub(crate) struct WritingThrough<'a> {
+    inner: &'a Inner,
+    key: Key,
+}
+
+impl Drop for WritingThrough<'_> {
+    fn drop(&mut self) {
+        let mut w = self.inner.writing.lock();
+        if let Some(n) = w.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The tiered store. Cheap to clone.
 #[derive(Clone)]
 pub struct TieredStore {
@@ -690,22 +709,20 @@ impl Inner {
     /// older record of it is demoted there. A server killed while the origin
     /// changes then restarts with no cached head of the older value to serve in
     /// place of the origin's newer one. DRAM keeps serving the older value until
-    /// the new one is stored. Undone by [`Inner::written_through`].
-    pub(crate) async fn writing_through(&self, key: &Key) {
+    /// the new one is stored. The mark lasts as long as the returned guard.
+    pub(crate) async fn writing_through<'a>(&'a self, key: &Key) -> WritingThrough<'a> {
         let _g = self.key_lock(key).lock().await;
         *self.writing.lock().entry(key.clone()).or_default() += 1;
         self.drop_from_nvme_locked(key).await;
+        WritingThrough {
+            inner: self,
+            key: key.clone(),
+        }
     }
 
-    /// Ends a [`Inner::writing_through`] mark.
-    pub(crate) fn written_through(&self, key: &Key) {
-        let mut w = self.writing.lock();
-        if let Some(n) = w.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                w.remove(key);
-            }
-        }
+    /// Whether a write-through of `key` is under way (see [`Inner::writing_through`]).
+    fn is_writing_through(&self, key: &Key) -> bool {
+        self.writing.lock().contains_key(key)
     }
 
     /// Whether an entry evicted from DRAM has to be written to NVMe: its namespace
@@ -733,9 +750,7 @@ impl Inner {
             return false;
         }
         let _g = self.key_lock(&e.key).lock().await;
-        if (queued && !self.dram.is_demoting(&e.key, &e.value))
-            || self.writing.lock().contains_key(&e.key)
-        {
+        if (queued && !self.dram.is_demoting(&e.key, &e.value)) || self.is_writing_through(&e.key) {
             return false;
         }
         // Filled from the origin into both tiers: already there.
@@ -1130,7 +1145,7 @@ impl Inner {
         };
         let _g = self.key_lock(key).lock().await;
         // A write-through of the key under way: this fill may be of the older value.
-        if self.writing.lock().contains_key(key) {
+        if self.is_writing_through(key) {
             return;
         }
         if let Err(e) = nvme.put(key, rec, &PutOptions::default()).await {
@@ -1157,7 +1172,7 @@ impl Inner {
             matches!(self.dram.get(key, &GetOptions::default()).await,
                 Ok(Some(r)) if r.as_ptr() == rec.as_ptr() && r.len() == rec.len())
         };
-        if !key.is_page() && (self.writing.lock().contains_key(key) || !current().await) {
+        if !key.is_page() && (self.is_writing_through(key) || !current().await) {
             return;
         }
         match nvme.put(key, rec, &PutOptions::default()).await {

@@ -270,9 +270,7 @@ impl Reservation {
         {
             // Marked until the new head is stored (or this fails): no older head
             // stays on, or reaches, NVMe while the origin changes under it.
-            inner.writing_through(&self.key).await;
-            let key = self.key.clone();
-            let _mark = WritingThrough(&inner, &key);
+            let _mark = inner.writing_through(&self.key).await;
             origin.put(&self.key, self.payload(&head_rec)).await?;
             self.store_records(&inner, head_rec).await?;
         } else {
@@ -314,14 +312,5 @@ impl Reservation {
             }
         }
         bytes::Bytes::from(out)
-    }
-}
-
-/// Ends a write-through's mark when dropped (stored, failed or cancelled).
-struct WritingThrough<'a>(&'a Inner, &'a Key);
-
-impl Drop for WritingThrough<'_> {
-    fn drop(&mut self) {
-        self.0.written_through(self.1);
     }
 }
