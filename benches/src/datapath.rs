@@ -16,9 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Args;
-use strata_server::config::{
-    DataSection, DramSection, NvmeSection, OriginKindConfig, OriginSection, ServerConfig,
-};
+use strata_server::config::{DataSection, OriginKindConfig, OriginSection, ServerConfig};
 use strata_server::{ByteSize, Config, Server};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataClient, DataEndpoint, DataOptions};
@@ -202,13 +200,13 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
             ..DataSection::default()
         },
         data_dir: dir.path().to_owned(),
-        dram: DramSection {
-            capacity: Some(ByteSize(a.sizes.iter().sum::<u64>() * 2 + (128 << 20))),
-            ..DramSection::default()
+        dram: strata_tiers::DramConfig {
+            capacity: a.sizes.iter().sum::<u64>() * 2 + (128 << 20),
+            ..strata_tiers::DramConfig::default()
         },
-        nvme: NvmeSection {
+        nvme: strata_tiers::NvmeConfig {
             enabled: false,
-            ..NvmeSection::default()
+            ..strata_tiers::NvmeConfig::default()
         },
         origin: OriginSection {
             kind: OriginKindConfig::None,

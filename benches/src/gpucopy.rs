@@ -185,9 +185,7 @@ mod prefix {
     use bytes::Bytes;
     use strata_kv_connector::gpu::{Gpu, GpuTier};
     use strata_server::Server;
-    use strata_server::config::{
-        ByteSize, Config, DataSection, DramSection, NvmeSection, ServerConfig,
-    };
+    use strata_server::config::{Config, DataSection, ServerConfig};
     use strata_tiers::Key;
     use strata_transport::data::{CarrierChoice, DataOptions};
     use strata_transport::wire::KeyRange;
@@ -221,13 +219,13 @@ mod prefix {
                 ..DataSection::default()
             },
             data_dir: dir.path().to_owned(),
-            dram: DramSection {
-                capacity: Some(ByteSize(2 * total as u64 + (256 << 20))),
-                ..DramSection::default()
+            dram: strata_tiers::DramConfig {
+                capacity: 2 * total as u64 + (256 << 20),
+                ..strata_tiers::DramConfig::default()
             },
-            nvme: NvmeSection {
+            nvme: strata_tiers::NvmeConfig {
                 enabled: false,
-                ..NvmeSection::default()
+                ..strata_tiers::NvmeConfig::default()
             },
             ..Config::default()
         };

@@ -16,9 +16,7 @@ use futures::future::BoxFuture;
 use strata_kv_connector::sim::{ChatShape, ChatTrace, SimEngine, llama_8b};
 use strata_kv_connector::{ChunkStore, ReadUnit, WorkerConfig};
 use strata_server::Server;
-use strata_server::config::{
-    ByteSize, Config, DataSection, DramSection, NvmeSection, ServerConfig,
-};
+use strata_server::config::{Config, DataSection, ServerConfig};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
 use strata_transport::{Client, ClientOptions};
@@ -175,13 +173,13 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
             ..DataSection::default()
         },
         data_dir: dir.path().to_owned(),
-        dram: DramSection {
-            capacity: Some(ByteSize(6 << 30)),
-            ..DramSection::default()
+        dram: strata_tiers::DramConfig {
+            capacity: 6 << 30,
+            ..strata_tiers::DramConfig::default()
         },
-        nvme: NvmeSection {
+        nvme: strata_tiers::NvmeConfig {
             enabled: false,
-            ..NvmeSection::default()
+            ..strata_tiers::NvmeConfig::default()
         },
         ..Config::default()
     };

@@ -1,7 +1,7 @@
 //! The `strata` CLI against a real server on 127.0.0.1:0.
 
 use strata_server::Server;
-use strata_server::config::{ByteSize, Config};
+use strata_server::config::Config;
 
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::default();
@@ -9,11 +9,11 @@ fn config(dir: &std::path::Path) -> Config {
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(32 << 20));
-    c.nvme.capacity = ByteSize(64 << 20);
-    c.nvme.block_size = ByteSize(2 << 20);
-    c.nvme.buffer_pool_size = ByteSize(8 << 20);
-    c.store.page_size = ByteSize(1 << 20);
+    c.dram.capacity = 32 << 20;
+    c.nvme.capacity = 64 << 20;
+    c.nvme.block_size = 2 << 20;
+    c.nvme.buffer_pool_size = 8 << 20;
+    c.store.page_size = 1 << 20;
     c
 }
 

@@ -11,7 +11,7 @@ use strata_transport::wire::{self, Header, Limits, Op, Request, response};
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     if let Ok((h, req, body)) = wire::decode_request_frame(data, &limits) {
-        let again = wire::request_frame(h.id, h.flags, &req, body.len() as u64);
+        let again = wire::request_frame_within(h.id, h.flags, &req, body.len() as u64, h.budget());
         assert_eq!(&again[..], &data[..wire::HEADER_LEN + h.meta_len as usize]);
     }
     let _ = Header::decode(data, &limits);

@@ -15,7 +15,7 @@ use std::time::Instant;
 use strata_kv_connector::sim::{ChatShape, ChatTrace, SimEngine, llama_8b};
 use strata_kv_connector::{ChunkStore, WorkerConfig};
 use strata_server::Server;
-use strata_server::config::{ByteSize, Config};
+use strata_server::config::Config;
 use strata_transport::{Client, ClientOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.data_dir = dir.path().to_owned();
-    c.dram.capacity = Some(ByteSize(4 << 30));
+    c.dram.capacity = 4 << 30;
     c.nvme.enabled = false;
     let server = rt.block_on(Server::start(c))?;
     let client = rt.block_on(Client::connect(

@@ -16,7 +16,7 @@ use strata_kv_connector::{
     Worker, WorkerConfig,
 };
 use strata_proto::Key;
-use strata_server::config::{ByteSize, Config};
+use strata_server::config::Config;
 use strata_server::{Running, Server};
 use strata_transport::data::{CarrierChoice, DataOptions};
 use strata_transport::wire::KeyRange;
@@ -60,7 +60,7 @@ fn server(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Running {
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(64 << 20));
+    c.dram.capacity = 64 << 20;
     c.nvme.enabled = false;
     rt.block_on(Server::start(c)).unwrap()
 }

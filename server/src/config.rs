@@ -7,73 +7,10 @@ use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use strata_tiers::EvictionKind;
+use serde::{Deserialize, Serialize};
+use strata_tiers::{DramConfig, NvmeConfig, StoreConfig};
 
-/// A byte size: an integer, or a string like `"512MiB"`, `"4 GiB"`, `"1g"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// Parses `"4GiB"`, `"512 MB"`, `"1g"`, `"1048576"` (binary units; `k`/`m`/`g`/`t`
-    /// and their `iB`/`B` spellings all mean powers of 1024).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size (try \"512MiB\" or \"4GiB\")"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "m" | "mb" | "mib" => 1 << 20,
-            "g" | "gb" | "gib" => 1 << 30,
-            "t" | "tb" | "tib" => 1 << 40,
-            u => return Err(format!("unknown size unit {u:?} in {s:?}")),
-        };
-        if num.is_nan() || num < 0.0 {
-            return Err(format!("{s:?} is negative"));
-        }
-        Ok(Self((num * mult as f64) as u64))
-    }
-}
-
-impl std::fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let b = self.0 as f64;
-        match self.0 {
-            n if n >= 1 << 40 => write!(f, "{:.1} TiB", b / (1u64 << 40) as f64),
-            n if n >= 1 << 30 => write!(f, "{:.1} GiB", b / (1u64 << 30) as f64),
-            n if n >= 1 << 20 => write!(f, "{:.1} MiB", b / (1u64 << 20) as f64),
-            n if n >= 1 << 10 => write!(f, "{:.1} KiB", b / 1024.0),
-            n => write!(f, "{n} B"),
-        }
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
+pub use strata_tiers::ByteSize;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,16 +21,19 @@ pub struct Config {
     /// Root of local state: NVMe files under `nvme/`, the local origin under `origin/`.
     /// Default: `./strata-data`.
     pub data_dir: PathBuf,
-    /// DRAM tier.
-    pub dram: DramSection,
-    /// NVMe tier.
-    pub nvme: NvmeSection,
-    /// Store-wide settings.
-    pub store: StoreSection,
+    /// The DRAM tier's own configuration (`strata_tiers::DramConfig`).
+    pub dram: DramConfig,
+    /// The NVMe tier's own configuration (`strata_tiers::NvmeConfig`); its `dir`
+    /// defaults to `<data_dir>/nvme`.
+    pub nvme: NvmeConfig,
+    /// The store's own configuration (`strata_tiers::StoreConfig`).
+    pub store: StoreConfig,
     /// The origin.
     pub origin: OriginSection,
     /// The data path (binary TCP and shared memory).
     pub data: DataSection,
+    /// The request layer behind gRPC and the data path: the one upload budget.
+    pub requests: crate::ops::Config,
 }
 
 /// `[data]`: the data path. gRPC stays the control path; bulk bytes go here.
@@ -124,10 +64,6 @@ pub struct DataSection {
     /// Data connections that may poll at once, each holding a runtime worker while
     /// it polls: keep it below the server's worker threads. Default: 1.
     pub poll_connections: usize,
-    /// Bytes of data-path uploads held at once, at most (PUT data and open
-    /// reservations, all connections); past it PUT and RESERVE answer `Busy`.
-    /// Default: 1 GiB.
-    pub max_upload_bytes: ByteSize,
     /// Data connections served at once, per listener (TCP, Unix socket); past it new
     /// ones are closed. Default: 4096.
     pub max_connections: usize,
@@ -144,7 +80,6 @@ impl Default for DataSection {
             max_frame_data: ByteSize(1 << 30),
             poll_us: 0,
             poll_connections: 1,
-            max_upload_bytes: ByteSize(1 << 30),
             max_connections: 4096,
         }
     }
@@ -155,11 +90,12 @@ impl Default for Config {
         Self {
             server: ServerConfig::default(),
             data_dir: PathBuf::from("strata-data"),
-            dram: DramSection::default(),
-            nvme: NvmeSection::default(),
-            store: StoreSection::default(),
+            dram: DramConfig::default(),
+            nvme: NvmeConfig::default(),
+            store: StoreConfig::default(),
             origin: OriginSection::default(),
             data: DataSection::default(),
+            requests: crate::ops::Config::default(),
         }
     }
 }
@@ -172,9 +108,6 @@ pub struct ServerConfig {
     pub listen: String,
     /// Prometheus `/metrics` address. Default: `127.0.0.1:7071`.
     pub metrics_listen: String,
-    /// Bytes of uploads in flight at once, at most; past it a put gets
-    /// `RESOURCE_EXHAUSTED`. Default: 1 GiB.
-    pub max_inflight_bytes: ByteSize,
     /// Size of the chunks a streamed get sends. Default: 1 MiB.
     pub get_chunk_size: ByteSize,
     /// Seconds to wait for in-flight requests at shutdown. Default: 30.
@@ -200,84 +133,9 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:7070".into(),
             metrics_listen: "127.0.0.1:7071".into(),
-            max_inflight_bytes: ByteSize(1 << 30),
             get_chunk_size: ByteSize(1 << 20),
             shutdown_grace_secs: 30,
             log_format: LogFormat::Text,
-        }
-    }
-}
-
-/// `[dram]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DramSection {
-    /// Arena size. Default: a quarter of available memory, at most 8 GiB, at least 64 MiB.
-    pub capacity: Option<ByteSize>,
-    /// Eviction policy: `s3fifo` or `lru`. Default: `s3fifo`.
-    pub eviction: EvictionKind,
-}
-
-impl Default for DramSection {
-    fn default() -> Self {
-        Self {
-            capacity: None,
-            eviction: EvictionKind::S3fifo,
-        }
-    }
-}
-
-/// `[nvme]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NvmeSection {
-    /// Whether the NVMe tier runs. Default: true.
-    pub enabled: bool,
-    /// Directory. Default: `<data_dir>/nvme`.
-    pub dir: Option<PathBuf>,
-    /// Disk capacity. Default: 4 GiB.
-    pub capacity: ByteSize,
-    /// Engine block size (bounds the largest record). Default: 16 MiB.
-    pub block_size: ByteSize,
-    /// Engine write buffers. Default: 64 MiB.
-    pub buffer_pool_size: ByteSize,
-    /// Use foyer's io_uring engine when available. Default: false: its engine thread
-    /// polls without sleeping and costs a core even when idle (see `NvmeConfig`).
-    pub io_uring: bool,
-    /// Bypass the page cache with O_DIRECT where the filesystem allows it. Default: true.
-    pub direct_io: bool,
-}
-
-impl Default for NvmeSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            dir: None,
-            capacity: ByteSize(4 << 30),
-            block_size: ByteSize(16 << 20),
-            buffer_pool_size: ByteSize(64 << 20),
-            io_uring: false,
-            direct_io: true,
-        }
-    }
-}
-
-/// `[store]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreSection {
-    /// Page size of large values. Default: 4 MiB.
-    pub page_size: ByteSize,
-    /// Bytes read from the origin per page miss (the aligned run of pages holding
-    /// it, filled together). Default: 16 MiB.
-    pub origin_read_size: ByteSize,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        Self {
-            page_size: ByteSize(4 << 20),
-            origin_read_size: ByteSize(16 << 20),
         }
     }
 }
@@ -394,10 +252,10 @@ impl Config {
             cfg.data_dir = v.clone();
         }
         if let Some(v) = &overrides.dram_capacity {
-            cfg.dram.capacity = Some(size("--dram-capacity", v)?);
+            cfg.dram.capacity = size("--dram-capacity", v)?.0;
         }
         if let Some(v) = &overrides.nvme_capacity {
-            cfg.nvme.capacity = size("--nvme-capacity", v)?;
+            cfg.nvme.capacity = size("--nvme-capacity", v)?.0;
         }
         if let Some(v) = &overrides.data_listen {
             cfg.data.listen = v.clone();
@@ -449,8 +307,8 @@ impl Config {
         if self.data.poll_us > 1_000_000 {
             return err("data.poll_us", "must be at most 1 s (1000000)".into());
         }
-        if self.data.max_upload_bytes.0 < 1 << 20 {
-            return err("data.max_upload_bytes", "must be at least 1 MiB".into());
+        if self.requests.max_upload_bytes.0 < 1 << 20 {
+            return err("requests.max_upload_bytes", "must be at least 1 MiB".into());
         }
         if self.data.max_connections == 0 {
             return err("data.max_connections", "must be at least 1".into());
@@ -463,9 +321,6 @@ impl Config {
         }
         if self.data.max_frame_data.0 < 1 << 20 {
             return err("data.max_frame_data", "must be at least 1 MiB".into());
-        }
-        if self.server.max_inflight_bytes.0 < 1 << 20 {
-            return err("server.max_inflight_bytes", "must be at least 1 MiB".into());
         }
         if !(4096..=64 << 20).contains(&self.server.get_chunk_size.0) {
             return err(
@@ -481,12 +336,11 @@ impl Config {
                     .map_err(|e| ConfigError(format!("invalid config origin.{e}")))?,
             }
         }
-        if let Some(c) = self.dram.capacity
-            && c.0 < 1 << 20
-        {
+        if self.dram.capacity < 1 << 20 {
+            let c = ByteSize(self.dram.capacity);
             return err("dram.capacity", format!("{c} is less than 1 MiB"));
         }
-        let ps = self.store.page_size.0;
+        let ps = u64::from(self.store.page_size);
         if !(4096..=256 << 20).contains(&ps) {
             return err(
                 "store.page_size",
@@ -494,42 +348,33 @@ impl Config {
             );
         }
         if self.nvme.enabled {
-            if self.nvme.block_size.0 < ps + 16384 {
+            let n = &self.nvme;
+            let (block, pool, cap) = (
+                ByteSize(n.block_size),
+                ByteSize(n.buffer_pool_size),
+                ByteSize(n.capacity),
+            );
+            let page = ByteSize(ps);
+            if n.block_size < ps + 16384 {
                 return err(
                     "nvme.block_size",
-                    format!(
-                        "{} must exceed store.page_size ({}) by 16 KiB",
-                        self.nvme.block_size, self.store.page_size
-                    ),
+                    format!("{block} must exceed store.page_size ({page}) by 16 KiB"),
                 );
             }
-            if self.nvme.buffer_pool_size.0 < 2 * (ps + 16384) {
+            if n.buffer_pool_size < 2 * (ps + 16384) {
                 return err(
                     "nvme.buffer_pool_size",
-                    format!(
-                        "{} must hold two pages of {}",
-                        self.nvme.buffer_pool_size, self.store.page_size
-                    ),
+                    format!("{pool} must hold two pages of {page}"),
                 );
             }
-            if self.nvme.capacity.0 < 8 * self.nvme.block_size.0 {
+            if n.capacity < 8 * n.block_size {
                 return err(
                     "nvme.capacity",
-                    format!(
-                        "{} is less than 8 blocks of {}",
-                        self.nvme.capacity, self.nvme.block_size
-                    ),
+                    format!("{cap} is less than 8 blocks of {block}"),
                 );
             }
         }
         Ok(())
-    }
-
-    /// The DRAM capacity to use: configured, or sized from available memory.
-    pub fn dram_capacity(&self) -> u64 {
-        self.dram
-            .capacity
-            .map_or_else(default_dram_capacity, |c| c.0)
     }
 
     /// The NVMe directory.
@@ -557,33 +402,9 @@ impl Config {
     }
 }
 
-/// A quarter of `MemAvailable`, clamped to 64 MiB ..= 8 GiB.
-fn default_dram_capacity() -> u64 {
-    let avail = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(4 << 30, |kb| kb * 1024);
-    (avail / 4).clamp(64 << 20, 8 << 30)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(ByteSize::parse("4GiB").unwrap().0, 4 << 30);
-        assert_eq!(ByteSize::parse("512 MB").unwrap().0, 512 << 20);
-        assert_eq!(ByteSize::parse("1.5k").unwrap().0, 1536);
-        assert_eq!(ByteSize::parse("42").unwrap().0, 42);
-        assert!(ByteSize::parse("lots").is_err());
-        assert!(ByteSize::parse("4 parsecs").is_err());
-    }
 
     #[test]
     fn layers_and_field_errors() {
@@ -596,7 +417,7 @@ mod tests {
         .unwrap();
         let c = Config::load(Some(&f), &Overrides::default()).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9999");
-        assert_eq!(c.dram_capacity(), 64 << 20);
+        assert_eq!(c.dram.capacity, 64 << 20);
         let o = Overrides {
             listen: Some("127.0.0.1:1".into()),
             ..Default::default()
@@ -640,9 +461,14 @@ mod tests {
         std::fs::write(&f, "[data]\npoll_us = 5000000\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
         assert!(e.contains("data.poll_us"), "{e}");
-        std::fs::write(&f, "[data]\nmax_upload_bytes = 65536\n").unwrap();
+        std::fs::write(&f, "[requests]\nmax_upload_bytes = 65536\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
-        assert!(e.contains("data.max_upload_bytes"), "{e}");
+        assert!(e.contains("requests.max_upload_bytes"), "{e}");
+        // The budgets each entry point had are one now: the old keys are refused
+        // by name.
+        std::fs::write(&f, "[data]\nmax_upload_bytes = \"1GiB\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("max_upload_bytes"), "{e}");
         std::fs::write(&f, "[data]\nmax_connections = 0\n").unwrap();
         let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().0;
         assert!(e.contains("data.max_connections"), "{e}");

@@ -11,6 +11,7 @@ pub mod data;
 pub mod dataset;
 pub mod datasets;
 pub mod metrics;
+pub mod ops;
 pub mod oracle;
 pub mod service;
 mod status;
@@ -24,10 +25,7 @@ use crate::dataset::{Datasets, OriginSpec};
 use anyhow::Context;
 use strata_proto::v1::cache_server::CacheServer;
 use strata_proto::v1::datasets_server::DatasetsServer;
-use strata_tiers::{
-    DramConfig, DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, StoreConfig,
-    TieredStore,
-};
+use strata_tiers::{DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, TieredStore};
 use strata_transport::wire::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +59,8 @@ pub struct Running {
     pub store: TieredStore,
     /// The dataset registry (for tests and embedding).
     pub datasets: Arc<Datasets>,
+    /// The metrics (the binary installs them as the global recorder).
+    pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -103,10 +103,18 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
 
-        let data = DataServer::new(
+        let lease_ttl = Duration::from_millis(config.data.lease_ttl_ms);
+        let ops = ops::Ops::new(
             store.clone(),
+            config.requests.clone(),
+            lease_ttl,
+            config.data.max_leased_bytes.0,
+            metrics.clone(),
+        );
+        let data = DataServer::new(
+            ops.clone(),
             DataConfig {
-                lease_ttl: Duration::from_millis(config.data.lease_ttl_ms),
+                lease_ttl,
                 max_leased_bytes: config.data.max_leased_bytes.0,
                 limits: Limits {
                     max_data: config.data.max_frame_data.0,
@@ -114,7 +122,6 @@ impl Server {
                 },
                 poll: Duration::from_micros(config.data.poll_us),
                 poll_connections: config.data.poll_connections,
-                max_upload_bytes: config.data.max_upload_bytes.0,
                 max_connections: config.data.max_connections,
             },
         );
@@ -146,8 +153,7 @@ impl Server {
             "data path listening"
         );
         let svc = CacheService::new(
-            store.clone(),
-            config.server.max_inflight_bytes.0,
+            ops.clone(),
             config.server.get_chunk_size.0 as usize,
             metrics.clone(),
         )
@@ -254,6 +260,15 @@ impl Server {
                     "data connections did not drain in time; closing anyway"
                 );
             }
+            // Whatever carrier started a commit, it ends before the tiers close.
+            let ops = data_for_close.ops();
+            if !ops.drain(grace).await {
+                tracing::warn!(
+                    ?grace,
+                    commits = ops.commits_in_flight(),
+                    "commits did not finish in time; closing anyway"
+                );
+            }
             store_for_close.close().await.context("closing the tiers")?;
             tracing::info!("stopped");
             Ok(())
@@ -266,6 +281,7 @@ impl Server {
             data,
             store,
             datasets,
+            metrics,
             shutdown,
             task,
         })
@@ -291,25 +307,16 @@ impl Running {
 }
 
 async fn build_store(config: &Config) -> anyhow::Result<TieredStore> {
-    let dram = DramTier::new(&DramConfig {
-        capacity: config.dram_capacity(),
-        eviction: config.dram.eviction,
-        ..DramConfig::default()
-    })
-    .context("creating the DRAM tier (dram.capacity)")?;
+    let dram = DramTier::new(&config.dram).context("creating the DRAM tier (dram.capacity)")?;
     let nvme = if config.nvme.enabled {
         let c = NvmeConfig {
-            dir: config.nvme_dir(),
-            capacity: config.nvme.capacity.0,
-            block_size: config.nvme.block_size.0,
-            buffer_pool_size: config.nvme.buffer_pool_size.0,
-            io_uring: config.nvme.io_uring,
-            direct_io: config.nvme.direct_io,
+            dir: Some(config.nvme_dir()),
+            ..config.nvme.clone()
         };
         Some(
             NvmeTier::open(&c)
                 .await
-                .with_context(|| format!("opening the NVMe tier in {}", c.dir.display()))?,
+                .with_context(|| format!("opening the NVMe tier in {}", c.dir().display()))?,
         )
     } else {
         None
@@ -335,12 +342,8 @@ async fn build_store(config: &Config) -> anyhow::Result<TieredStore> {
         }
         config::OriginKindConfig::None => None,
     };
-    let store_cfg = StoreConfig {
-        page_size: config.store.page_size.0 as u32,
-        origin_read_size: config.store.origin_read_size.0,
-    };
     Ok(TieredStore::new(
-        &store_cfg,
+        &config.store,
         Namespaces::default(),
         dram,
         nvme,

@@ -1,316 +1,426 @@
-//! Prometheus `/metrics`, rendered at scrape time from the store's counters.
+//! Prometheus `/metrics`, through the `metrics` facade and
+//! `metrics-exporter-prometheus`.
 //!
-//! Stable names: `strata_tier_<counter>{tier,namespace}` for every counter of
-//! `Stats` (`_total` suffix on monotonic ones), `strata_tier_capacity_bytes{tier}`,
-//! `strata_tier_used_bytes{tier}`, `strata_grpc_requests_total{method}`,
-//! `strata_bytes_in_total`, `strata_bytes_out_total` (gRPC), and the data path's
-//! `strata_data_*` (answers by op and status, bytes inline and leased, connections,
-//! leases, the upload budget, and what its bounds refused or dropped; the list is in
-//! `docs/data-path.md`).
+//! Each server has its own recorder (several servers may run in one process, as
+//! in tests); the `strata-server` binary also installs it as the process's global
+//! recorder ([`Metrics::install_global`]), so any crate can count with the
+//! `metrics` macros and be scraped here without reaching into the server.
+//!
+//! What the request layer does is recorded as it happens:
+//! `strata_request_duration_seconds{op,carrier}` (a histogram: p50/p99 per op and
+//! carrier with `histogram_quantile`), `strata_request_errors_total{op,carrier}`,
+//! `strata_grpc_requests_total{method}`, `strata_bytes_in_total`,
+//! `strata_bytes_out_total` (gRPC). What the store and the data path keep in their
+//! own counters (they answer the `Stats` call too) is read at scrape time:
+//! `strata_tier_<counter>{tier,namespace}` for every counter of `Stats`,
+//! `strata_tier_capacity_bytes{tier}`, `strata_tier_used_bytes{tier}`, and the data
+//! path's `strata_data_*` (the list is in `docs/data-path.md`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use std::sync::Mutex;
-
-use crate::data::{DataServer, Listener};
+use metrics::{
+    Counter, Histogram, Key, Label, Metadata, Recorder, Unit, counter, describe_counter,
+    describe_gauge, describe_histogram, gauge,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use strata_tiers::TieredStore;
 use strata_transport::wire::{Op, Status};
+
+use crate::data::{DataServer, Listener};
+use crate::ops::Carrier;
+
+/// The request layer's operations, as they are named in metrics and spans.
+pub const OPS: [&str; 10] = [
+    "get",
+    "mget",
+    "put",
+    "delete",
+    "contains",
+    "match_prefix",
+    "pin",
+    "unpin",
+    "evict",
+    "list",
+];
+
+/// Upper bounds of the latency histogram's buckets, in seconds: 10 µs to 10 s,
+/// about three per decade (a same-host hit is tens of µs, an origin read of a
+/// large range a second or more).
+const LATENCY_BUCKETS: [f64; 19] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+const REQUEST_DURATION: &str = "strata_request_duration_seconds";
+const REQUEST_ERRORS: &str = "strata_request_errors_total";
+const GRPC_REQUESTS: &str = "strata_grpc_requests_total";
+
+static METADATA: Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// The metrics of one server.
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    /// By op (index in [`OPS`]) and carrier.
+    durations: Vec<[Histogram; Carrier::ALL.len()]>,
+    errors: Vec<[Counter; Carrier::ALL.len()]>,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A recorder of its own, with every metric described.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &LATENCY_BUCKETS)
+            .expect("the latency buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let recorder = Arc::new(recorder);
+        metrics::with_local_recorder(&*recorder, describe);
+        let labelled = |name: &'static str, op: &'static str, c: Carrier| {
+            Key::from_parts(
+                name,
+                vec![Label::new("op", op), Label::new("carrier", c.name())],
+            )
+        };
+        let durations = OPS
+            .iter()
+            .map(|op| {
+                Carrier::ALL.map(|c| {
+                    recorder.register_histogram(&labelled(REQUEST_DURATION, op, c), &METADATA)
+                })
+            })
+            .collect();
+        let errors = OPS
+            .iter()
+            .map(|op| {
+                Carrier::ALL
+                    .map(|c| recorder.register_counter(&labelled(REQUEST_ERRORS, op, c), &METADATA))
+            })
+            .collect();
+        let bytes_in =
+            recorder.register_counter(&Key::from_static_name("strata_bytes_in_total"), &METADATA);
+        let bytes_out =
+            recorder.register_counter(&Key::from_static_name("strata_bytes_out_total"), &METADATA);
+        Self {
+            recorder,
+            handle,
+            durations,
+            errors,
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    /// Makes this server's recorder the process's global one (the binary does, so
+    /// that what other crates count with the `metrics` macros shows on this
+    /// server's `/metrics`). `false` if a global recorder was set already.
+    pub fn install_global(&self) -> bool {
+        metrics::set_global_recorder(self.recorder.clone()).is_ok()
+    }
+
+    /// Records one operation of the request layer: how long it took, and whether
+    /// it failed.
+    pub fn request_done(&self, op: &'static str, carrier: Carrier, took: Duration, ok: bool) {
+        let Some(i) = OPS.iter().position(|o| *o == op) else {
+            debug_assert!(false, "{op} is not in OPS");
+            return;
+        };
+        let c = Carrier::ALL.iter().position(|x| *x == carrier).unwrap_or(0);
+        self.durations[i][c].record(took.as_secs_f64());
+        if !ok {
+            self.errors[i][c].increment(1);
+        }
+    }
+
+    /// Counts one gRPC request of `method`.
+    pub fn request(&self, method: &'static str) {
+        let key = Key::from_parts(GRPC_REQUESTS, vec![Label::new("method", method)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+    }
+
+    /// Counts value bytes a gRPC put received.
+    pub fn bytes_in(&self, n: u64) {
+        self.bytes_in.increment(n);
+    }
+
+    /// Counts value bytes a gRPC get sent.
+    pub fn bytes_out(&self, n: u64) {
+        self.bytes_out.increment(n);
+    }
+
+    /// The Prometheus text exposition: what was recorded, and the store's and the
+    /// data path's counters as they are now.
+    pub fn render(&self, store: &TieredStore, data: &DataServer) -> String {
+        metrics::with_local_recorder(&*self.recorder, || {
+            record_tiers(store);
+            record_data(data);
+        });
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
 
 /// Reads one counter out of a snapshot.
 type Getter = fn(&strata_tiers::CountersSnapshot) -> u64;
 
-/// Server-level counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    requests: Mutex<BTreeMap<&'static str, u64>>,
-    /// Value bytes received by puts.
-    pub bytes_in: AtomicU64,
-    /// Value bytes sent by gets.
-    pub bytes_out: AtomicU64,
-}
+/// The store's counters: name, help, whether monotonic, and how to read it.
+const TIER_COUNTERS: [(&str, &str, bool, Getter); 10] = [
+    ("strata_tier_entries", "Entries resident", false, |c| {
+        c.entries
+    }),
+    ("strata_tier_bytes", "Bytes resident", false, |c| c.bytes),
+    ("strata_tier_hits_total", "Lookups that hit", true, |c| {
+        c.hits
+    }),
+    (
+        "strata_tier_misses_total",
+        "Lookups that missed",
+        true,
+        |c| c.misses,
+    ),
+    (
+        "strata_tier_evictions_total",
+        "Entries evicted",
+        true,
+        |c| c.evictions,
+    ),
+    (
+        "strata_tier_demotions_total",
+        "Entries demoted to the next tier",
+        true,
+        |c| c.demotions,
+    ),
+    (
+        "strata_tier_origin_reads_total",
+        "Reads that went to the origin",
+        true,
+        |c| c.origin_reads,
+    ),
+    (
+        "strata_tier_dropped_writes_total",
+        "Writes the tier dropped",
+        true,
+        |c| c.dropped_writes,
+    ),
+    (
+        "strata_tier_checksum_failures_total",
+        "Records that failed verification (never served)",
+        true,
+        |c| c.checksum_failures,
+    ),
+    (
+        "strata_tier_bypasses_total",
+        "Origin fills declined by the clairvoyant policy (served, not cached here)",
+        true,
+        |c| c.bypasses,
+    ),
+];
 
-impl Metrics {
-    /// Counts one request of `method`.
-    pub fn request(&self, method: &'static str) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry(method).or_default() += 1;
+/// Gauges of the data path, one value each: name, help.
+const DATA_GAUGES: [(&str, &str); 6] = [
+    ("strata_data_leases", "Leases held now"),
+    (
+        "strata_data_leased_bytes",
+        "Bytes leases count against data.max_leased_bytes now",
+    ),
+    (
+        "strata_data_upload_budget_free_bytes",
+        "Bytes of requests.max_upload_bytes free now",
+    ),
+    (
+        "strata_data_quarantined_bytes",
+        "Arena bytes of in-place reservations held one more lease lifetime after they expired or their connection ended",
+    ),
+    (
+        "strata_data_rdma_available",
+        "1 when the RDMA carrier is offered (feature rdma and a verbs device)",
+    ),
+    ("strata_data_rdma_links", "RDMA queue pairs set up"),
+];
+
+/// Counters of the data path, one value each: name, help.
+const DATA_COUNTERS: [(&str, &str); 8] = [
+    (
+        "strata_data_bytes_in_total",
+        "Value bytes of committed data-path PUTs",
+    ),
+    (
+        "strata_data_connections_stalled_total",
+        "Connections dropped because the peer made no progress for a lease lifetime",
+    ),
+    ("strata_data_leases_granted_total", "Leases granted"),
+    (
+        "strata_data_leases_expired_total",
+        "Leases that expired unreleased (a client died or was too slow)",
+    ),
+    (
+        "strata_data_lease_fallbacks_total",
+        "Leased reads answered inline because the lease budget was spent",
+    ),
+    (
+        "strata_data_reservations_expired_total",
+        "Reservations dropped untouched after a lease lifetime",
+    ),
+    (
+        "strata_data_poll_hits_total",
+        "Polls that found the next request waiting (wake-ups saved)",
+    ),
+    (
+        "strata_request_commits_in_flight",
+        "Commits running now from any carrier, with gRPC reads being streamed",
+    ),
+];
+
+/// Describes every metric (HELP lines), into the recorder in scope.
+fn describe() {
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time the request layer took for an operation, by op and carrier"
+    );
+    describe_counter!(
+        REQUEST_ERRORS,
+        "Operations of the request layer that failed, by op and carrier"
+    );
+    describe_counter!(GRPC_REQUESTS, "gRPC requests by method");
+    describe_counter!(
+        "strata_bytes_in_total",
+        Unit::Bytes,
+        "Value bytes received by gRPC puts"
+    );
+    describe_counter!(
+        "strata_bytes_out_total",
+        Unit::Bytes,
+        "Value bytes sent by gRPC gets"
+    );
+    for (name, help, monotonic, _) in TIER_COUNTERS {
+        if monotonic {
+            describe_counter!(name, help);
+        } else {
+            describe_gauge!(name, help);
         }
     }
+    describe_gauge!("strata_tier_capacity_bytes", Unit::Bytes, "Tier capacity");
+    describe_gauge!("strata_tier_used_bytes", Unit::Bytes, "Tier bytes in use");
+    describe_counter!(
+        "strata_data_answers_total",
+        "Data-path answers sent, by op and status (rows that are zero are left out)"
+    );
+    describe_counter!(
+        "strata_data_bytes_out_total",
+        Unit::Bytes,
+        "Value bytes served: inline on the socket, or leased (read by the client from shared memory or by RDMA)"
+    );
+    describe_gauge!(
+        "strata_data_connections",
+        "Data-path connections open, by listener"
+    );
+    describe_counter!(
+        "strata_data_connections_refused_total",
+        "Connections closed at once because the listener was at data.max_connections"
+    );
+    for (name, help) in DATA_GAUGES {
+        describe_gauge!(name, help);
+    }
+    for (name, help) in DATA_COUNTERS {
+        if name.ends_with("_total") {
+            describe_counter!(name, help);
+        } else {
+            describe_gauge!(name, help);
+        }
+    }
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, store: &TieredStore, data: &DataServer) -> String {
-        let mut out = String::with_capacity(4096);
-        let reports = store.stats();
-        let counters: [(&str, &str, bool, Getter); 10] = [
-            ("entries", "Entries resident", false, |c| c.entries),
-            ("bytes", "Bytes resident", false, |c| c.bytes),
-            ("hits_total", "Lookups that hit", true, |c| c.hits),
-            ("misses_total", "Lookups that missed", true, |c| c.misses),
-            ("evictions_total", "Entries evicted", true, |c| c.evictions),
-            (
-                "demotions_total",
-                "Entries demoted to the next tier",
-                true,
-                |c| c.demotions,
-            ),
-            (
-                "origin_reads_total",
-                "Reads that went to the origin",
-                true,
-                |c| c.origin_reads,
-            ),
-            (
-                "dropped_writes_total",
-                "Writes the tier dropped",
-                true,
-                |c| c.dropped_writes,
-            ),
-            (
-                "checksum_failures_total",
-                "Records that failed verification (never served)",
-                true,
-                |c| c.checksum_failures,
-            ),
-            (
-                "bypasses_total",
-                "Origin fills declined by the clairvoyant policy (served, not cached here)",
-                true,
-                |c| c.bypasses,
-            ),
-        ];
-        for (name, help, monotonic, get) in counters {
-            let kind = if monotonic { "counter" } else { "gauge" };
-            let _ = writeln!(
-                out,
-                "# HELP strata_tier_{name} {help}.\n# TYPE strata_tier_{name} {kind}"
-            );
-            for r in &reports {
-                for (ns, c) in &r.namespaces {
-                    let _ = writeln!(
-                        out,
-                        "strata_tier_{name}{{tier=\"{}\",namespace=\"{ns}\"}} {}",
-                        r.tier,
-                        get(c)
-                    );
+/// Sets the store's counters, into the recorder in scope.
+fn record_tiers(store: &TieredStore) {
+    let reports = store.stats();
+    for (name, _, monotonic, get) in TIER_COUNTERS {
+        for r in &reports {
+            for (ns, c) in &r.namespaces {
+                let labels = [("tier", r.tier.to_owned()), ("namespace", ns.clone())];
+                if monotonic {
+                    counter!(name, &labels).absolute(get(c));
+                } else {
+                    gauge!(name, &labels).set(get(c) as f64);
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP strata_tier_capacity_bytes Tier capacity.\n# TYPE strata_tier_capacity_bytes gauge"
-        );
-        for r in &reports {
-            if r.usage.capacity != u64::MAX {
-                let _ = writeln!(
-                    out,
-                    "strata_tier_capacity_bytes{{tier=\"{}\"}} {}",
-                    r.tier, r.usage.capacity
-                );
-            }
+    }
+    for r in &reports {
+        if r.usage.capacity != u64::MAX {
+            gauge!("strata_tier_capacity_bytes", "tier" => r.tier).set(r.usage.capacity as f64);
         }
-        let _ = writeln!(
-            out,
-            "# HELP strata_tier_used_bytes Tier bytes in use.\n# TYPE strata_tier_used_bytes gauge"
-        );
-        for r in &reports {
-            let _ = writeln!(
-                out,
-                "strata_tier_used_bytes{{tier=\"{}\"}} {}",
-                r.tier, r.usage.used
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP strata_grpc_requests_total gRPC requests by method.\n# TYPE strata_grpc_requests_total counter"
-        );
-        if let Ok(m) = self.requests.lock() {
-            for (method, n) in m.iter() {
-                let _ = writeln!(out, "strata_grpc_requests_total{{method=\"{method}\"}} {n}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP strata_bytes_in_total Value bytes received.\n# TYPE strata_bytes_in_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "strata_bytes_in_total {}",
-            self.bytes_in.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP strata_bytes_out_total Value bytes sent.\n# TYPE strata_bytes_out_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "strata_bytes_out_total {}",
-            self.bytes_out.load(Ordering::Relaxed)
-        );
-        render_data(&mut out, data);
-        out
+        gauge!("strata_tier_used_bytes", "tier" => r.tier).set(r.usage.used as f64);
     }
 }
 
-/// Writes a metric's HELP and TYPE lines.
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
-}
-
-/// Writes a metric of one unlabelled value.
-fn single(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
-    head(out, name, kind, help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-/// Writes a metric with one value per data-path listener.
-fn by_listener(out: &mut String, name: &str, kind: &str, help: &str, v: impl Fn(Listener) -> u64) {
-    head(out, name, kind, help);
-    for l in Listener::LIST {
-        let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", l.name(), v(l));
-    }
-}
-
-/// The data path's metrics.
-fn render_data(out: &mut String, data: &DataServer) {
+/// Sets the data path's counters, into the recorder in scope.
+fn record_data(data: &DataServer) {
     let s = data.stats();
-    head(
-        out,
-        "strata_data_answers_total",
-        "counter",
-        "Data-path answers sent, by op and status (rows that are zero are left out)",
-    );
     for op in Op::LIST {
         for st in Status::LIST {
             let n = s.answers(op, st);
             if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "strata_data_answers_total{{op=\"{}\",status=\"{}\"}} {n}",
-                    op.name(),
-                    st.name()
-                );
+                counter!("strata_data_answers_total", "op" => op.name(), "status" => st.name())
+                    .absolute(n);
             }
         }
     }
-    head(
-        out,
-        "strata_data_bytes_out_total",
-        "counter",
-        "Value bytes served: inline on the socket, or leased (read by the client from shared memory or by RDMA)",
-    );
-    let _ = writeln!(
-        out,
-        "strata_data_bytes_out_total{{how=\"inline\"}} {}\nstrata_data_bytes_out_total{{how=\"leased\"}} {}",
-        s.bytes_inline(),
-        s.bytes_leased()
-    );
-    single(
-        out,
-        "strata_data_bytes_in_total",
-        "counter",
-        "Value bytes of committed data-path PUTs",
-        s.bytes_committed(),
-    );
-    by_listener(
-        out,
-        "strata_data_connections",
-        "gauge",
-        "Data-path connections open, by listener",
-        |l| data.connections(l),
-    );
-    by_listener(
-        out,
-        "strata_data_connections_refused_total",
-        "counter",
-        "Connections closed at once because the listener was at data.max_connections",
-        |l| s.refused_connections(l),
-    );
-    single(
-        out,
-        "strata_data_connections_stalled_total",
-        "counter",
-        "Connections dropped because the peer made no progress for a lease lifetime",
-        s.stalled_connections(),
-    );
-    let (held, charged) = data.leases().usage();
-    let (granted, expired) = data.leases().counts();
-    single(
-        out,
-        "strata_data_leases",
-        "gauge",
-        "Leases held now",
+    counter!("strata_data_bytes_out_total", "how" => "inline").absolute(s.bytes_inline());
+    counter!("strata_data_bytes_out_total", "how" => "leased").absolute(s.bytes_leased());
+    for l in Listener::LIST {
+        gauge!("strata_data_connections", "listener" => l.name()).set(data.connections(l) as f64);
+        counter!("strata_data_connections_refused_total", "listener" => l.name())
+            .absolute(s.refused_connections(l));
+    }
+    let leases = data.leases();
+    let (held, charged) = leases.usage();
+    let (granted, expired) = leases.counts();
+    let ops = data.ops();
+    let gauges = [
         held as u64,
-    );
-    single(
-        out,
-        "strata_data_leased_bytes",
-        "gauge",
-        "Bytes leases count against data.max_leased_bytes now",
         charged,
-    );
-    single(
-        out,
-        "strata_data_leases_granted_total",
-        "counter",
-        "Leases granted",
-        granted,
-    );
-    single(
-        out,
-        "strata_data_leases_expired_total",
-        "counter",
-        "Leases that expired unreleased (a client died or was too slow)",
-        expired,
-    );
-    single(
-        out,
-        "strata_data_lease_fallbacks_total",
-        "counter",
-        "Leased reads answered inline because the lease budget was spent",
-        s.lease_fallbacks(),
-    );
-    single(
-        out,
-        "strata_data_upload_budget_free_bytes",
-        "gauge",
-        "Bytes of data.max_upload_bytes free now",
-        data.upload_budget_free(),
-    );
-    single(
-        out,
-        "strata_data_reservations_expired_total",
-        "counter",
-        "Reservations dropped untouched after a lease lifetime",
-        s.reservations_expired(),
-    );
-    single(
-        out,
-        "strata_data_quarantined_bytes",
-        "gauge",
-        "Arena bytes of in-place reservations held one more lease lifetime after they expired or their connection ended",
+        ops.upload_budget_free(),
         data.quarantined_bytes(),
-    );
-    single(
-        out,
-        "strata_data_poll_hits_total",
-        "counter",
-        "Polls that found the next request waiting (wake-ups saved)",
-        s.poll_hits(),
-    );
-    single(
-        out,
-        "strata_data_rdma_available",
-        "gauge",
-        "1 when the RDMA carrier is offered (feature rdma and a verbs device)",
         u64::from(data.rdma_available()),
-    );
-    single(
-        out,
-        "strata_data_rdma_links",
-        "gauge",
-        "RDMA queue pairs set up",
         data.rdma_links() as u64,
-    );
+    ];
+    for ((name, _), v) in DATA_GAUGES.iter().zip(gauges) {
+        gauge!(*name).set(v as f64);
+    }
+    let counters = [
+        s.bytes_committed(),
+        s.stalled_connections(),
+        granted,
+        expired,
+        leases.refused(),
+        s.reservations_expired(),
+        s.poll_hits(),
+        ops.commits_in_flight() as u64,
+    ];
+    for ((name, _), v) in DATA_COUNTERS.iter().zip(counters) {
+        if name.ends_with("_total") {
+            counter!(*name).absolute(v);
+        } else {
+            gauge!(*name).set(v as f64);
+        }
+    }
 }

@@ -1,31 +1,28 @@
-//! The `strata.v1.Cache` gRPC service over a [`TieredStore`].
+//! The `strata.v1.Cache` gRPC service: a codec over the request layer
+//! ([`crate::ops`]), which runs every operation; the caller's deadline
+//! (`grpc-timeout`) comes with each call.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use strata_proto::v1 as pb;
 use strata_proto::v1::cache_server::Cache;
-use strata_tiers::{ByteRange, Key, TieredStore};
+use strata_tiers::{ByteRange, Key};
 use strata_transport::{key_from_proto, key_to_proto};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
+use crate::ops::{Caller, Carrier, Ops, Options};
 use crate::status::to_status;
-
-/// Keys per batch request (MatchPrefix, Contains), at most.
-const MAX_BATCH_KEYS: usize = 65_536;
 
 /// The service state.
 #[derive(Clone)]
 pub struct CacheService {
-    store: TieredStore,
-    inflight: Arc<Semaphore>,
-    max_inflight: u64,
+    ops: Arc<Ops>,
     chunk_size: usize,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -46,19 +43,11 @@ impl CacheService {
         self
     }
 
-    /// A service over `store`, bounding uploads in flight to `max_inflight_bytes`.
-    pub fn new(
-        store: TieredStore,
-        max_inflight_bytes: u64,
-        chunk_size: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A service over the request layer `ops`, answering reads in messages of
+    /// `chunk_size` bytes.
+    pub fn new(ops: Arc<Ops>, chunk_size: usize, metrics: Arc<Metrics>) -> Self {
         Self {
-            store,
-            inflight: Arc::new(Semaphore::new(
-                max_inflight_bytes.min(Semaphore::MAX_PERMITS as u64) as usize,
-            )),
-            max_inflight: max_inflight_bytes,
+            ops,
             chunk_size,
             metrics,
             started: Instant::now(),
@@ -73,13 +62,49 @@ fn key(k: Option<&pb::Key>) -> Result<Key, Status> {
 }
 
 fn keys(ks: &[pb::Key]) -> Result<Vec<Key>, Status> {
-    if ks.len() > MAX_BATCH_KEYS {
-        return Err(Status::invalid_argument(format!(
-            "{} keys in one request; the limit is {MAX_BATCH_KEYS}",
-            ks.len()
-        )));
-    }
+    // (Refused before the keys are decoded.)
+    Ops::check_batch(ks.len()).map_err(to_status)?;
     ks.iter().map(|k| key(Some(k))).collect()
+}
+
+/// The options of a call: its caller, and its deadline from `grpc-timeout`.
+///
+/// tonic also ends a call at that deadline, answering `CANCELLED`, and the
+/// client's channel does the same on its side. The request layer's deadline is
+/// set a little earlier (a twentieth of the time, at most 50 ms), so that the
+/// answer is its `DEADLINE_EXCEEDED`, naming the operation, where it can be.
+fn options<T>(request: &Request<T>) -> Options {
+    let budget = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+        .map(|b| b - (b / 20).min(Duration::from_millis(50)));
+    Options::from(Caller {
+        carrier: Carrier::Grpc,
+        peer: request.remote_addr(),
+        principal: None,
+    })
+    .within(budget)
+}
+
+/// Parses a `grpc-timeout` header value: at most 8 digits and a unit (`H`, `M`,
+/// `S`, `m`, `u`, `n`).
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn counters(c: &strata_tiers::CountersSnapshot) -> pb::Counters {
@@ -104,6 +129,7 @@ impl Cache for CacheService {
         request: Request<Streaming<pb::PutRequest>>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         self.metrics.request("put");
+        let mut opts = options(&request);
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::PutRequest {
@@ -117,29 +143,11 @@ impl Cache for CacheService {
             None => return Err(Status::invalid_argument("empty put stream")),
         };
         let key = key(header.key.as_ref())?;
-        if header.length > self.max_inflight {
-            return Err(Status::resource_exhausted(format!(
-                "a value of {} bytes exceeds the server's in-flight upload limit of {} bytes",
-                header.length, self.max_inflight
-            )));
-        }
+        opts.pin = header.pin;
         let mut reservation = self
-            .store
-            .reserve(&key, header.length, header.crc32c)
+            .ops
+            .begin_upload(&key, header.length, header.crc32c, &opts)
             .map_err(to_status)?;
-        let _permit = self
-            .inflight
-            .try_acquire_many(header.length.min(u64::from(u32::MAX)) as u32)
-            .map_err(|_| {
-                let mut s = Status::resource_exhausted(
-                    "too many bytes of uploads in flight; retry shortly",
-                );
-                s.metadata_mut().insert(
-                    "retry-after-ms",
-                    tonic::metadata::MetadataValue::from_static("100"),
-                );
-                s
-            })?;
         while let Some(msg) = stream.message().await? {
             match msg.msg {
                 Some(pb::put_request::Msg::Chunk(c)) => reservation.write(&c).map_err(to_status)?,
@@ -157,13 +165,12 @@ impl Cache for CacheService {
                 reservation.written()
             )));
         }
-        let receipt = reservation.commit().await.map_err(to_status)?;
-        if header.pin {
-            self.store.pin(&key).await.map_err(to_status)?;
-        }
-        self.metrics
-            .bytes_in
-            .fetch_add(receipt.len, Ordering::Relaxed);
+        let receipt = self
+            .ops
+            .commit(reservation, None, &opts)
+            .await
+            .map_err(to_status)?;
+        self.metrics.bytes_in(receipt.len);
         Ok(Response::new(pb::PutResponse {
             length: receipt.len,
             crc32c: receipt.crc32c,
@@ -179,9 +186,14 @@ impl Cache for CacheService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
         self.metrics.request("get");
+        let opts = options(&request);
+        // One read, recorded once, when it ends (a streamed one when its last
+        // page is sent).
+        let mut timer = self.ops.timer("get", &opts);
         let req = request.into_inner();
         let key = key(req.key.as_ref())?;
-        let Some(entry) = self.store.lookup(&key).await.map_err(to_status)? else {
+        let Some(entry) = self.ops.lookup(&key, &opts).await.map_err(to_status)? else {
+            timer.succeed(); // a miss is an answer
             return Err(Status::not_found(format!(
                 "{} is not cached and not in its origin",
                 key.display_path()
@@ -205,6 +217,7 @@ impl Cache for CacheService {
                 info: Some(info),
                 chunk: Bytes::new(),
             };
+            timer.succeed();
             return Ok(Response::new(Box::pin(tokio_stream::once(Ok(only)))));
         }
         // A range within one page (every value up to the page size) is answered
@@ -212,8 +225,8 @@ impl Cache for CacheService {
         if start / ps == (end - 1) / ps {
             let index = (start / ps) as u32;
             let page = self
-                .store
-                .read_page(&entry, index)
+                .ops
+                .read_page(&entry, index, &opts)
                 .await
                 .map_err(to_status)?;
             let mut info = Some(info);
@@ -221,22 +234,26 @@ impl Cache for CacheService {
                 .into_iter()
                 .map(Ok)
                 .collect::<Vec<_>>();
-            self.metrics
-                .bytes_out
-                .fetch_add(end - start, Ordering::Relaxed);
+            self.metrics.bytes_out(end - start);
+            timer.succeed();
             return Ok(Response::new(Box::pin(tokio_stream::iter(msgs))));
         }
         let (tx, rx) = mpsc::channel(4);
-        let store = self.store.clone();
+        let ops = self.ops.clone();
         let bytes_out = self.metrics.clone();
-        tokio::spawn(async move {
+        self.ops.clone().spawn(async move {
             let mut info = Some(info);
             let mut pos = start;
             // Pages missing from the cache are read from the origin a few at a
-            // time while earlier ones are sent.
-            let pages = store.range_pages(&entry, start, end);
+            // time while earlier ones are sent, within the caller's deadline.
+            let pages = ops.store().range_pages(&entry, start, end);
             let mut pages = std::pin::pin!(pages);
-            while let Some(slice) = pages.next().await {
+            loop {
+                let slice = match ops.step("get", &opts, pages.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(s)) => s,
+                    Err(e) => Err(e),
+                };
                 let slice = match slice {
                     Ok(s) => s,
                     Err(e) => {
@@ -245,10 +262,11 @@ impl Cache for CacheService {
                     }
                 };
                 let page_end = pos + slice.len() as u64;
+                if page_end == end {
+                    timer.succeed();
+                }
                 for msg in page_chunks(&slice, pos, pos, page_end, chunk, &mut info) {
-                    bytes_out
-                        .bytes_out
-                        .fetch_add(msg.chunk.len() as u64, Ordering::Relaxed);
+                    bytes_out.bytes_out(msg.chunk.len() as u64);
                     if tx.send(Ok(msg)).await.is_err() {
                         return; // the client went away
                     }
@@ -264,8 +282,9 @@ impl Cache for CacheService {
         request: Request<pb::MatchPrefixRequest>,
     ) -> Result<Response<pb::MatchPrefixResponse>, Status> {
         self.metrics.request("match_prefix");
+        let opts = options(&request);
         let ks = keys(&request.into_inner().keys)?;
-        let n = self.store.match_prefix(&ks).await.map_err(to_status)?;
+        let n = self.ops.match_prefix(&ks, &opts).await.map_err(to_status)?;
         Ok(Response::new(pb::MatchPrefixResponse { matched: n as u32 }))
     }
 
@@ -274,8 +293,9 @@ impl Cache for CacheService {
         request: Request<pb::ContainsRequest>,
     ) -> Result<Response<pb::ContainsResponse>, Status> {
         self.metrics.request("contains");
+        let opts = options(&request);
         let ks = keys(&request.into_inner().keys)?;
-        let present = self.store.contains(&ks).await.map_err(to_status)?;
+        let present = self.ops.contains(&ks, &opts).await.map_err(to_status)?;
         Ok(Response::new(pb::ContainsResponse { present }))
     }
 
@@ -284,8 +304,9 @@ impl Cache for CacheService {
         request: Request<pb::KeyRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.metrics.request("delete");
+        let opts = options(&request);
         let k = key(request.into_inner().key.as_ref())?;
-        let deleted = self.store.delete(&k).await.map_err(to_status)?;
+        let deleted = self.ops.delete(&k, &opts).await.map_err(to_status)?;
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
@@ -294,8 +315,9 @@ impl Cache for CacheService {
         request: Request<pb::KeyRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
         self.metrics.request("pin");
+        let opts = options(&request);
         let k = key(request.into_inner().key.as_ref())?;
-        let found = self.store.pin(&k).await.map_err(to_status)?;
+        let found = self.ops.pin(&k, &opts).await.map_err(to_status)?;
         Ok(Response::new(pb::PinResponse { found }))
     }
 
@@ -304,8 +326,9 @@ impl Cache for CacheService {
         request: Request<pb::KeyRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
         self.metrics.request("unpin");
+        let opts = options(&request);
         let k = key(request.into_inner().key.as_ref())?;
-        let found = self.store.unpin(&k).await.map_err(to_status)?;
+        let found = self.ops.unpin(&k, &opts).await.map_err(to_status)?;
         Ok(Response::new(pb::PinResponse { found }))
     }
 
@@ -314,8 +337,9 @@ impl Cache for CacheService {
         request: Request<pb::KeyRequest>,
     ) -> Result<Response<pb::EvictResponse>, Status> {
         self.metrics.request("evict");
+        let opts = options(&request);
         let k = key(request.into_inner().key.as_ref())?;
-        let evicted = self.store.evict(&k).await.map_err(to_status)?;
+        let evicted = self.ops.evict(&k, &opts).await.map_err(to_status)?;
         Ok(Response::new(pb::EvictResponse { evicted }))
     }
 
@@ -324,6 +348,7 @@ impl Cache for CacheService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         self.metrics.request("list");
+        let opts = options(&request);
         let req = request.into_inner();
         let limit = if req.limit == 0 {
             1000
@@ -331,8 +356,8 @@ impl Cache for CacheService {
             req.limit.min(100_000)
         } as usize;
         let mut listed = self
-            .store
-            .list(&req.namespace, &req.tenant, &req.prefix, limit + 1)
+            .ops
+            .list(&req.namespace, &req.tenant, &req.prefix, limit + 1, &opts)
             .await
             .map_err(to_status)?;
         let truncated = listed.len() > limit;
@@ -390,7 +415,8 @@ impl Cache for CacheService {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         self.metrics.request("stats");
         let tiers = self
-            .store
+            .ops
+            .store()
             .stats()
             .into_iter()
             .map(|t| pb::TierStats {

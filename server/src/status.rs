@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 /// retry the same kinds: the retryable ones (`ErrorKind::is_retryable`) but a
 /// passed deadline, as gRPC `Unavailable` / `ResourceExhausted` and data-path
 /// `Busy` / `Unavailable`.
-pub(crate) const TABLE: [(ErrorKind, Code, wire::Status); 10] = [
+pub(crate) const TABLE: [(ErrorKind, Code, wire::Status); 11] = [
     (
         ErrorKind::Invalid,
         Code::InvalidArgument,
@@ -27,6 +27,14 @@ pub(crate) const TABLE: [(ErrorKind, Code, wire::Status); 10] = [
         ErrorKind::Exhausted,
         Code::ResourceExhausted,
         wire::Status::Busy,
+    ),
+    // A request over a fixed limit (an upload over the whole budget, a batch over
+    // the batch limit): wrong whatever the load, so not `RESOURCE_EXHAUSTED`,
+    // which clients retry. The message names the limit and its setting.
+    (
+        ErrorKind::TooLarge,
+        Code::InvalidArgument,
+        wire::Status::TooLarge,
     ),
     (
         ErrorKind::DeadlineExceeded,
@@ -109,6 +117,13 @@ mod tests {
                 what: "w".into(),
                 detail: "d".into(),
                 retry_after: Some(Duration::from_millis(7)),
+            },
+            Error::TooLarge {
+                what: "w".into(),
+                len: 2,
+                limit: 1,
+                unit: "bytes",
+                setting: "s",
             },
             Error::ChecksumMismatch {
                 what: "w".into(),

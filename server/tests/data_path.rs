@@ -24,9 +24,9 @@ fn config(dir: &std::path::Path, lease_ttl_ms: u64) -> Config {
     c.data.listen = "127.0.0.1:0".into();
     c.data.lease_ttl_ms = lease_ttl_ms;
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(32 << 20));
+    c.dram.capacity = 32 << 20;
     c.nvme.enabled = false;
-    c.store.page_size = ByteSize(1 << 20);
+    c.store.page_size = 1 << 20;
     c
 }
 
@@ -613,10 +613,10 @@ async fn a_held_lease_blocks_reuse_and_expiry_releases_it() {
 async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1500);
-    cfg.data.max_upload_bytes = ByteSize(1 << 20);
+    cfg.requests.max_upload_bytes = ByteSize(1 << 20);
     let r = Server::start(cfg).await.unwrap();
     let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
-    assert_eq!(r.data.upload_budget_free(), 1 << 20);
+    assert_eq!(r.data.ops().upload_budget_free(), 1 << 20);
 
     // One upload larger than the whole budget: TooLarge, and its data is skipped.
     let big = pattern((1 << 20) + 1, 3);
@@ -633,7 +633,7 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     };
     let (h, meta, _) = raw_call(&mut s, &put(1, "kv/u/big", &big), &big).await;
     assert_eq!(h.status, Status::TooLarge, "{meta:?}");
-    assert!(response::decode_error(&meta).contains("data.max_upload_bytes"));
+    assert!(response::decode_error(&meta).contains("requests.max_upload_bytes"));
 
     // A reservation holds its share of the budget; a PUT past the rest is Busy.
     let reserve = |id: u64, len: u64| {
@@ -649,7 +649,7 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
     };
     let (h, _, _) = raw_call(&mut s, &reserve(2, 768 << 10), b"").await;
     assert_eq!(h.status, Status::Ok);
-    assert_eq!(r.data.upload_budget_free(), 256 << 10);
+    assert_eq!(r.data.ops().upload_budget_free(), 256 << 10);
     let half = pattern(512 << 10, 4);
     let (h, meta, _) = raw_call(&mut s, &put(3, "kv/u/half", &half), &half).await;
     assert_eq!(h.status, Status::Busy, "{meta:?}");
@@ -664,7 +664,7 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
         r.data.stats().reservations_expired() > 0
     })
     .await;
-    assert_eq!(r.data.upload_budget_free(), 1 << 20);
+    assert_eq!(r.data.ops().upload_budget_free(), 1 << 20);
     let commit = request_frame(
         5,
         0,
@@ -702,11 +702,11 @@ async fn uploads_and_reservations_are_bounded_and_idle_ones_expire() {
             .contains("reservations are open on this connection"),
         "{refused:?}"
     );
-    assert_eq!(r.data.upload_budget_free(), (1 << 20) - max * 4096);
+    assert_eq!(r.data.ops().upload_budget_free(), (1 << 20) - max * 4096);
     // Closing the connection drops its reservations, and gives their budget back.
     drop(s);
     within_5s("the budget to come back", || {
-        r.data.upload_budget_free() == 1 << 20
+        r.data.ops().upload_budget_free() == 1 << 20
     })
     .await;
     r.shutdown().await.unwrap();
@@ -972,7 +972,7 @@ async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
     s.write_all(&value[..1000]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        r.data.upload_budget_free() < 1 << 30,
+        r.data.ops().upload_budget_free() < 1 << 30,
         "the PUT holds budget"
     );
     let mut b = [0u8; 1];
@@ -981,7 +981,7 @@ async fn a_client_that_stalls_is_dropped_after_a_lease_lifetime() {
         .expect("the stalled sender is let go")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert_eq!(r.data.upload_budget_free(), 1 << 30);
+    assert_eq!(r.data.ops().upload_budget_free(), 1 << 30);
     // (Counted just after the connection closes.)
     within_5s("the stall to be counted", || {
         r.data.stats().stalled_connections() == 1
@@ -1115,7 +1115,7 @@ async fn an_op_the_server_lacks_fails_alone_and_the_connection_goes_on() {
 async fn in_place_reservations_outlive_their_connection_by_a_lease_lifetime() {
     let dir = tempfile::tempdir().unwrap();
     let r = Server::start(config(dir.path(), 1000)).await.unwrap();
-    let full = r.data.upload_budget_free();
+    let full = r.data.ops().upload_budget_free();
     let mut s = UnixStream::connect(r.shm_socket.as_ref().unwrap())
         .await
         .unwrap();
@@ -1131,17 +1131,17 @@ async fn in_place_reservations_outlive_their_connection_by_a_lease_lifetime() {
     );
     let (h, _, _) = raw_call(&mut s, &reserve, b"").await;
     assert_eq!(h.status, Status::Ok);
-    assert_eq!(r.data.upload_budget_free(), full - (1 << 20));
+    assert_eq!(r.data.ops().upload_budget_free(), full - (1 << 20));
     let started = std::time::Instant::now();
     drop(s);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        r.data.upload_budget_free(),
+        r.data.ops().upload_budget_free(),
         full - (1 << 20),
         "let go before its lease lifetime"
     );
     within_5s("the quarantine to let go", || {
-        r.data.upload_budget_free() == full
+        r.data.ops().upload_budget_free() == full
     })
     .await;
     assert!(started.elapsed() >= Duration::from_millis(1000));
@@ -1239,6 +1239,31 @@ async fn metrics_count_what_each_carrier_served() {
         1
     );
     assert_eq!(sample(&body, "strata_data_rdma_available"), 0);
+    // The request layer's latency histograms, by op and carrier (a miss is not a
+    // failure).
+    for (op, carrier, n) in [
+        ("get", "tcp", 2),
+        ("get", "shm", 1),
+        ("put", "tcp", 1),
+        ("put", "shm", 1),
+    ] {
+        let name =
+            format!("strata_request_duration_seconds_count{{op=\"{op}\",carrier=\"{carrier}\"}}");
+        assert_eq!(sample(&body, &name), n, "{name}");
+    }
+    assert_eq!(
+        sample(
+            &body,
+            "strata_request_errors_total{op=\"get\",carrier=\"tcp\"}"
+        ),
+        0
+    );
+    assert!(
+        body.contains(
+            "strata_request_duration_seconds_bucket{op=\"get\",carrier=\"tcp\",le=\"0.001\"}"
+        ),
+        "{body}"
+    );
 
     drop((tcp, shm));
     within_5s("the connections to close", || {
@@ -1356,7 +1381,7 @@ async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
     assert!(took >= allowed - Duration::from_millis(100), "{took:?}");
     dribble.abort();
     within_5s("the budget to come back", || {
-        r.data.upload_budget_free() == 1 << 30
+        r.data.ops().upload_budget_free() == 1 << 30
     })
     .await;
     within_5s("the drop to be counted", || {
@@ -1392,6 +1417,6 @@ async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
     };
     assert_eq!(gone, Status::UnknownId);
     assert!(started.elapsed() >= Duration::from_millis(1000));
-    assert_eq!(r.data.upload_budget_free(), 1 << 30);
+    assert_eq!(r.data.ops().upload_budget_free(), 1 << 30);
     r.shutdown().await.unwrap();
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_server::config::{ByteSize, Config, OriginKindConfig};
+use strata_server::config::{Config, OriginKindConfig};
 use strata_server::{Running, Server};
 use strata_tiers::{BlobTier, Key, PutOptions, Tier};
 use strata_training_cache::loader::{FixedRecords, Loader, LoaderConfig, fetch_manifest};
@@ -29,11 +29,11 @@ fn config(dir: &std::path::Path) -> Config {
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(64 << 20));
-    c.nvme.capacity = ByteSize(128 << 20);
-    c.nvme.block_size = ByteSize(2 << 20);
-    c.nvme.buffer_pool_size = ByteSize(16 << 20);
-    c.store.page_size = ByteSize(1 << 20);
+    c.dram.capacity = 64 << 20;
+    c.nvme.capacity = 128 << 20;
+    c.nvme.block_size = 2 << 20;
+    c.nvme.buffer_pool_size = 16 << 20;
+    c.store.page_size = 1 << 20;
     c
 }
 
@@ -468,7 +468,7 @@ async fn a_registered_plan_makes_dram_eviction_clairvoyant() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path());
         cfg.nvme.enabled = false;
-        cfg.dram.capacity = Some(ByteSize(8 << 20));
+        cfg.dram.capacity = 8 << 20;
         let running = Server::start(cfg).await.unwrap();
         write_dir_shards(&dir.path().join("origin"), "cv", 16, |_| 900_000);
         let c = Arc::new(client(&running).await);

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_server::config::{ByteSize, Config};
+use strata_server::config::Config;
 use strata_server::{Running, Server};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
@@ -22,9 +22,9 @@ fn config(dir: &std::path::Path) -> Config {
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(64 << 20));
+    c.dram.capacity = 64 << 20;
     c.nvme.enabled = true;
-    c.nvme.capacity = ByteSize(1 << 30);
+    c.nvme.capacity = 1 << 30;
     c
 }
 

@@ -5,7 +5,7 @@
 #![cfg(feature = "rdma")]
 
 use bytes::Bytes;
-use strata_server::config::{ByteSize, Config};
+use strata_server::config::Config;
 use strata_server::{Running, Server};
 use strata_tiers::Key;
 use strata_transport::data::rdma::Device;
@@ -19,9 +19,9 @@ fn config(dir: &std::path::Path) -> Config {
     c.data.listen = "127.0.0.1:0".into();
     c.data.shm = false;
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(32 << 20));
+    c.dram.capacity = 32 << 20;
     c.nvme.enabled = false;
-    c.store.page_size = ByteSize(1 << 20);
+    c.store.page_size = 1 << 20;
     c
 }
 
@@ -265,9 +265,9 @@ async fn writes_past_a_full_dram_are_all_stored_over_rdma() {
     for writers in [1usize, 8] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path());
-        config.dram.capacity = Some(ByteSize(64 << 20));
+        config.dram.capacity = 64 << 20;
         config.nvme.enabled = true;
-        config.nvme.capacity = ByteSize(1 << 30);
+        config.nvme.capacity = 1 << 30;
         let r = Server::start(config).await.unwrap();
         let c = std::sync::Arc::new(client(&r, CarrierChoice::Rdma).await.unwrap());
         assert_eq!(c.carrier(), Some(Carrier::Rdma));

@@ -14,13 +14,13 @@ fn config(dir: &std::path::Path) -> Config {
     c.server.listen = "127.0.0.1:0".into();
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
-    c.server.max_inflight_bytes = ByteSize(64 << 20);
+    c.requests.max_upload_bytes = ByteSize(64 << 20);
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(32 << 20));
-    c.nvme.capacity = ByteSize(64 << 20);
-    c.nvme.block_size = ByteSize(2 << 20);
-    c.nvme.buffer_pool_size = ByteSize(8 << 20);
-    c.store.page_size = ByteSize(1 << 20);
+    c.dram.capacity = 32 << 20;
+    c.nvme.capacity = 64 << 20;
+    c.nvme.block_size = 2 << 20;
+    c.nvme.buffer_pool_size = 8 << 20;
+    c.store.page_size = 1 << 20;
     c
 }
 
@@ -300,7 +300,13 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
         }]))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    // Over the whole budget: wrong whatever the load, so not retryable.
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message().contains("requests.max_upload_bytes"),
+        "{}",
+        e.message()
+    );
     still_serves(&c).await;
 
     // A range past the end.

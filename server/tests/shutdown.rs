@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_server::Server;
-use strata_server::config::{ByteSize, Config};
+use strata_server::config::Config;
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
 use strata_transport::{Client, ClientOptions};
@@ -19,8 +19,8 @@ fn config(dir: &std::path::Path) -> Config {
     c.server.metrics_listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.data_dir = dir.to_path_buf();
-    c.dram.capacity = Some(ByteSize(256 << 20));
-    c.nvme.capacity = ByteSize(1 << 30);
+    c.dram.capacity = 256 << 20;
+    c.nvme.capacity = 1 << 30;
     c
 }
 

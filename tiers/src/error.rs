@@ -52,6 +52,21 @@ pub enum Error {
         /// A hint for when to retry.
         retry_after: Option<Duration>,
     },
+    /// A request asks for more than a limit allows, whatever the load: retrying it
+    /// as it is cannot succeed.
+    #[error("{what} of {len} {unit} is over the limit of {limit} {unit} ({setting})")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+        /// What `len` and `limit` count.
+        unit: &'static str,
+        /// The setting or constant that sets the limit.
+        setting: &'static str,
+    },
     /// A value's bytes did not match their checksum.
     #[error("checksum mismatch for {what}: expected {expected:#010x}, got {actual:#010x}")]
     ChecksumMismatch {
@@ -167,6 +182,8 @@ pub enum ErrorKind {
     NotFound,
     /// Out of room or in-flight budget; retry later.
     Exhausted,
+    /// Over a limit that no retry meets.
+    TooLarge,
     /// A deadline passed.
     DeadlineExceeded,
     /// Shutting down, or a failure of a tier or origin that a retry may not meet.
@@ -181,12 +198,13 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Invalid,
         Self::ChecksumMismatch,
         Self::OutOfRange,
         Self::NotFound,
         Self::Exhausted,
+        Self::TooLarge,
         Self::DeadlineExceeded,
         Self::Unavailable,
         Self::Corrupt,
@@ -216,6 +234,7 @@ impl Error {
             Error::RangeOutOfBounds { .. } => ErrorKind::OutOfRange,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Exhausted { .. } => ErrorKind::Exhausted,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Error::ShuttingDown => ErrorKind::Unavailable,
             Error::Corrupt { .. } => ErrorKind::Corrupt,

@@ -16,6 +16,7 @@ mod error;
 pub mod localdir;
 pub mod nvme;
 mod policy;
+pub mod size;
 mod stats;
 pub mod store;
 mod tier;
@@ -26,6 +27,7 @@ pub use self::error::{Error, ErrorKind, Result};
 pub use self::localdir::LocalDirTier;
 pub use self::nvme::{NvmeConfig, NvmeTier};
 pub use self::policy::{NamespacePolicy, Namespaces, OriginKind, TierSet, WritePolicy};
+pub use self::size::ByteSize;
 pub use self::stats::{Counters, CountersSnapshot, TierStats};
 pub use self::store::{
     BoxFuture, Entry, Head, ListedValue, NamespaceOrigin, Origin, PAGE_READAHEAD, Receipt,

@@ -21,7 +21,8 @@ fn dram(eviction: EvictionKind, capacity: u64) -> DramTier {
 /// A small NVMe tier: 16 MiB of 1 MiB blocks, 4 MiB of write buffers.
 async fn nvme(dir: &std::path::Path) -> NvmeTier {
     NvmeTier::open(&NvmeConfig {
-        dir: dir.to_path_buf(),
+        enabled: true,
+        dir: Some(dir.to_path_buf()),
         capacity: 16 * MIB,
         block_size: MIB,
         buffer_pool_size: 4 * MIB,

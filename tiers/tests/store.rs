@@ -56,7 +56,8 @@ async fn open(dir: &Path, dram_capacity: u64) -> TieredStore {
 
 async fn open_with(dir: &Path, dram_capacity: u64, eviction: EvictionKind) -> TieredStore {
     let nvme = NvmeTier::open(&NvmeConfig {
-        dir: nvme_dir(dir),
+        enabled: true,
+        dir: Some(nvme_dir(dir)),
         capacity: 64 * MIB,
         block_size: MIB,
         buffer_pool_size: 4 * MIB,
@@ -851,7 +852,8 @@ async fn overwrites_never_resurface_older_values() {
             .expect("DRAM"),
             Some(
                 NvmeTier::open(&NvmeConfig {
-                    dir: nvme_dir(dir.path()),
+                    enabled: true,
+                    dir: Some(nvme_dir(dir.path())),
                     capacity: 64 * MIB,
                     block_size: MIB,
                     buffer_pool_size: 4 * MIB,

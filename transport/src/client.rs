@@ -13,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert::key_to_proto;
 use crate::data::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions, ValueReader};
 use crate::error::{ClientError, Result};
+use crate::wire;
 use crate::wire::KeyRange;
 
 /// Largest message the client accepts or sends.
@@ -234,16 +235,15 @@ impl Client {
     }
 
     /// Stores a value, optionally pinning it: over the data path when there is one,
-    /// else over gRPC (streamed in chunks). Pinning is a gRPC option, so a pinned
-    /// put always streams over gRPC, as does a value larger than the data server
-    /// takes in one frame. Not retried.
+    /// else over gRPC (streamed in chunks), as is a value larger than the data
+    /// server takes in one frame. Not retried.
     pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
         // (A value over the data server's frame limit streams over gRPC instead.)
-        if !pin
-            && let Some(d) = &self.data
+        if let Some(d) = &self.data
             && value.len() as u64 <= d.server().max_data
+            && (!pin || d.accepts_flags())
         {
-            let length = d.put(key, &value).await?;
+            let length = d.put_with(key, &value, pin).await?;
             return Ok(pb::PutResponse {
                 length,
                 crc32c: crc32c::crc32c(&value),
@@ -429,30 +429,48 @@ impl Client {
     }
 
     /// How many leading keys are cached, in one round trip.
+    /// (A list longer than the server's batch limit, [`wire::MAX_BATCH`], is asked
+    /// in batches, each only while every key before it matched.)
     pub async fn match_prefix(&self, keys: &[Key]) -> Result<u32> {
         if let Some(d) = &self.data {
             return Ok(d.match_prefix(keys).await? as u32);
         }
-        let req = pb::MatchPrefixRequest {
-            keys: keys.iter().map(key_to_proto).collect(),
-        };
-        self.retry(|mut c| {
-            let req = self.request(req.clone());
-            async move { Ok(c.match_prefix(req).await?.into_inner().matched) }
-        })
-        .await
+        let mut matched = 0u32;
+        for batch in keys.chunks(wire::MAX_BATCH) {
+            let req = pb::MatchPrefixRequest {
+                keys: batch.iter().map(key_to_proto).collect(),
+            };
+            let n = self
+                .retry(|mut c| {
+                    let req = self.request(req.clone());
+                    async move { Ok(c.match_prefix(req).await?.into_inner().matched) }
+                })
+                .await?;
+            matched += n;
+            if n as usize != batch.len() {
+                break;
+            }
+        }
+        Ok(matched)
     }
 
-    /// Whether each key is cached.
+    /// Whether each key is cached (asked in batches of at most
+    /// [`wire::MAX_BATCH`]).
     pub async fn contains(&self, keys: &[Key]) -> Result<Vec<bool>> {
-        let req = pb::ContainsRequest {
-            keys: keys.iter().map(key_to_proto).collect(),
-        };
-        self.retry(|mut c| {
-            let req = self.request(req.clone());
-            async move { Ok(c.contains(req).await?.into_inner().present) }
-        })
-        .await
+        let mut present = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(wire::MAX_BATCH) {
+            let req = pb::ContainsRequest {
+                keys: batch.iter().map(key_to_proto).collect(),
+            };
+            present.extend(
+                self.retry(|mut c| {
+                    let req = self.request(req.clone());
+                    async move { Ok(c.contains(req).await?.into_inner().present) }
+                })
+                .await?,
+            );
+        }
+        Ok(present)
     }
 
     /// Deletes a value (idempotent, so retried). `true` if it existed.

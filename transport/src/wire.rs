@@ -14,7 +14,8 @@
 //!  6  flags     2  FLAG_* (requests; 0 in responses)
 //!  8  id        8  request id, chosen by the client, echoed by the response
 //! 16  meta_len  4  ≤ Limits::max_meta
-//! 20  reserved  4  0
+//! 20  budget    4  requests with FLAG_DEADLINE: the caller's time left, in ms;
+//!                  0 otherwise
 //! 24  data_len  8  ≤ Limits::max_data
 //! ```
 //!
@@ -35,8 +36,20 @@ pub const HEADER_LEN: usize = 32;
 /// Request flag: answer GET/MGET with leased arena extents instead of inline data
 /// (shared-memory and RDMA carriers). A server may still answer inline.
 pub const FLAG_LEASE: u16 = 1;
+/// Request flag: the header's `budget` holds the caller's deadline, as the
+/// milliseconds it has left (relative: the two ends' clocks need not agree). The
+/// server ends the request with `DeadlineExceeded` when it passes, origin reads
+/// included.
+pub const FLAG_DEADLINE: u16 = 2;
+/// Request flag (PUT, COMMIT): pin the value in DRAM once it is committed.
+pub const FLAG_PIN: u16 = 4;
+/// Bit 0 of the op set a HELLO answer carries (no op has number 0): the server
+/// accepts [`FLAG_DEADLINE`] and [`FLAG_PIN`]. A client sends them only then, so
+/// that it still speaks to a server of an earlier release, which refuses unknown
+/// flags as a broken header.
+pub const FEATURE_FLAGS: u64 = 1;
 /// Every flag this version knows.
-const KNOWN_FLAGS: u16 = FLAG_LEASE;
+const KNOWN_FLAGS: u16 = FLAG_LEASE | FLAG_DEADLINE | FLAG_PIN;
 /// Most keys in one MGET or MATCH_PREFIX.
 pub const MAX_BATCH: usize = 4096;
 /// Most extents in one lease.
@@ -255,6 +268,9 @@ pub struct Header {
     pub meta_len: u32,
     /// Data bytes that follow the metadata.
     pub data_len: u64,
+    /// The caller's time left in milliseconds, when `flags` has
+    /// [`FLAG_DEADLINE`]; 0 otherwise.
+    pub budget_ms: u32,
 }
 
 impl Header {
@@ -267,7 +283,23 @@ impl Header {
             id,
             meta_len: meta_len as u32,
             data_len,
+            budget_ms: 0,
         }
+    }
+
+    /// This header with the caller's deadline `budget` from now (rounded up to a
+    /// whole millisecond, at most `u32::MAX` of them), and [`FLAG_DEADLINE`].
+    pub fn with_budget(mut self, budget: std::time::Duration) -> Self {
+        let ms = budget.as_micros().div_ceil(1000);
+        self.budget_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        self.flags |= FLAG_DEADLINE;
+        self
+    }
+
+    /// The caller's time left, if the request carries a deadline.
+    pub fn budget(&self) -> Option<std::time::Duration> {
+        (self.flags & FLAG_DEADLINE != 0)
+            .then(|| std::time::Duration::from_millis(u64::from(self.budget_ms)))
     }
 
     /// A response header.
@@ -279,6 +311,7 @@ impl Header {
             id,
             meta_len: meta_len as u32,
             data_len,
+            budget_ms: 0,
         }
     }
 
@@ -292,6 +325,7 @@ impl Header {
         b[6..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..20].copy_from_slice(&self.meta_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.budget_ms.to_le_bytes());
         b[24..32].copy_from_slice(&self.data_len.to_le_bytes());
         b
     }
@@ -323,8 +357,11 @@ impl Header {
         w.copy_from_slice(&b[8..16]);
         let id = u64::from_le_bytes(w);
         let meta_len = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
-        if b[20..24] != [0; 4] {
-            return bad("reserved bytes are not zero".into());
+        let budget_ms = u32::from_le_bytes([b[20], b[21], b[22], b[23]]);
+        if flags & FLAG_DEADLINE == 0 && budget_ms != 0 {
+            return bad(format!(
+                "budget {budget_ms} ms without FLAG_DEADLINE (must be 0 then)"
+            ));
         }
         w.copy_from_slice(&b[24..32]);
         let data_len = u64::from_le_bytes(w);
@@ -347,6 +384,7 @@ impl Header {
             id,
             meta_len,
             data_len,
+            budget_ms,
         })
     }
 }
@@ -968,9 +1006,24 @@ fn done(r: &Reader<'_>) -> Result<(), String> {
 /// Encodes a whole request frame (header and metadata; `data_len` bytes of data
 /// are to follow).
 pub fn request_frame(id: u64, flags: u16, req: &Request, data_len: u64) -> Bytes {
+    request_frame_within(id, flags, req, data_len, None)
+}
+
+/// [`request_frame`], carrying the caller's deadline `budget` from now when given
+/// ([`FLAG_DEADLINE`]).
+pub fn request_frame_within(
+    id: u64,
+    flags: u16,
+    req: &Request,
+    data_len: u64,
+    budget: Option<std::time::Duration>,
+) -> Bytes {
     let mut meta = BytesMut::with_capacity(64);
     req.encode_meta(&mut meta);
-    let h = Header::request(req.op(), id, flags, meta.len(), data_len);
+    let mut h = Header::request(req.op(), id, flags, meta.len(), data_len);
+    if let Some(b) = budget {
+        h = h.with_budget(b);
+    }
     let mut out = BytesMut::with_capacity(HEADER_LEN + meta.len());
     out.put_slice(&h.encode());
     out.put_slice(&meta);

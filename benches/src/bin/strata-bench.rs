@@ -225,11 +225,11 @@ fn grpc_vs_redis(a: &GrpcArgs) -> anyhow::Result<()> {
             ..ServerConfig::default()
         },
         data_dir: data_dir.path().to_owned(),
-        dram: strata_server::config::DramSection {
-            capacity: Some(ByteSize(4 * max as u64 * a.sizes.len() as u64 + (64 << 20))),
+        dram: strata_tiers::DramConfig {
+            capacity: 4 * max as u64 * a.sizes.len() as u64 + (64 << 20),
             ..Default::default()
         },
-        nvme: strata_server::config::NvmeSection {
+        nvme: strata_tiers::NvmeConfig {
             enabled: false,
             ..Default::default()
         },
@@ -435,13 +435,14 @@ fn nvme_vs_odirect(a: &NvmeArgs) -> anyhow::Result<()> {
         "--value-size must be well under 16 MiB"
     );
     let config = NvmeConfig {
-        dir: tier_dir.clone(),
+        dir: Some(tier_dir.clone()),
         // Room for everything with at most 3 values per block, and then some.
         capacity: (count as u64).div_ceil(3).max(8) * block * 2,
         block_size: block,
         buffer_pool_size: 64 << 20,
         io_uring: a.io_uring,
         direct_io: !a.buffered,
+        enabled: true,
     };
     let rt = runtime(2, "bench-nvme")?;
     let key = |i: usize| Ok(Key::new("kv", "bench", format!("nvme-{i:05}"))?);
@@ -628,7 +629,7 @@ async fn tier_read(
     let t0 = Instant::now();
     let tier = NvmeTier::open(config).await?;
     let open_secs = t0.elapsed().as_secs_f64();
-    let (after_open, _) = pagecache::resident_bytes_dir(&config.dir)?;
+    let (after_open, _) = pagecache::resident_bytes_dir(&config.dir())?;
     let mut hist = latency_histogram();
     let opts = GetOptions::default();
     let mut got = Vec::with_capacity(count);

@@ -85,6 +85,8 @@ async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()
     let config = Config::load(config.as_deref(), &overrides)?;
     init_logs(config.server.log_format);
     let running = Server::start(config.clone()).await?;
+    // One server in this process: what any crate counts shows on its /metrics.
+    running.metrics.install_global();
     println!(
         "strata-server listening: grpc {} (metrics http://{}/metrics), data path tcp {} shm {} rdma {}; \
          data dir {}, dram {}, nvme {}",
@@ -103,9 +105,9 @@ async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()
             "off"
         },
         config.data_dir.display(),
-        strata_server::ByteSize(config.dram_capacity()),
+        strata_server::ByteSize(config.dram.capacity),
         if config.nvme.enabled {
-            config.nvme.capacity.to_string()
+            strata_server::ByteSize(config.nvme.capacity).to_string()
         } else {
             "off".into()
         },

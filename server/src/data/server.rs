@@ -17,10 +17,14 @@
 //!
 //! What a client can make the server hold is bounded: connections
 //! ([`DataConfig::max_connections`]), requests in flight per connection
-//! ([`MAX_INFLIGHT`]), open reservations per connection ([`MAX_RESERVATIONS`]), the
-//! bytes of every upload at once ([`DataConfig::max_upload_bytes`]) and leases
-//! ([`DataConfig::max_leased_bytes`]). A reservation that nobody writes to or
+//! ([`MAX_INFLIGHT`]), open reservations per connection ([`MAX_RESERVATIONS`]), and,
+//! through the request layer ([`crate::ops`]) that runs every operation, the bytes
+//! of every upload at once and leases. A reservation that nobody writes to or
 //! commits for a lease lifetime is dropped.
+//!
+//! This is a codec: it decodes frames into calls on [`Ops`] with their
+//! [`Options`] (the deadline a request carries, lease, pin, the caller), and
+//! encodes what they return.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -33,19 +37,20 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use strata_tiers::{ByteRange, Error, Key, Reservation, TieredStore};
+use strata_tiers::{ByteRange, Error};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::Leases;
 use super::stats::{DataStats, Listener, add};
+use crate::ops::{self, Caller, Carrier, Leases, Ops, Options, Read};
 use strata_transport::data as shm;
 use strata_transport::data::write_all_vectored_within;
 use strata_transport::wire::{
-    Extent, FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, Lease, Limits, MGetItem, Op,
-    Request, Status, WireError, response,
+    Extent, FEATURE_FLAGS, FLAG_LEASE, FLAG_PIN, GetInfo, HEADER_LEN, Header, HelloInfo, Lease,
+    Limits, MGetItem, Op, Request, Status, WireError, response,
 };
 
 /// Data-path server settings.
@@ -67,10 +72,6 @@ pub struct DataConfig {
     /// Connections that may poll at once (each holds a runtime worker while it
     /// polls). Default: 1.
     pub poll_connections: usize,
-    /// Bytes of uploads held at once, at most: PUT data and open reservations, from
-    /// every connection. Past it PUT and RESERVE answer `Busy`; a single upload over
-    /// it answers `TooLarge`. Default: 1 GiB.
-    pub max_upload_bytes: u64,
     /// Connections served at once (TCP and Unix socket each); past it a new
     /// connection is closed at once. Default: 4096.
     pub max_connections: usize,
@@ -83,14 +84,6 @@ pub const MAX_INFLIGHT: usize = 1024;
 /// Reservations one connection may hold open (reserved, not committed or aborted);
 /// past it RESERVE answers `Busy`.
 pub const MAX_RESERVATIONS: usize = 256;
-
-/// The upload budget counts in KiB, so that one upload's share fits a semaphore's
-/// `u32` up to 4 TiB.
-const BUDGET_UNIT: u64 = 1024;
-
-/// The least an upload holds of the budget, so that tiny reservations cannot be
-/// opened by the million.
-const MIN_UPLOAD_CHARGE: u64 = 4096;
 
 /// The slowest an upload's data may come, in bytes per second: an upload of `n`
 /// bytes (one PUT, or a reservation and its WRITEs) must be in within a lease
@@ -108,7 +101,6 @@ impl Default for DataConfig {
             limits: Limits::default(),
             poll: Duration::ZERO,
             poll_connections: 1,
-            max_upload_bytes: 1 << 30,
             max_connections: 4096,
         }
     }
@@ -128,8 +120,7 @@ pub struct DataServer {
     /// Before `store`: the registration must go before the arena it covers.
     #[cfg(feature = "rdma")]
     rdma: Option<RdmaState>,
-    store: TieredStore,
-    leases: Leases,
+    ops: Arc<Ops>,
     config: DataConfig,
     host_id: String,
     /// Connections polling now (at most `config.poll_connections`).
@@ -138,8 +129,6 @@ pub struct DataServer {
     stats: Arc<DataStats>,
     /// Connection slots of each listener (`config.max_connections` each).
     slots: [Arc<Semaphore>; 2],
-    /// The upload budget, in KiB (`config.max_upload_bytes`).
-    uploads: Arc<Semaphore>,
     /// In-place reservations that expired, kept one more lease lifetime before
     /// their arena memory is let go: a client may still be copying into it (it
     /// stops at half a lifetime after the RESERVE answer reached it, and that
@@ -210,11 +199,10 @@ fn fail(op: Op, id: u64, e: Error) -> Out {
     Out::err(op, id, status_of(&e), e.to_string())
 }
 
-/// An upload in progress: its reservation, and the share of the upload budget it
-/// holds until it is committed or dropped.
+/// An upload in progress (its reservation and budget, [`ops::Upload`]), and when
+/// its data is due.
 struct Upload {
-    res: Box<Reservation>,
-    _budget: OwnedSemaphorePermit,
+    res: ops::Upload,
     /// When all its data must be in, however it comes (one PUT, or WRITEs): a
     /// lease lifetime plus its length at [`MIN_UPLOAD_RATE`].
     until: Instant,
@@ -262,22 +250,20 @@ enum Sink {
         up: Upload,
         remaining: u64,
         commit: bool,
+        opts: Options,
     },
     /// Discarded (the request failed before its data).
     Discard { remaining: u64 },
 }
 
 impl DataServer {
-    /// A data server over `store`.
-    pub fn new(store: TieredStore, config: DataConfig) -> Arc<Self> {
+    /// A data server over the request layer `ops` (whose leases live
+    /// `config.lease_ttl`).
+    pub fn new(ops: Arc<Ops>, config: DataConfig) -> Arc<Self> {
         Arc::new(Self {
             #[cfg(feature = "rdma")]
-            rdma: Self::open_rdma(&store),
-            store,
-            leases: Leases::new(config.lease_ttl, config.max_leased_bytes),
-            uploads: Arc::new(Semaphore::new(
-                (config.max_upload_bytes / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64) as usize,
-            )),
+            rdma: Self::open_rdma(ops.store()),
+            ops,
             quarantine: parking_lot::Mutex::new(Vec::new()),
             connections: tokio_util::task::TaskTracker::new(),
             host_id: shm::host_id(),
@@ -290,7 +276,12 @@ impl DataServer {
 
     /// The lease table.
     pub fn leases(&self) -> &Leases {
-        &self.leases
+        self.ops.leases()
+    }
+
+    /// The request layer.
+    pub fn ops(&self) -> &Arc<Ops> {
+        &self.ops
     }
 
     /// The counters (answers, bytes, connections, what the bounds refused).
@@ -324,11 +315,6 @@ impl DataServer {
         0
     }
 
-    /// Bytes of the upload budget (`DataConfig::max_upload_bytes`) free now.
-    pub fn upload_budget_free(&self) -> u64 {
-        self.uploads.available_permits() as u64 * BUDGET_UNIT
-    }
-
     /// Whether the RDMA carrier is offered (built with feature `rdma`, and a verbs
     /// device was found).
     pub fn rdma_available(&self) -> bool {
@@ -339,7 +325,7 @@ impl DataServer {
     }
 
     #[cfg(feature = "rdma")]
-    fn open_rdma(store: &TieredStore) -> Option<RdmaState> {
+    fn open_rdma(store: &strata_tiers::TieredStore) -> Option<RdmaState> {
         let device = match strata_transport::data::rdma::Device::open() {
             Ok(d) => d,
             Err(e) => {
@@ -430,7 +416,12 @@ impl DataServer {
                     let stop = shutdown.clone();
                     self.connections.spawn(async move {
                         let _slot = slot;
-                        if let Err(e) = me.clone().serve_conn(stream, false, stop).await {
+                        let caller = Caller {
+                            carrier: Carrier::Tcp,
+                            peer: Some(peer),
+                            principal: None,
+                        };
+                        if let Err(e) = me.clone().serve_conn(stream, caller, stop).await {
                             me.ended(&e);
                             tracing::debug!(%peer, error = %e, "data connection ended");
                         }
@@ -455,7 +446,7 @@ impl DataServer {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    self.leases.sweep();
+                    self.ops.leases().sweep();
                     let ttl = self.config.lease_ttl;
                     let done: Vec<_> = {
                         let mut q = self.quarantine.lock();
@@ -492,12 +483,17 @@ impl DataServer {
                     let stop = shutdown.clone();
                     self.connections.spawn(async move {
                         let _slot = slot;
-                        let fd = me.store.dram().arena().fd();
+                        let fd = me.ops.store().dram().arena().fd();
                         if let Err(e) = shm::send_fd(&stream, fd).await {
                             tracing::debug!(error = %e, "sending the arena descriptor");
                             return;
                         }
-                        if let Err(e) = me.clone().serve_conn(stream, true, stop).await {
+                        let caller = Caller {
+                            carrier: Carrier::Shm,
+                            peer: None,
+                            principal: None,
+                        };
+                        if let Err(e) = me.clone().serve_conn(stream, caller, stop).await {
                             me.ended(&e);
                             tracing::debug!(error = %e, "shm connection ended");
                         }
@@ -566,7 +562,7 @@ impl DataServer {
     async fn serve_conn<S>(
         self: Arc<Self>,
         mut stream: S,
-        shm: bool,
+        caller: Caller,
         shutdown: CancellationToken,
     ) -> std::io::Result<()>
     where
@@ -656,8 +652,14 @@ impl DataServer {
                         ))));
                     }
                     Ok(req) => {
-                        let lease = (shm || self.rdma_available()) && h.flags & FLAG_LEASE != 0;
-                        if let Some(f) = self.dispatch(&h, req, lease, &mut sink, reservations) {
+                        let shm = caller.carrier == Carrier::Shm;
+                        let opts = Options {
+                            deadline: h.budget().map(|b| Deadline::now() + b),
+                            lease: (shm || self.rdma_available()) && h.flags & FLAG_LEASE != 0,
+                            pin: h.flags & FLAG_PIN != 0,
+                            caller: caller.clone(),
+                        };
+                        if let Some(f) = self.dispatch(&h, req, opts, &mut sink, reservations) {
                             inflight.push(f);
                         }
                         if let Some(done) = self.finish_sink(&mut sink, reservations) {
@@ -797,7 +799,7 @@ impl DataServer {
         self: &Arc<Self>,
         h: &Header,
         req: Request,
-        lease: bool,
+        opts: Options,
         sink: &mut Option<Sink>,
         reservations: &mut HashMap<u64, Open>,
     ) -> Option<BoxFuture<'static, Out>> {
@@ -812,10 +814,10 @@ impl DataServer {
                     &mut m,
                     &HelloInfo {
                         host_id: self.host_id.clone(),
-                        arena_len: self.store.dram().arena().capacity(),
+                        arena_len: self.ops.store().dram().arena().capacity(),
                         lease_ttl_ms: self.config.lease_ttl.as_millis() as u32,
                         max_data: self.config.limits.max_data,
-                        ops: Op::ALL,
+                        ops: Op::ALL | FEATURE_FLAGS,
                     },
                 );
                 ready(Out::ok(op, id, m, Vec::new()))
@@ -825,17 +827,17 @@ impl DataServer {
                 offset,
                 length,
             } => Some(Box::pin(async move {
-                match me.read(&key, ByteRange { offset, length }).await {
-                    Ok((total, start, slices)) => me.answer_get(id, total, start, slices, lease),
+                match me.ops.get(&key, ByteRange { offset, length }, &opts).await {
+                    Ok(read) => me.answer_get(id, read),
                     Err(e) => fail(op, id, e),
                 }
             })),
             Request::MGet { keys } => Some(Box::pin(async move {
-                let ranges = keys.iter().map(|k| (k, ByteRange::default())).collect();
-                me.mget(Op::MGet, id, ranges, lease).await
+                let ranges: Vec<_> = keys.iter().map(|k| (k, ByteRange::default())).collect();
+                me.mget(Op::MGet, id, &ranges, &opts).await
             })),
             Request::MGetRange { ranges } => Some(Box::pin(async move {
-                let ranges = ranges
+                let ranges: Vec<_> = ranges
                     .iter()
                     .map(|r| {
                         let range = ByteRange {
@@ -845,10 +847,10 @@ impl DataServer {
                         (&r.key, range)
                     })
                     .collect();
-                me.mget(Op::MGetRange, id, ranges, lease).await
+                me.mget(Op::MGetRange, id, &ranges, &opts).await
             })),
             Request::Put { key, crc32c } => {
-                match self.begin_upload(op, id, &key, h.data_len, Some(crc32c)) {
+                match self.begin_upload(op, id, &key, h.data_len, Some(crc32c), &opts) {
                     Ok(up) => {
                         *sink = Some(Sink::Reservation {
                             op,
@@ -857,6 +859,7 @@ impl DataServer {
                             up,
                             remaining: h.data_len,
                             commit: true,
+                            opts,
                         });
                         None
                     }
@@ -888,11 +891,11 @@ impl DataServer {
                         ),
                     ));
                 }
-                let mut up = match self.begin_upload(op, id, &key, len, None) {
+                let mut up = match self.begin_upload(op, id, &key, len, None, &opts) {
                     Ok(up) => up,
                     Err(out) => return ready(out),
                 };
-                let lease = if lease {
+                let lease = if opts.lease {
                     match up.res.prepare_in_place() {
                         // Id 0: the extents belong to the reservation (named by this
                         // request's id), not to the lease table.
@@ -933,6 +936,7 @@ impl DataServer {
                         up: o.up,
                         remaining: h.data_len,
                         commit: false,
+                        opts,
                     });
                     None
                 }
@@ -962,17 +966,7 @@ impl DataServer {
                 Some(Open { up, .. }) => {
                     let stats = self.stats.clone();
                     Some(Box::pin(async move {
-                        // The budget is held until the commit is done.
-                        let Upload {
-                            mut res, _budget, ..
-                        } = up;
-                        let r = if res.is_in_place() {
-                            res.commit_filled(crc32c).await
-                        } else {
-                            res.expect_crc(crc32c);
-                            res.commit().await
-                        };
-                        match r {
+                        match me.ops.commit(up.res, Some(crc32c), &opts).await {
                             Ok(receipt) => {
                                 add(&stats.bytes_committed, receipt.len);
                                 Out::u64(op, id, receipt.len)
@@ -988,19 +982,22 @@ impl DataServer {
                 None => ready(unknown(op, id, reservation)),
             },
             Request::Delete { key } => Some(Box::pin(async move {
-                match me.store.delete(&key).await {
+                match me.ops.delete(&key, &opts).await {
                     Ok(found) => Out::u64(op, id, u64::from(found)),
                     Err(e) => fail(op, id, e),
                 }
             })),
             Request::MatchPrefix { keys } => Some(Box::pin(async move {
-                match me.store.match_prefix(&keys).await {
+                match me.ops.match_prefix(&keys, &opts).await {
                     Ok(n) => Out::u64(op, id, n as u64),
                     Err(e) => fail(op, id, e),
                 }
             })),
             Request::Release { leases } => {
-                let n = leases.iter().filter(|l| self.leases.release(**l)).count();
+                let n = leases
+                    .iter()
+                    .filter(|l| self.ops.leases().release(**l))
+                    .count();
                 ready(Out::u64(op, id, n as u64))
             }
         }
@@ -1025,6 +1022,7 @@ impl DataServer {
                     reservation_id,
                     up,
                     commit,
+                    opts,
                     ..
                 }) = sink.take()
                 else {
@@ -1032,9 +1030,9 @@ impl DataServer {
                 };
                 if commit {
                     let stats = self.stats.clone();
+                    let me = self.clone();
                     return Some(Box::pin(async move {
-                        let Upload { res, _budget, .. } = up;
-                        match res.commit().await {
+                        match me.ops.commit(up.res, None, &opts).await {
                             Ok(r) => {
                                 add(&stats.bytes_committed, r.len);
                                 Out::u64(op, id, r.len)
@@ -1057,184 +1055,87 @@ impl DataServer {
         }
     }
 
-    /// Starts an upload of `len` bytes to `key` (PUT, RESERVE): its share of the
-    /// upload budget, its reservation, and the time its data is due by. Or the
-    /// answer that refuses it.
+    /// Starts an upload of `len` bytes to `key` (PUT, RESERVE) through the
+    /// request layer, and sets the time its data is due by. Or the answer that
+    /// refuses it.
     fn begin_upload(
         &self,
         op: Op,
         id: u64,
-        key: &Key,
+        key: &strata_tiers::Key,
         len: u64,
         crc32c: Option<u32>,
+        opts: &Options,
     ) -> Result<Upload, Out> {
-        let budget = self.upload_budget(op, id, len)?;
         let res = self
-            .store
-            .reserve(key, len, crc32c)
+            .ops
+            .begin_upload(key, len, crc32c, opts)
             .map_err(|e| fail(op, id, e))?;
         let at_min_rate = Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64);
         Ok(Upload {
-            res: Box::new(res),
-            _budget: budget,
+            res,
             until: Instant::now() + self.config.lease_ttl + at_min_rate,
         })
     }
 
-    /// Takes `len` bytes (at least 4 KiB) of the upload budget for an upload, or the answer that
-    /// refuses it: `TooLarge` for one upload over the whole budget, `Busy` when the
-    /// budget is taken by others now (retry later).
-    fn upload_budget(&self, op: Op, id: u64, len: u64) -> Result<OwnedSemaphorePermit, Out> {
-        let max = self.config.max_upload_bytes;
-        if len > max {
-            return Err(Out::err(
-                op,
-                id,
-                Status::TooLarge,
-                format!("an upload of {len} bytes is over the data.max_upload_bytes of {max}"),
-            ));
-        }
-        let charge = len.max(MIN_UPLOAD_CHARGE).div_ceil(BUDGET_UNIT);
-        let n = u32::try_from(charge).unwrap_or(u32::MAX);
-        self.uploads.clone().try_acquire_many_owned(n).map_err(|_| {
-            Out::err(
-                op,
-                id,
-                Status::Busy,
-                format!("{max} bytes of uploads are in flight (data.max_upload_bytes): retry"),
-            )
-        })
-    }
-
-    /// Reads `range` of `key` as zero-copy slices of its pages: (total length,
-    /// offset of the first byte, slices). A miss is `NotFound`.
-    async fn read(&self, key: &Key, range: ByteRange) -> Result<(u64, u64, Vec<Bytes>), Error> {
-        match self.store.get_slices(key, Some(range)).await? {
-            Some((entry, start, slices)) => Ok((entry.len(), start, slices)),
-            None => Err(Error::NotFound {
-                key: key.display_path(),
-            }),
+    /// Counts the bytes of a read by how they leave.
+    fn count(&self, read: &Read) {
+        if read.lease.is_some() {
+            add(&self.stats.bytes_leased, read.len);
         }
     }
 
-    /// Leases `slices` if they all lie in the arena and the lease budget allows.
-    fn try_lease(&self, slices: &[Bytes]) -> Option<Lease> {
-        let arena = self.store.dram().arena();
-        let extents = slices
-            .iter()
-            .map(|s| {
-                arena.offset_of(s).map(|offset| Extent {
-                    offset,
-                    len: s.len() as u64,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        let Some(id) = self.leases.grant(slices.to_vec()) else {
-            add(&self.stats.lease_fallbacks, 1);
-            return None;
-        };
-        let len: u64 = extents.iter().map(|e| e.len).sum();
-        add(&self.stats.bytes_leased, len);
-        Some(Lease {
-            id,
-            ttl_ms: self.config.lease_ttl.as_millis() as u32,
-            extents,
-        })
-    }
-
-    fn answer_get(&self, id: u64, total: u64, start: u64, slices: Vec<Bytes>, lease: bool) -> Out {
-        let len = slices.iter().map(|s| s.len() as u64).sum();
-        let lease = if lease && len > 0 {
-            self.try_lease(&slices)
-        } else {
-            None
-        };
-        let data = if lease.is_some() { Vec::new() } else { slices };
+    fn answer_get(&self, id: u64, read: Read) -> Out {
+        self.count(&read);
         let mut m = BytesMut::with_capacity(64);
         response::encode_get(
             &mut m,
             &GetInfo {
-                total_len: total,
-                offset: start,
-                len,
-                lease,
+                total_len: read.total,
+                offset: read.start,
+                len: read.len,
+                lease: read.lease,
             },
         );
-        Out::ok(Op::Get, id, m, data)
+        Out::ok(Op::Get, id, m, read.slices)
     }
 
-    /// Answers an MGET or MGET_RANGE: each range read at once, then leased or
-    /// inlined in order.
-    ///
-    /// What one answer carries, leased or inline, stays within `max_data`: the
-    /// values' heads are looked up first, and a range that would go past what is
-    /// left answers `TooLarge` without being read (a later, smaller one may still
-    /// fit). So an MGET of many large values that sit on NVMe or at the origin does
-    /// not read them all into memory to refuse most of them.
-    async fn mget(&self, op: Op, id: u64, ranges: Vec<(&Key, ByteRange)>, lease: bool) -> Out {
-        use futures::future::join_all;
-        let heads = join_all(ranges.iter().map(|(k, _)| self.store.lookup(k))).await;
-        let mut left = self.config.limits.max_data;
-        let reads = join_all(ranges.into_iter().zip(heads).map(|((_, r), head)| {
-            let admitted = match head {
-                Ok(Some(e)) => match r.resolve(e.len()) {
-                    Ok((start, end)) if end - start > left => Err(Status::TooLarge),
-                    Ok((start, end)) => {
-                        left -= end - start;
-                        Ok(e)
-                    }
-                    Err(e) => Err(status_of(&e)),
-                },
-                Ok(None) => Err(Status::NotFound),
-                Err(e) => Err(status_of(&e)),
-            };
-            async move {
-                // (A value replaced since its lookup is read anew, and its length
-                // checked again below.)
-                match self.store.slices_of(admitted?, Some(r)).await {
-                    Ok(Some((_, _, slices))) => Ok(slices),
-                    Ok(None) => Err(Status::NotFound),
-                    Err(e) => Err(status_of(&e)),
-                }
-            }
-        }))
-        .await;
+    /// Answers an MGET or MGET_RANGE: one item per range, leased or inline in
+    /// order, the inline ones within `max_data` ([`Ops::mget`]).
+    async fn mget(
+        &self,
+        op: Op,
+        id: u64,
+        ranges: &[(&strata_tiers::Key, ByteRange)],
+        opts: &Options,
+    ) -> Out {
+        let reads = match self
+            .ops
+            .mget(ranges, self.config.limits.max_data, opts)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return fail(op, id, e),
+        };
         let mut items = Vec::with_capacity(reads.len());
         let mut data = Vec::new();
-        let mut data_bytes = 0u64;
         for r in reads {
-            match r {
-                Ok(slices) => {
-                    let len: u64 = slices.iter().map(|s| s.len() as u64).sum();
-                    let leased = if lease && len > 0 {
-                        self.try_lease(&slices)
-                    } else {
-                        None
-                    };
-                    if leased.is_none() {
-                        if data_bytes + len > self.config.limits.max_data {
-                            items.push(MGetItem {
-                                status: Status::TooLarge,
-                                len: 0,
-                                lease: None,
-                            });
-                            continue;
-                        }
-                        data_bytes += len;
-                        data.extend(slices);
-                    }
-                    items.push(MGetItem {
+            items.push(match r {
+                Ok(read) => {
+                    self.count(&read);
+                    data.extend(read.slices);
+                    MGetItem {
                         status: Status::Ok,
-                        len,
-                        lease: leased,
-                    });
+                        len: read.len,
+                        lease: read.lease,
+                    }
                 }
-                Err(status) => items.push(MGetItem {
-                    status,
+                Err(e) => MGetItem {
+                    status: status_of(&e),
                     len: 0,
                     lease: None,
-                }),
-            }
+                },
+            });
         }
         let mut m = BytesMut::with_capacity(16 + items.len() * 16);
         response::encode_mget(&mut m, &items);

@@ -39,7 +39,6 @@ pub struct DataStats {
     pub(crate) bytes_committed: AtomicU64,
     refused: [AtomicU64; 2],
     pub(crate) stalled: AtomicU64,
-    pub(crate) lease_fallbacks: AtomicU64,
     pub(crate) reservations_expired: AtomicU64,
     pub(crate) poll_hits: AtomicU64,
 }
@@ -53,7 +52,6 @@ impl Default for DataStats {
             bytes_committed: AtomicU64::new(0),
             refused: Default::default(),
             stalled: AtomicU64::new(0),
-            lease_fallbacks: AtomicU64::new(0),
             reservations_expired: AtomicU64::new(0),
             poll_hits: AtomicU64::new(0),
         }
@@ -107,12 +105,6 @@ impl DataStats {
     /// answer bytes, or stopped sending a frame's data).
     pub fn stalled_connections(&self) -> u64 {
         get(&self.stalled)
-    }
-
-    /// Reads a client asked to lease that were answered inline instead, because the
-    /// lease budget (`data.max_leased_bytes`) was spent.
-    pub fn lease_fallbacks(&self) -> u64 {
-        get(&self.lease_fallbacks)
     }
 
     /// Reservations dropped because nobody wrote to or committed them for a lease

@@ -147,8 +147,8 @@ impl NvmeTier {
                 ),
             });
         }
-        std::fs::create_dir_all(&config.dir)
-            .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+        std::fs::create_dir_all(config.dir())
+            .map_err(|e| Error::io(format!("creating {}", config.dir().display()), e))?;
         ensure_a_clean_block(config)?;
         let mut attempts = Vec::with_capacity(4);
         for uring in [true, false] {
@@ -181,12 +181,12 @@ impl NvmeTier {
             });
         };
         let stats = Arc::new(TierStats::default());
-        let (catalog, recovered) = Catalog::open(&config.dir)?;
+        let (catalog, recovered) = Catalog::open(&config.dir())?;
         for (k, e) in catalog.map() {
             stats.add_resident(k.namespace(), e.len);
         }
         tracing::info!(
-            dir = %config.dir.display(),
+            dir = %config.dir().display(),
             io_engine,
             direct_io,
             recovered = catalog.map().len(),
@@ -214,7 +214,7 @@ impl NvmeTier {
         let nvme_err = |e: foyer::Error| Error::Nvme {
             message: e.to_string(),
         };
-        let device = FsDeviceBuilder::new(&config.dir)
+        let device = FsDeviceBuilder::new(config.dir())
             .with_capacity(config.capacity as usize)
             .with_direct(direct)
             .build()
@@ -348,7 +348,7 @@ fn ensure_a_clean_block(config: &NvmeConfig) -> Result<()> {
     let blocks = config.capacity / config.block_size;
     let mut oldest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
     for b in 0..blocks {
-        let path = block_file(&config.dir, b);
+        let path = block_file(&config.dir(), b);
         let Ok(mut f) = std::fs::File::open(&path) else {
             // foyer creates it empty: a clean block.
             return Ok(());
@@ -610,27 +610,28 @@ mod tests {
     fn a_device_with_no_clean_block_gets_one() {
         let dir = tempfile::tempdir().unwrap();
         let config = NvmeConfig {
-            dir: dir.path().to_path_buf(),
+            enabled: true,
+            dir: Some(dir.path().to_path_buf()),
             capacity: 8 << 20,
             block_size: 1 << 20,
             ..NvmeConfig::default()
         };
         let full = vec![0xa5u8; 1 << 20];
         for b in 0..8 {
-            std::fs::write(block_file(&config.dir, b), &full).unwrap();
+            std::fs::write(block_file(&config.dir(), b), &full).unwrap();
             // Block 3 was written first.
             let t = std::time::UNIX_EPOCH
                 + std::time::Duration::from_secs(if b == 3 { 10 } else { 1000 + b });
             let f = std::fs::File::options()
                 .write(true)
-                .open(block_file(&config.dir, b))
+                .open(block_file(&config.dir(), b))
                 .unwrap();
             f.set_modified(t).unwrap();
         }
         let clean = |config: &NvmeConfig| -> Vec<u64> {
             (0..8)
                 .filter(|&b| {
-                    std::fs::read(block_file(&config.dir, b))
+                    std::fs::read(block_file(&config.dir(), b))
                         .is_ok_and(|d| d[..BLOCK_INDEX_BYTES].iter().all(|&x| x == 0))
                 })
                 .collect()
@@ -645,8 +646,8 @@ mod tests {
         ensure_a_clean_block(&config).unwrap();
         assert_eq!(clean(&config), vec![3]);
         // A missing block file is a clean block too.
-        std::fs::write(block_file(&config.dir, 3), &full).unwrap();
-        std::fs::remove_file(block_file(&config.dir, 5)).unwrap();
+        std::fs::write(block_file(&config.dir(), 3), &full).unwrap();
+        std::fs::remove_file(block_file(&config.dir(), 5)).unwrap();
         ensure_a_clean_block(&config).unwrap();
         assert!(clean(&config).is_empty());
     }

@@ -23,8 +23,8 @@ use super::io::write_all_vectored;
 use super::shm::{self, Mapping, ValueReader};
 use crate::error::{ClientError, Result};
 use crate::wire::{
-    FLAG_LEASE, GetInfo, HEADER_LEN, Header, HelloInfo, KeyRange, Lease, Limits, Op, Request,
-    Status, request_frame, response,
+    FEATURE_FLAGS, FLAG_LEASE, FLAG_PIN, GetInfo, HEADER_LEN, Header, HelloInfo, KeyRange, Lease,
+    Limits, MAX_BATCH, Op, Request, Status, request_frame, request_frame_within, response,
 };
 
 /// The carrier a data client uses.
@@ -113,6 +113,9 @@ struct Conn {
     pending: Arc<Pending>,
     broken: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
+    /// Whether the server takes the DEADLINE flag (its HELLO said so): each
+    /// request then carries the caller's time left.
+    deadlines: AtomicBool,
 }
 
 impl Drop for Conn {
@@ -690,6 +693,22 @@ impl DataClient {
     /// backoff and within the deadline, only when the server answered `Busy` (its
     /// upload budget was full: nothing was stored).
     pub async fn put(&self, key: &Key, value: &[u8]) -> Result<u64> {
+        self.put_with(key, value, false).await
+    }
+
+    /// Whether the server takes the DEADLINE and PIN flags (a server of an
+    /// earlier release does not: pinned puts then go over gRPC).
+    pub fn accepts_flags(&self) -> bool {
+        self.inner.hello.ops & FEATURE_FLAGS != 0
+    }
+
+    /// [`Self::put`], pinning the value in DRAM once it is committed when `pin`
+    /// (`Unsupported` if the server does not take the PIN flag:
+    /// [`Self::accepts_flags`]).
+    pub async fn put_with(&self, key: &Key, value: &[u8], pin: bool) -> Result<u64> {
+        if pin && !self.accepts_flags() {
+            return Err(ClientError::Unsupported(Op::Put));
+        }
         let o = &self.inner.options;
         let busy = |e: &ClientError| {
             matches!(
@@ -703,22 +722,23 @@ impl DataClient {
         tokio::time::timeout(
             o.timeout,
             crate::error::retry_if(o.attempts.max(8), o.backoff, busy, || {
-                self.put_once(key, value)
+                self.put_once(key, value, pin)
             }),
         )
         .await
         .unwrap_or(Err(ClientError::Timeout(o.timeout)))
     }
 
-    async fn put_once(&self, key: &Key, value: &[u8]) -> Result<u64> {
+    async fn put_once(&self, key: &Key, value: &[u8], pin: bool) -> Result<u64> {
         let crc = crc32c::crc32c(value);
+        let pin = if pin { FLAG_PIN } else { 0 };
         let tcp = self.inner.carrier == Carrier::Tcp || !self.rdma_usable();
         let f = if tcp {
             let req = Request::Put {
                 key: key.clone(),
                 crc32c: crc,
             };
-            self.call(&req, 0, Some(value)).await?
+            self.call(&req, pin, Some(value)).await?
         } else {
             self.serves(Op::Reserve)?;
             let conn = self.conn().await?;
@@ -739,7 +759,7 @@ impl DataClient {
                     key: key.clone(),
                     crc32c: crc,
                 };
-                let f = self.call(&req, 0, Some(value)).await?;
+                let f = self.call(&req, pin, Some(value)).await?;
                 return response::decode_u64(f.header.op, &f.meta).map_err(proto);
             };
             let cid = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -764,7 +784,7 @@ impl DataClient {
                 reservation: rid,
                 crc32c: crc,
             };
-            send(&conn, cid, 0, &commit, None, timeout, None).await?
+            send(&conn, cid, pin, &commit, None, timeout, None).await?
         };
         response::decode_u64(f.header.op, &f.meta).map_err(proto)
     }
@@ -779,16 +799,26 @@ impl DataClient {
         .await
     }
 
-    /// How many leading keys of `keys` are present.
+    /// How many leading keys of `keys` are present (asked in batches of at most
+    /// [`MAX_BATCH`], each only while every key before it matched).
     pub async fn match_prefix(&self, keys: &[Key]) -> Result<usize> {
-        let req = Request::MatchPrefix {
-            keys: keys.to_vec(),
-        };
-        self.retry(|| async {
-            let f = self.call(&req, 0, None).await?;
-            Ok(response::decode_u64(Op::MatchPrefix, &f.meta).map_err(proto)? as usize)
-        })
-        .await
+        let mut matched = 0;
+        for batch in keys.chunks(MAX_BATCH) {
+            let req = Request::MatchPrefix {
+                keys: batch.to_vec(),
+            };
+            let n = self
+                .retry(|| async {
+                    let f = self.call(&req, 0, None).await?;
+                    Ok(response::decode_u64(Op::MatchPrefix, &f.meta).map_err(proto)? as usize)
+                })
+                .await?;
+            matched += n;
+            if n != batch.len() {
+                break;
+            }
+        }
+        Ok(matched)
     }
 
     fn lease_flag(&self) -> u16 {
@@ -980,6 +1010,7 @@ fn start_conn<R: AsyncRead + Send + Unpin + 'static>(
         pending,
         broken,
         reader,
+        deadlines: AtomicBool::new(false),
     }
 }
 
@@ -1052,7 +1083,10 @@ async fn send(
     prefix: Option<Bytes>,
 ) -> Result<Frame> {
     let data = data.unwrap_or_default();
-    let frame = request_frame(id, flags, req, data.len() as u64);
+    // The server gets the same deadline, so that it stops working for a caller
+    // that has stopped waiting (origin reads included).
+    let budget = conn.deadlines.load(Ordering::Relaxed).then_some(timeout);
+    let frame = request_frame_within(id, flags, req, data.len() as u64, budget);
     let prefix = prefix.unwrap_or_default();
     let (tx, rx) = oneshot::channel();
     conn.pending.lock().insert(id, tx);
@@ -1122,7 +1156,10 @@ async fn hello(conn: &Conn, host_id: &str, timeout: Duration) -> Result<HelloInf
         host_id: host_id.to_owned(),
     };
     let f = send(conn, 0, 0, &req, None, timeout, None).await?;
-    response::decode_hello(&f.meta).map_err(proto)
+    let info = response::decode_hello(&f.meta).map_err(proto)?;
+    conn.deadlines
+        .store(info.ops & FEATURE_FLAGS != 0, Ordering::Relaxed);
+    Ok(info)
 }
 
 /// The client end of the RDMA carrier: one queue pair, a registered staging buffer

@@ -30,6 +30,8 @@ pub struct Leases {
     table: Mutex<Table>,
     granted: AtomicU64,
     expired: AtomicU64,
+    /// Grants refused for the byte budget (the read was answered inline).
+    refused: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +56,7 @@ impl Leases {
             table: Mutex::new(Table::default()),
             granted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +100,8 @@ impl Leases {
             .fetch_add(expired.len() as u64, Ordering::Relaxed);
         if granted.is_some() {
             self.granted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
         drop(expired); // outside the lock: returns extents to the arena
         granted
@@ -151,6 +156,12 @@ impl Leases {
             self.granted.load(Ordering::Relaxed),
             self.expired.load(Ordering::Relaxed),
         )
+    }
+
+    /// Grants refused because the byte budget was spent (those reads were
+    /// answered inline).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Live leases and the bytes they count against the budget (each at least

@@ -1,0 +1,334 @@
+//! The request layer: one set of operations behind both entry points.
+//!
+//! gRPC (`crate::service`) and the data path (`crate::data`) are codecs: they
+//! decode a request, call one operation here with its [`Options`], and encode what
+//! comes back, its errors through the one table of `crate::status`. What a request
+//! may hold and what it is refused is decided here once, for every carrier:
+//!
+//! - admission: one upload budget ([`Config::max_upload_bytes`]) for gRPC puts,
+//!   data-path PUTs and open reservations alike, and one batch limit
+//!   ([`MAX_BATCH_KEYS`]) for MGET, MATCH_PREFIX and `Contains`;
+//! - the caller's deadline, which bounds the whole operation, origin reads
+//!   included (a read abandoned at its deadline stops reading the origin unless
+//!   another caller still waits for the same pages);
+//! - leases on arena memory for zero-copy reads ([`Leases`]);
+//! - pins asked for with a put, taken once the value is committed;
+//! - in-flight commits and streamed reads, tracked so that shutdown waits for
+//!   them before the tiers close ([`Ops::drain`]).
+//!
+//! Every operation runs in a `tracing` span named after it, with its carrier, and
+//! is timed into `strata_request_duration_seconds{op,carrier}`.
+
+mod keys;
+mod lease;
+mod read;
+mod write;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strata_tiers::{Error, TieredStore};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ByteSize;
+
+pub use self::lease::Leases;
+pub use self::read::Read;
+pub use self::write::Upload;
+
+/// Most keys (or ranges) in one batch request, on every carrier: the data path's
+/// frame limit (`strata_transport::wire::MAX_BATCH`). Clients split longer batches.
+pub const MAX_BATCH_KEYS: usize = strata_transport::wire::MAX_BATCH;
+
+/// The upload budget counts in KiB, so that one upload's share fits a semaphore's
+/// `u32` up to 4 TiB.
+const BUDGET_UNIT: u64 = 1024;
+
+/// The least an upload holds of the budget, so that tiny reservations cannot be
+/// opened by the million.
+const MIN_UPLOAD_CHARGE: u64 = 4096;
+
+/// The request layer's settings (`[requests]` in the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Bytes of uploads held at once, at most, from every client and carrier:
+    /// gRPC puts, data-path PUTs and open reservations. Past it a put answers
+    /// `Busy` (gRPC `RESOURCE_EXHAUSTED`), which clients retry with backoff
+    /// within their deadline; a single upload over it answers `TooLarge`.
+    /// Default: 1 GiB.
+    pub max_upload_bytes: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// How a request reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Carrier {
+    /// `strata.v1.Cache` over gRPC.
+    #[default]
+    Grpc,
+    /// The data path over TCP.
+    Tcp,
+    /// The data path over the shared-memory carrier's Unix socket.
+    Shm,
+}
+
+impl Carrier {
+    /// Every carrier.
+    pub const ALL: [Self; 3] = [Self::Grpc, Self::Tcp, Self::Shm];
+
+    /// The label used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Tcp => "tcp",
+            Self::Shm => "shm",
+        }
+    }
+}
+
+/// Who asked: the carrier, the peer's address where there is one, and the
+/// principal the caller authenticated as (none yet: tenancy comes with a later
+/// release, and will key quotas and policy on it).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// How the request came.
+    pub carrier: Carrier,
+    /// The peer's socket address (TCP, gRPC); `None` over a Unix socket.
+    pub peer: Option<SocketAddr>,
+    /// The authenticated principal, once there is authentication.
+    pub principal: Option<String>,
+}
+
+/// Per-operation options, set by the codec from what the request carried.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// When the caller stops waiting: the operation, origin reads included, ends
+    /// with `DeadlineExceeded` then.
+    pub deadline: Option<Instant>,
+    /// Answer reads with a lease on arena memory where the value's bytes lie in
+    /// the arena (shared-memory and RDMA carriers).
+    pub lease: bool,
+    /// Pin the value in DRAM once its put is committed.
+    pub pin: bool,
+    /// Who asked.
+    pub caller: Caller,
+}
+
+impl Options {
+    /// Options of a request from `caller`, with no deadline, lease or pin.
+    pub fn from(caller: Caller) -> Self {
+        Self {
+            caller,
+            ..Self::default()
+        }
+    }
+
+    /// These options with a deadline `budget` from now (none when `None`).
+    pub fn within(mut self, budget: Option<Duration>) -> Self {
+        self.deadline = budget.map(|b| Instant::now() + b);
+        self
+    }
+}
+
+/// The operations of one server over its store.
+#[derive(Debug)]
+pub struct Ops {
+    store: TieredStore,
+    config: Config,
+    /// The upload budget, in [`BUDGET_UNIT`]s.
+    uploads: Arc<Semaphore>,
+    /// Its size in units.
+    budget_units: u64,
+    leases: Leases,
+    /// Commits in flight, whichever carrier started them, and the tasks that
+    /// stream long reads ([`Ops::spawn`]).
+    commits: TaskTracker,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Ops {
+    /// The operations over `store`, with leases that live `lease_ttl` and hold at
+    /// most `max_leased_bytes`, recorded into `metrics`.
+    pub fn new(
+        store: TieredStore,
+        config: Config,
+        lease_ttl: Duration,
+        max_leased_bytes: u64,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        let units = (config.max_upload_bytes.0 / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64);
+        Arc::new(Self {
+            store,
+            uploads: Arc::new(Semaphore::new(units as usize)),
+            budget_units: units,
+            leases: Leases::new(lease_ttl, max_leased_bytes),
+            commits: TaskTracker::new(),
+            config,
+            metrics,
+        })
+    }
+
+    /// The store (for what is not a request: the arena's descriptor, statistics).
+    pub fn store(&self) -> &TieredStore {
+        &self.store
+    }
+
+    /// The lease table.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Bytes of the upload budget free now.
+    pub fn upload_budget_free(&self) -> u64 {
+        self.uploads.available_permits() as u64 * BUDGET_UNIT
+    }
+
+    /// Commits (and streamed reads) running now.
+    pub fn commits_in_flight(&self) -> usize {
+        self.commits.len()
+    }
+
+    /// Runs `task`, a part of a request that outlives its handler (a read
+    /// streamed page by page), tracked as commits are.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.commits.spawn(task);
+    }
+
+    /// Waits, at most `grace`, until no commit (or streamed read) is running;
+    /// `false` if some still were. Shutdown calls it after the entry points
+    /// stopped and before the tiers close, so that no commit writes into a closed
+    /// tier.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.commits.close();
+        tokio::time::timeout(grace, self.commits.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Refuses a batch of `n` keys over [`MAX_BATCH_KEYS`].
+    pub fn check_batch(n: usize) -> Result<(), Error> {
+        if n > MAX_BATCH_KEYS {
+            return Err(Error::TooLarge {
+                what: "a batch".into(),
+                len: n as u64,
+                limit: MAX_BATCH_KEYS as u64,
+                unit: "keys",
+                setting: "the batch limit, MAX_BATCH",
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f`, operation `op` of `opts`'s caller, within its deadline, in a
+    /// span, timed.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        opts: &Options,
+        f: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        use tracing::Instrument;
+        let span = tracing::debug_span!("op", op, carrier = opts.caller.carrier.name());
+        let start = std::time::Instant::now();
+        let r = async {
+            match opts.deadline {
+                None => f.await,
+                Some(at) => match tokio::time::timeout_at(at, f).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::DeadlineExceeded {
+                        op,
+                        elapsed: start.elapsed(),
+                    }),
+                },
+            }
+        }
+        .instrument(span)
+        .await;
+        self.record(op, opts, start.elapsed(), &r);
+        r
+    }
+
+    /// Records one operation `op` that took `took` and ended in `r` (a miss is an
+    /// answer, not a failure).
+    pub fn record<T>(
+        &self,
+        op: &'static str,
+        opts: &Options,
+        took: Duration,
+        r: &Result<T, Error>,
+    ) {
+        let failed = r
+            .as_ref()
+            .is_err_and(|e| e.kind() != strata_tiers::ErrorKind::NotFound);
+        self.metrics
+            .request_done(op, opts.caller.carrier, took, !failed);
+    }
+
+    /// A timer of operation `op` for `opts`'s caller, for a codec that runs an
+    /// operation in steps: recorded when dropped, as failed unless
+    /// [`Timer::succeed`] was called.
+    pub fn timer(self: &Arc<Self>, op: &'static str, opts: &Options) -> Timer {
+        Timer {
+            ops: self.clone(),
+            op,
+            carrier: opts.caller.carrier,
+            start: std::time::Instant::now(),
+            ok: false,
+        }
+    }
+
+    /// Runs `f` within `opts`'s deadline and in a span, like [`Self::run`], but
+    /// unrecorded: a step of an operation that its codec times as a whole.
+    async fn run_step<T>(
+        &self,
+        op: &'static str,
+        opts: &Options,
+        f: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match self.step(op, opts, f).await {
+            Ok(r) => r,
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Times one operation run in steps ([`Ops::timer`]).
+#[derive(Debug)]
+pub struct Timer {
+    ops: Arc<Ops>,
+    op: &'static str,
+    carrier: Carrier,
+    start: std::time::Instant,
+    ok: bool,
+}
+
+impl Timer {
+    /// Marks the operation as answered (a miss included).
+    pub fn succeed(&mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.ops
+            .metrics
+            .request_done(self.op, self.carrier, self.start.elapsed(), self.ok);
+    }
+}

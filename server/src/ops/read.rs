@@ -1,0 +1,189 @@
+//! Reads: a value or a range of it, a batch of ranges, and the pages of a long
+//! range for a streaming answer.
+
+use bytes::Bytes;
+use futures::future::join_all;
+use strata_tiers::{ByteRange, Entry, Error, Key};
+use strata_transport::wire::{Extent, Lease};
+
+use super::{Ops, Options};
+
+/// What a read found: the value's length, the offset of the first byte read, and
+/// the bytes, as zero-copy slices of its pages, or leased (when the options asked
+/// for a lease and the bytes lie in the arena).
+#[derive(Debug)]
+pub struct Read {
+    /// The whole value's length.
+    pub total: u64,
+    /// Offset of the first byte read.
+    pub start: u64,
+    /// Bytes read.
+    pub len: u64,
+    /// The bytes, one slice per page; empty when they are leased.
+    pub slices: Vec<Bytes>,
+    /// The lease on the bytes, if they were leased.
+    pub lease: Option<Lease>,
+}
+
+impl Ops {
+    /// Reads `range` of `key`. A miss is `NotFound`.
+    pub async fn get(&self, key: &Key, range: ByteRange, opts: &Options) -> Result<Read, Error> {
+        self.run("get", opts, async {
+            match self.store.get_slices(key, Some(range)).await? {
+                Some((entry, start, slices)) => Ok(self.answer(entry.len(), start, slices, opts)),
+                None => Err(Error::NotFound {
+                    key: key.display_path(),
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Reads a batch of ranges, each on its own: one result per range, in order.
+    /// What is answered inline stays within `max_inline` bytes: the values' heads
+    /// are looked up first, and a range that would go past what is left fails
+    /// `TooLarge` without being read (a later, smaller one may still fit), so a
+    /// batch of many large values on NVMe or at the origin does not read them all
+    /// into memory to refuse most of them.
+    pub async fn mget(
+        &self,
+        ranges: &[(&Key, ByteRange)],
+        max_inline: u64,
+        opts: &Options,
+    ) -> Result<Vec<Result<Read, Error>>, Error> {
+        self.run("mget", opts, async {
+            Self::check_batch(ranges.len())?;
+            let heads = join_all(ranges.iter().map(|(k, _)| self.store.lookup(k))).await;
+            let mut left = max_inline;
+            let too_large = |len: u64, left: u64| Error::TooLarge {
+                what: "a batch answer".into(),
+                len,
+                limit: left,
+                unit: "bytes",
+                setting: "data.max_frame_data",
+            };
+            let reads = join_all(ranges.iter().zip(heads).map(|((key, r), head)| {
+                let admitted = match head {
+                    Ok(Some(e)) => match r.resolve(e.len()) {
+                        Ok((start, end)) if end - start > left => Err(too_large(end - start, left)),
+                        Ok((start, end)) => {
+                            left -= end - start;
+                            Ok(e)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Ok(None) => Err(Error::NotFound {
+                        key: key.display_path(),
+                    }),
+                    Err(e) => Err(e),
+                };
+                async move {
+                    // (A value replaced since its lookup is read anew, and its
+                    // length checked again below.)
+                    match self.store.slices_of(admitted?, Some(*r)).await? {
+                        Some((e, start, slices)) => Ok((e.len(), start, slices)),
+                        None => Err(Error::NotFound {
+                            key: key.display_path(),
+                        }),
+                    }
+                }
+            }))
+            .await;
+            let mut inline = 0u64;
+            Ok(reads
+                .into_iter()
+                .map(|r| {
+                    let (total, start, slices) = r?;
+                    let read = self.answer(total, start, slices, opts);
+                    if read.lease.is_none() {
+                        if inline + read.len > max_inline {
+                            return Err(too_large(read.len, max_inline - inline));
+                        }
+                        inline += read.len;
+                    }
+                    Ok(read)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Finds a value's head (for an answer streamed page by page). `Ok(None)` is
+    /// a miss. Not recorded: the codec records the whole read ([`Ops::record`]).
+    pub async fn lookup(&self, key: &Key, opts: &Options) -> Result<Option<Entry>, Error> {
+        self.run_step("get", opts, self.store.lookup(key)).await
+    }
+
+    /// Reads page `index` of a value found by [`Self::lookup`] (not recorded,
+    /// as [`Self::lookup`]).
+    pub async fn read_page(
+        &self,
+        entry: &Entry,
+        index: u32,
+        opts: &Options,
+    ) -> Result<Bytes, Error> {
+        self.run_step("get", opts, self.store.read_page(entry, index))
+            .await
+    }
+
+    /// Waits for `f`, a step of a read streamed to `opts`'s caller, within its
+    /// deadline (`op` names the read in the error).
+    pub async fn step<T>(
+        &self,
+        op: &'static str,
+        opts: &Options,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, Error> {
+        match opts.deadline {
+            None => Ok(f.await),
+            Some(at) => {
+                let start = tokio::time::Instant::now();
+                tokio::time::timeout_at(at, f)
+                    .await
+                    .map_err(|_| Error::DeadlineExceeded {
+                        op,
+                        elapsed: start.elapsed(),
+                    })
+            }
+        }
+    }
+
+    /// The answer to a read of `slices`: leased if the options ask for it, the
+    /// bytes lie in the arena and the lease budget allows; inline otherwise.
+    fn answer(&self, total: u64, start: u64, slices: Vec<Bytes>, opts: &Options) -> Read {
+        let len = slices.iter().map(|s| s.len() as u64).sum();
+        let lease = if opts.lease && len > 0 {
+            self.lease(&slices)
+        } else {
+            None
+        };
+        let slices = if lease.is_some() { Vec::new() } else { slices };
+        Read {
+            total,
+            start,
+            len,
+            slices,
+            lease,
+        }
+    }
+
+    /// Leases `slices` if they all lie in the arena and the lease budget allows.
+    fn lease(&self, slices: &[Bytes]) -> Option<Lease> {
+        let arena = self.store.dram().arena();
+        let extents = slices
+            .iter()
+            .map(|s| {
+                arena.offset_of(s).map(|offset| Extent {
+                    offset,
+                    len: s.len() as u64,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let id = self.leases.grant(slices.to_vec())?;
+        Some(Lease {
+            id,
+            ttl_ms: self.leases.ttl().as_millis() as u32,
+            extents,
+        })
+    }
+}
