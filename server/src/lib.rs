@@ -115,7 +115,6 @@ impl Server {
             ops.clone(),
             DataConfig {
                 lease_ttl,
-                max_leased_bytes: config.data.max_leased_bytes.0,
                 limits: Limits {
                     max_data: config.data.max_frame_data.0,
                     ..Limits::default()

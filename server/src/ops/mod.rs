@@ -243,23 +243,8 @@ impl Ops {
         opts: &Options,
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        use tracing::Instrument;
-        let span = tracing::debug_span!("op", op, carrier = opts.caller.carrier.name());
         let start = std::time::Instant::now();
-        let r = async {
-            match opts.deadline {
-                None => f.await,
-                Some(at) => match tokio::time::timeout_at(at, f).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::DeadlineExceeded {
-                        op,
-                        elapsed: start.elapsed(),
-                    }),
-                },
-            }
-        }
-        .instrument(span)
-        .await;
+        let r = self.run_step(op, opts, f).await;
         self.record(op, opts, start.elapsed(), &r);
         r
     }
@@ -301,10 +286,12 @@ impl Ops {
         opts: &Options,
         f: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        match self.step(op, opts, f).await {
-            Ok(r) => r,
-            Err(e) => Err(e),
-        }
+        use tracing::Instrument;
+        let span = tracing::debug_span!("op", op, carrier = opts.caller.carrier.name());
+        self.step(op, opts, f)
+            .instrument(span)
+            .await
+            .and_then(|r| r)
     }
 }
 

@@ -168,15 +168,11 @@ impl Ops {
             }
             Ok(receipt)
         });
-        let joined = match opts.deadline {
-            None => task.await,
-            Some(at) => tokio::time::timeout_at(at, task)
-                .await
-                .map_err(|_| late())?,
-        };
-        joined.map_err(|e| Error::Shared {
-            message: format!("the commit task failed: {e}"),
-            kind: strata_tiers::ErrorKind::Internal,
-        })?
+        self.step("put", opts, task)
+            .await?
+            .map_err(|e| Error::Shared {
+                message: format!("the commit task failed: {e}"),
+                kind: strata_tiers::ErrorKind::Internal,
+            })?
     }
 }

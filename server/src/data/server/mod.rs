@@ -64,8 +64,6 @@ use strata_transport::wire::{
 pub struct DataConfig {
     /// How long a lease (and so a shared-memory read) may hold arena memory.
     pub lease_ttl: Duration,
-    /// Most bytes held by leases at once; beyond it, reads are answered inline.
-    pub max_leased_bytes: u64,
     /// Frame limits.
     pub limits: Limits,
     /// How long a connection with nothing in flight polls its socket for the next
@@ -103,7 +101,6 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             lease_ttl: Duration::from_secs(5),
-            max_leased_bytes: 1 << 30,
             limits: Limits::default(),
             poll: Duration::ZERO,
             poll_connections: 1,
