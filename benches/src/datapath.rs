@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Args;
-use strata_server::config::{DataSection, OriginKindConfig, OriginSection, ServerConfig};
+use strata_server::config::{DataConfig, OriginKindConfig, OriginSection, ServerConfig};
 use strata_server::{ByteSize, Config, Server};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataClient, DataEndpoint, DataOptions};
@@ -193,11 +193,11 @@ pub fn run(a: &DataArgs) -> anyhow::Result<()> {
             metrics_listen: "127.0.0.1:0".into(),
             ..ServerConfig::default()
         },
-        data: DataSection {
+        data: DataConfig {
             listen: "127.0.0.1:0".into(),
             shm_socket: Some(shm_socket.clone()),
             poll_us: a.server_poll_us,
-            ..DataSection::default()
+            ..DataConfig::default()
         },
         data_dir: dir.path().to_owned(),
         dram: strata_tiers::DramConfig {

@@ -185,7 +185,7 @@ mod prefix {
     use bytes::Bytes;
     use strata_kv_connector::gpu::{Gpu, GpuTier};
     use strata_server::Server;
-    use strata_server::config::{Config, DataSection, ServerConfig};
+    use strata_server::config::{Config, DataConfig, ServerConfig};
     use strata_tiers::Key;
     use strata_transport::data::{CarrierChoice, DataOptions};
     use strata_transport::wire::KeyRange;
@@ -213,10 +213,10 @@ mod prefix {
                 metrics_listen: "127.0.0.1:0".into(),
                 ..ServerConfig::default()
             },
-            data: DataSection {
+            data: DataConfig {
                 listen: "127.0.0.1:0".into(),
                 shm_socket: Some(dir.path().join("strata.sock")),
-                ..DataSection::default()
+                ..DataConfig::default()
             },
             data_dir: dir.path().to_owned(),
             dram: strata_tiers::DramConfig {

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use strata_kv_connector::sim::{ChatShape, ChatTrace, SimEngine, llama_8b};
 use strata_kv_connector::{ChunkStore, ReadUnit, WorkerConfig};
 use strata_server::Server;
-use strata_server::config::{Config, DataSection, ServerConfig};
+use strata_server::config::{Config, DataConfig, ServerConfig};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
 use strata_transport::{Client, ClientOptions};
@@ -166,11 +166,11 @@ pub fn run(a: &KvArgs) -> anyhow::Result<()> {
             metrics_listen: "127.0.0.1:0".into(),
             ..ServerConfig::default()
         },
-        data: DataSection {
+        data: DataConfig {
             listen: "127.0.0.1:0".into(),
             shm_socket: Some(dir.path().join("strata.sock")),
             poll_us: a.server_poll_us,
-            ..DataSection::default()
+            ..DataConfig::default()
         },
         data_dir: dir.path().to_owned(),
         dram: strata_tiers::DramConfig {

@@ -1,26 +1,11 @@
 //! The `strata` CLI against a real server on 127.0.0.1:0.
 
-use strata_server::Server;
-use strata_server::config::Config;
-
-fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
-    c.dram.capacity = 32 << 20;
-    c.nvme.capacity = 64 << 20;
-    c.nvme.block_size = 2 << 20;
-    c.nvme.buffer_pool_size = 8 << 20;
-    c.store.page_size = 1 << 20;
-    c
-}
+use strata_server::testing;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_put_get_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let running = Server::start(config(dir.path())).await.unwrap();
+    let running = testing::start(testing::config(dir.path())).await;
     let addr = running.addr.to_string();
     let cli = env!("CARGO_BIN_EXE_strata");
     let file = dir.path().join("in.bin");

@@ -16,11 +16,10 @@ use strata_kv_connector::{
     Worker, WorkerConfig,
 };
 use strata_proto::Key;
-use strata_server::config::Config;
-use strata_server::{Running, Server};
-use strata_transport::data::{CarrierChoice, DataOptions};
+use strata_server::{Running, testing};
+use strata_transport::Client;
+use strata_transport::data::CarrierChoice;
 use strata_transport::wire::KeyRange;
-use strata_transport::{Client, ClientOptions};
 
 const LAYERS: usize = 4;
 const HEADS: usize = 2;
@@ -55,27 +54,16 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn server(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Running {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
+    let mut c = testing::config(dir);
     c.dram.capacity = 64 << 20;
     c.nvme.enabled = false;
-    rt.block_on(Server::start(c)).unwrap()
+    rt.block_on(testing::start(c))
 }
 
 fn client(rt: &tokio::runtime::Runtime, r: &Running, carrier: CarrierChoice) -> Client {
-    let options = ClientOptions {
-        timeout: Duration::from_secs(5),
-        data: DataOptions {
-            carrier,
-            ..DataOptions::default()
-        },
-        ..ClientOptions::default()
-    };
-    rt.block_on(Client::connect(&r.addr.to_string(), options))
-        .unwrap()
+    let mut options = testing::options(Some(carrier), 2);
+    options.timeout = Duration::from_secs(5);
+    rt.block_on(testing::client(r, options))
 }
 
 /// The KV "the model" computes for a token at a position: any deterministic

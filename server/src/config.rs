@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use strata_tiers::{DramConfig, NvmeConfig, StoreConfig};
 
+pub use crate::data::DataConfig;
 pub use strata_tiers::ByteSize;
 
 /// The whole configuration.
@@ -31,58 +32,9 @@ pub struct Config {
     /// The origin.
     pub origin: OriginSection,
     /// The data path (binary TCP and shared memory).
-    pub data: DataSection,
+    pub data: DataConfig,
     /// The request layer behind gRPC and the data path: the one upload budget.
     pub requests: crate::ops::Config,
-}
-
-/// `[data]`: the data path. gRPC stays the control path; bulk bytes go here.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataSection {
-    /// TCP address of the binary data path; empty to turn it off. Default:
-    /// `127.0.0.1:7072`.
-    pub listen: String,
-    /// Serve same-host clients over shared memory. Default: true.
-    pub shm: bool,
-    /// Unix socket of the shared-memory carrier. Default: `<data_dir>/strata.sock`.
-    pub shm_socket: Option<PathBuf>,
-    /// Milliseconds a lease (a shared-memory read, a reserved slot) holds arena
-    /// memory at most. Default: 5000.
-    pub lease_ttl_ms: u64,
-    /// Bytes held by leases at once, at most; past it reads are answered inline.
-    /// Default: 1 GiB.
-    pub max_leased_bytes: ByteSize,
-    /// Largest data section of one frame (a PUT's value, an MGET's answer).
-    /// Default: 1 GiB.
-    pub max_frame_data: ByteSize,
-    /// Microseconds a data connection with nothing in flight polls its socket
-    /// before it parks; 0 parks at once. Polling takes the wake-up out of a round
-    /// trip (worth most to same-host shared-memory clients) for a busy core while it
-    /// lasts: set it only where the node has a core to spare. Default: 0.
-    pub poll_us: u64,
-    /// Data connections that may poll at once, each holding a runtime worker while
-    /// it polls: keep it below the server's worker threads. Default: 1.
-    pub poll_connections: usize,
-    /// Data connections served at once, per listener (TCP, Unix socket); past it new
-    /// ones are closed. Default: 4096.
-    pub max_connections: usize,
-}
-
-impl Default for DataSection {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:7072".into(),
-            shm: true,
-            shm_socket: None,
-            lease_ttl_ms: 5000,
-            max_leased_bytes: ByteSize(1 << 30),
-            max_frame_data: ByteSize(1 << 30),
-            poll_us: 0,
-            poll_connections: 1,
-            max_connections: 4096,
-        }
-    }
 }
 
 impl Default for Config {
@@ -94,7 +46,7 @@ impl Default for Config {
             nvme: NvmeConfig::default(),
             store: StoreConfig::default(),
             origin: OriginSection::default(),
-            data: DataSection::default(),
+            data: DataConfig::default(),
             requests: crate::ops::Config::default(),
         }
     }

@@ -15,18 +15,19 @@ pub mod ops;
 pub mod oracle;
 pub mod service;
 mod status;
+#[doc(hidden)]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::data::{DataConfig, DataServer};
+use crate::data::DataServer;
 use crate::dataset::{Datasets, OriginSpec};
 use anyhow::Context;
 use strata_proto::v1::cache_server::CacheServer;
 use strata_proto::v1::datasets_server::DatasetsServer;
 use strata_tiers::{DramTier, LocalDirTier, Namespaces, NvmeConfig, NvmeTier, Origin, TieredStore};
-use strata_transport::wire::Limits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -103,27 +104,14 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
 
-        let lease_ttl = Duration::from_millis(config.data.lease_ttl_ms);
         let ops = ops::Ops::new(
             store.clone(),
             config.requests.clone(),
-            lease_ttl,
+            config.data.lease_ttl(),
             config.data.max_leased_bytes.0,
             metrics.clone(),
         );
-        let data = DataServer::new(
-            ops.clone(),
-            DataConfig {
-                lease_ttl,
-                limits: Limits {
-                    max_data: config.data.max_frame_data.0,
-                    ..Limits::default()
-                },
-                poll: Duration::from_micros(config.data.poll_us),
-                poll_connections: config.data.poll_connections,
-                max_connections: config.data.max_connections,
-            },
-        );
+        let data = DataServer::new(ops.clone(), config.data.clone());
         // Shared-memory and RDMA reads both hold leases; they expire whichever is on.
         tokio::spawn(data.clone().expire_leases(shutdown.clone()));
         let data_addr = if config.data.listen.is_empty() {

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use strata_server::testing;
 use strata_tiers::Key;
-use strata_transport::data::{CarrierChoice, DataOptions};
+use strata_transport::data::CarrierChoice;
 use strata_transport::{Client, ClientOptions};
 
 const KILLS: usize = 20;
@@ -137,18 +138,12 @@ fn claimed(b: &[u8]) -> Option<(u32, u64, usize)> {
 
 fn client_options(carrier: Option<CarrierChoice>) -> ClientOptions {
     let timeout = Duration::from_secs(20);
-    ClientOptions {
-        timeout,
-        attempts: 1,
-        data_path: carrier.is_some(),
-        data: DataOptions {
-            carrier: carrier.unwrap_or_default(),
-            timeout,
-            attempts: 1,
-            ..DataOptions::default()
-        },
-        ..ClientOptions::default()
-    }
+    let mut o = testing::options(carrier, 2);
+    o.timeout = timeout;
+    o.attempts = 1;
+    o.data.timeout = timeout;
+    o.data.attempts = 1;
+    o
 }
 
 /// One writer: puts (and now and then deletes) its own keys until an operation

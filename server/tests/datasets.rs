@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_server::config::{Config, OriginKindConfig};
-use strata_server::{Running, Server};
+use strata_server::{Running, Server, testing};
 use strata_tiers::{BlobTier, Key, PutOptions, Tier};
 use strata_training_cache::loader::{FixedRecords, Loader, LoaderConfig, fetch_manifest};
 use strata_training_cache::{PlanSpec, Position};
@@ -24,23 +24,15 @@ use self::faultproxy::FaultProxy;
 use self::pattern::pattern;
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
+    let mut c = testing::config(dir);
     c.dram.capacity = 64 << 20;
     c.nvme.capacity = 128 << 20;
-    c.nvme.block_size = 2 << 20;
     c.nvme.buffer_pool_size = 16 << 20;
-    c.store.page_size = 1 << 20;
     c
 }
 
 async fn client(r: &Running) -> Client {
-    Client::connect(&r.addr.to_string(), ClientOptions::default())
-        .await
-        .unwrap()
+    testing::client(r, ClientOptions::default()).await
 }
 
 fn rpc(c: &Client) -> proto::datasets_client::DatasetsClient<tonic::transport::Channel> {

@@ -8,23 +8,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_server::config::Config;
+use strata_server::testing;
 use strata_server::{Running, Server};
 use strata_tiers::Key;
-use strata_transport::data::{CarrierChoice, DataOptions};
-use strata_transport::{Client, ClientOptions};
+use strata_transport::Client;
+use strata_transport::data::CarrierChoice;
 
 const VALUES: usize = 100;
 const MIB: usize = 1 << 20;
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
+    let mut c = testing::config(dir);
     c.dram.capacity = 64 << 20;
-    c.nvme.enabled = true;
+    c.nvme = Default::default();
     c.nvme.capacity = 1 << 30;
+    c.store = Default::default();
     c
 }
 
@@ -36,24 +34,12 @@ enum Via {
 }
 
 async fn client(r: &Running, via: Via) -> Client {
-    let (data_path, carrier) = match via {
-        Via::Shm => (true, CarrierChoice::Shm),
-        Via::Tcp => (true, CarrierChoice::Tcp),
-        Via::Grpc => (false, CarrierChoice::Auto),
+    let carrier = match via {
+        Via::Shm => Some(CarrierChoice::Shm),
+        Via::Tcp => Some(CarrierChoice::Tcp),
+        Via::Grpc => None,
     };
-    Client::connect(
-        &r.addr.to_string(),
-        ClientOptions {
-            data_path,
-            data: DataOptions {
-                carrier,
-                ..DataOptions::default()
-            },
-            ..ClientOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    testing::client(r, testing::options(carrier, 2)).await
 }
 
 fn value(i: usize) -> Bytes {

@@ -6,22 +6,19 @@
 
 use bytes::Bytes;
 use strata_server::config::Config;
+use strata_server::testing::{self, k, pattern};
 use strata_server::{Running, Server};
-use strata_tiers::Key;
 use strata_transport::data::rdma::Device;
 use strata_transport::data::{Carrier, CarrierChoice, DataOptions};
 use strata_transport::{Client, ClientOptions};
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
+    let mut c = testing::config(dir);
     c.data.shm = false;
-    c.data_dir = dir.to_path_buf();
-    c.dram.capacity = 32 << 20;
+    // The NVMe tier's own defaults (tests that turn it on size only its
+    // capacity: the harness's 2 MiB blocks would be 512 files for 1 GiB).
+    c.nvme = Default::default();
     c.nvme.enabled = false;
-    c.store.page_size = 1 << 20;
     c
 }
 
@@ -49,16 +46,6 @@ async fn client_with(
         },
     )
     .await
-}
-
-fn k(path: &str) -> Key {
-    Key::parse_path(path).unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(17).wrapping_add(seed))
-        .collect()
 }
 
 /// Runs everywhere: without a device the server says RDMA is unavailable and

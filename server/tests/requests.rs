@@ -7,71 +7,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use strata_proto::v1 as proto;
 use strata_proto::v1::cache_client::CacheClient;
 use strata_server::config::{ByteSize, Config};
+use strata_server::testing::{self, k, raw_call};
 use strata_server::{Running, Server};
 use strata_tiers::{
     BoxFuture, ByteRange, GetOptions, Key, LocalDirTier, NamespaceOrigin, PutOptions, Tier,
     TierStats,
 };
-use strata_transport::data::{CarrierChoice, DataOptions};
+use strata_transport::Client;
+use strata_transport::data::CarrierChoice;
 use strata_transport::key_to_proto;
 use strata_transport::wire::{
-    HEADER_LEN, Header, Limits, MAX_BATCH, Op, Request, Status, request_frame,
-    request_frame_within, response,
+    MAX_BATCH, Op, Request, Status, request_frame, request_frame_within, response,
 };
-use strata_transport::{Client, ClientOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
+    let mut c = testing::config(dir);
     c.dram.capacity = 64 << 20;
-    c.nvme.capacity = 64 << 20;
-    c.nvme.block_size = 2 << 20;
-    c.nvme.buffer_pool_size = 8 << 20;
-    c.store.page_size = 1 << 20;
     c
 }
 
-fn k(path: &str) -> Key {
-    Key::parse_path(path).unwrap()
-}
-
 async fn client(r: &Running, data_path: bool, carrier: CarrierChoice) -> Client {
-    Client::connect(
-        &r.addr.to_string(),
-        ClientOptions {
-            data_path,
-            data: DataOptions {
-                carrier,
-                ..DataOptions::default()
-            },
-            ..ClientOptions::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
-/// Sends one frame (and its data) and reads the answer.
-async fn raw_call(s: &mut TcpStream, frame: &[u8], data: &[u8]) -> (Header, Bytes) {
-    s.write_all(frame).await.unwrap();
-    s.write_all(data).await.unwrap();
-    let mut hb = [0u8; HEADER_LEN];
-    s.read_exact(&mut hb).await.unwrap();
-    let h = Header::decode(&hb, &Limits::default()).unwrap();
-    let mut meta = BytesMut::zeroed(h.meta_len as usize);
-    s.read_exact(&mut meta).await.unwrap();
-    let mut data = BytesMut::zeroed(h.data_len as usize);
-    s.read_exact(&mut data).await.unwrap();
-    (h, meta.freeze())
+    testing::client(r, testing::options(data_path.then_some(carrier), 2)).await
 }
 
 /// A fault injected around the real local-directory origin: every read of bytes
@@ -169,7 +130,7 @@ async fn the_callers_deadline_reaches_origin_reads() {
     };
     let t = Instant::now();
     let frame = request_frame_within(1, 0, &get("obj/a"), 0, Some(Duration::from_millis(150)));
-    let (h, meta) = raw_call(&mut s, &frame, &[]).await;
+    let (h, meta, _) = raw_call(&mut s, &frame, &[]).await;
     assert_eq!(h.status, Status::DeadlineExceeded, "{meta:?}");
     assert!(
         t.elapsed() < Duration::from_millis(1200),
@@ -220,7 +181,7 @@ async fn the_callers_deadline_reaches_origin_reads() {
     );
 
     // No deadline: the read waits for the origin.
-    let (h, meta) = raw_call(&mut s, &request_frame(2, 0, &get("obj/c"), 0), &[]).await;
+    let (h, meta, _) = raw_call(&mut s, &request_frame(2, 0, &get("obj/c"), 0), &[]).await;
     assert_eq!(h.status, Status::Ok, "{meta:?}");
     assert_eq!(slow.abandoned.load(Ordering::SeqCst), 2);
     r.shutdown().await.unwrap();
@@ -243,7 +204,7 @@ async fn both_entry_points_hold_one_upload_budget() {
         key: k("kv/b/held"),
         len: 768 << 10,
     };
-    let (h, meta) = raw_call(&mut s, &request_frame(1, 0, &reserve, 0), &[]).await;
+    let (h, meta, _) = raw_call(&mut s, &request_frame(1, 0, &reserve, 0), &[]).await;
     assert_eq!(h.status, Status::Ok, "{meta:?}");
     assert_eq!(r.data.ops().upload_budget_free(), 256 << 10);
 
@@ -258,7 +219,7 @@ async fn both_entry_points_hold_one_upload_budget() {
         e => panic!("{e}"),
     }
 
-    let (h, _) = raw_call(
+    let (h, _, _) = raw_call(
         &mut s,
         &request_frame(2, 0, &Request::Abort { reservation: 1 }, 0),
         &[],
@@ -275,7 +236,7 @@ async fn both_entry_points_hold_one_upload_budget() {
         key: k("kv/b/big"),
         crc32c: crc32c::crc32c(&big),
     };
-    let (h, meta) = raw_call(&mut s, &request_frame(3, 0, &put, big.len() as u64), &big).await;
+    let (h, meta, _) = raw_call(&mut s, &request_frame(3, 0, &put, big.len() as u64), &big).await;
     assert_eq!(h.status, Status::TooLarge);
     assert!(response::decode_error(&meta).contains("requests.max_upload_bytes"));
     let e = grpc

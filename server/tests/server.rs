@@ -3,53 +3,29 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use strata_server::Running;
 use strata_server::config::{ByteSize, Config};
-use strata_server::{Running, Server};
+use strata_server::testing::{self, k, pattern, scrape};
 use strata_tiers::Key;
 use strata_transport::{Client, ClientOptions, key_to_proto, proto};
 use tonic::Code;
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
+    let mut c = testing::config(dir);
     c.requests.max_upload_bytes = ByteSize(64 << 20);
-    c.data_dir = dir.to_path_buf();
-    c.dram.capacity = 32 << 20;
-    c.nvme.capacity = 64 << 20;
-    c.nvme.block_size = 2 << 20;
-    c.nvme.buffer_pool_size = 8 << 20;
-    c.store.page_size = 1 << 20;
     c
 }
 
 /// These tests exercise the gRPC surface itself, so values stay on gRPC here;
 /// `data_path.rs` tests the data path.
 fn grpc_only() -> ClientOptions {
-    ClientOptions {
-        data_path: false,
-        ..ClientOptions::default()
-    }
+    testing::options(None, 2)
 }
 
 async fn start(dir: &std::path::Path) -> (Running, Client) {
-    let running = Server::start(config(dir)).await.unwrap();
-    let client = Client::connect(&running.addr.to_string(), grpc_only())
-        .await
-        .unwrap();
+    let running = testing::start(config(dir)).await;
+    let client = testing::client(&running, grpc_only()).await;
     (running, client)
-}
-
-fn k(path: &str) -> Key {
-    Key::parse_path(path).unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect::<Vec<_>>()
-        .into()
 }
 
 async fn still_serves(c: &Client) {
@@ -140,7 +116,7 @@ async fn put_get_range_and_admin_calls() {
             .any(|t| t.tier == "localdir" && t.total.as_ref().unwrap().origin_reads > 0)
     );
 
-    let body = metrics(running.metrics_addr).await;
+    let body = scrape(running.metrics_addr).await;
     assert!(
         body.contains("strata_tier_hits_total{tier=\"dram\",namespace=\"kv\"}"),
         "{body}"
@@ -151,17 +127,6 @@ async fn put_get_range_and_admin_calls() {
     );
 
     running.shutdown().await.unwrap();
-}
-
-async fn metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

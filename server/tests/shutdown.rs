@@ -7,20 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_server::Server;
 use strata_server::config::Config;
+use strata_server::{Server, testing};
 use strata_tiers::Key;
 use strata_transport::data::{CarrierChoice, DataOptions};
 use strata_transport::{Client, ClientOptions};
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.metrics_listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
-    c.data_dir = dir.to_path_buf();
+    let mut c = testing::config(dir);
     c.dram.capacity = 256 << 20;
+    c.nvme = Default::default();
     c.nvme.capacity = 1 << 30;
+    c.store = Default::default();
     c
 }
 

@@ -3,9 +3,11 @@
 //! a codec over the request layer (`crate::ops`), and its counters. The frames and the
 //! client are in `strata-transport`.
 
+mod config;
 mod server;
 mod stats;
 
-pub use self::server::{DataConfig, DataServer, MAX_INFLIGHT, MAX_RESERVATIONS, MIN_UPLOAD_RATE};
+pub use self::config::DataConfig;
+pub use self::server::{DataServer, MAX_INFLIGHT, MAX_RESERVATIONS, MIN_UPLOAD_RATE};
 pub use self::stats::{DataStats, Listener};
 pub use crate::ops::Leases;

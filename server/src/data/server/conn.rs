@@ -127,7 +127,7 @@ impl DataServer {
                 if buf.len() < HEADER_LEN || inflight.len() >= MAX_INFLIGHT {
                     break;
                 }
-                let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits)
+                let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits())
                     .and_then(|h| h.check_request().map(|()| h))
                 {
                     Ok(h) => h,
@@ -137,7 +137,7 @@ impl DataServer {
                         let op = Op::Hello;
                         let out =
                             Out::err(op, u64::from_le_bytes(id), Status::Invalid, e.to_string());
-                        write_out(&mut stream, &out, self.config.lease_ttl).await?;
+                        write_out(&mut stream, &out, self.config.lease_ttl()).await?;
                         self.sent(&out);
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
@@ -204,7 +204,7 @@ impl DataServer {
                     Err(e) => return Err(e),
                 }
             }
-            let ttl = self.config.lease_ttl;
+            let ttl = self.config.lease_ttl();
             // Timers: the oldest untouched reservation's end, and, inside a frame's
             // data, the end of the wait for more of it (a sender that stalls holds
             // its share of the upload budget).
@@ -279,7 +279,7 @@ impl DataServer {
         fd: BorrowedFd<'_>,
         buf: &mut BytesMut,
     ) -> std::io::Result<Option<usize>> {
-        let poll = self.config.poll;
+        let poll = self.config.poll();
         if poll.is_zero()
             || self
                 .polling

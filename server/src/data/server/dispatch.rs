@@ -27,8 +27,8 @@ impl DataServer {
                     &HelloInfo {
                         host_id: self.host_id.clone(),
                         arena_len: self.ops.store().dram().arena().capacity(),
-                        lease_ttl_ms: self.config.lease_ttl.as_millis() as u32,
-                        max_data: self.config.limits.max_data,
+                        lease_ttl_ms: self.config.lease_ttl().as_millis() as u32,
+                        max_data: self.config.limits().max_data,
                         ops: Op::ALL | FEATURE_FLAGS,
                     },
                 );
@@ -113,7 +113,7 @@ impl DataServer {
                         // request's id), not to the lease table.
                         Ok(ext) => Some(Lease {
                             id: 0,
-                            ttl_ms: self.config.lease_ttl.as_millis() as u32,
+                            ttl_ms: self.config.lease_ttl().as_millis() as u32,
                             extents: ext
                                 .into_iter()
                                 .map(|(offset, len)| Extent { offset, len })

@@ -47,14 +47,14 @@ impl DataServer {
     /// whichever carriers are on: without it, a dead client's leases would hold
     /// arena memory until the lease budget filled up.
     pub async fn expire_leases(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.config.lease_ttl / 4).max(Duration::from_millis(10));
+        let period = (self.config.lease_ttl() / 4).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     self.ops.leases().sweep();
-                    let ttl = self.config.lease_ttl;
+                    let ttl = self.config.lease_ttl();
                     let done: Vec<_> = {
                         let mut q = self.quarantine.lock();
                         let (old, keep) = std::mem::take(&mut *q)

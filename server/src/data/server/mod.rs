@@ -8,7 +8,7 @@
 //! arena with vectored writes, with no staging copy. Responses may leave out of
 //! order; the request id pairs them.
 //!
-//! With [`DataConfig::poll`] set, a connection with nothing in flight polls its
+//! With [`DataConfig::poll_us`] set, a connection with nothing in flight polls its
 //! socket for a while before it parks, so a client that sends its next request soon
 //! does not pay a wake-up.
 //!
@@ -50,36 +50,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
+use super::DataConfig;
 use super::stats::{DataStats, Listener, add};
 use crate::ops::{self, Caller, Carrier, Leases, Ops, Options, Read};
 use strata_transport::data as shm;
 use strata_transport::data::write_all_vectored_within;
 use strata_transport::wire::{
     Extent, FEATURE_FLAGS, FLAG_LEASE, FLAG_PIN, GetInfo, HEADER_LEN, Header, HelloInfo, Lease,
-    Limits, MGetItem, Op, Request, Status, WireError, response,
+    MGetItem, Op, Request, Status, WireError, response,
 };
-
-/// Data-path server settings.
-#[derive(Debug, Clone)]
-pub struct DataConfig {
-    /// How long a lease (and so a shared-memory read) may hold arena memory.
-    pub lease_ttl: Duration,
-    /// Frame limits.
-    pub limits: Limits,
-    /// How long a connection with nothing in flight polls its socket for the next
-    /// request before it parks (zero: park at once). Polling takes the wake-up out of
-    /// a round trip, for a busy core while it lasts; [`poll_connections`] at most
-    /// poll at once.
-    ///
-    /// [`poll_connections`]: Self::poll_connections
-    pub poll: Duration,
-    /// Connections that may poll at once (each holds a runtime worker while it
-    /// polls). Default: 1.
-    pub poll_connections: usize,
-    /// Connections served at once (TCP and Unix socket each); past it a new
-    /// connection is closed at once. Default: 4096.
-    pub max_connections: usize,
-}
 
 /// Requests one connection may have in flight; past it the server stops reading
 /// that connection until answers have gone out.
@@ -96,18 +75,6 @@ pub const MAX_RESERVATIONS: usize = 256;
 /// it, a sender that dribbles a byte now and then would hold its share of the
 /// upload budget forever.
 pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            lease_ttl: Duration::from_secs(5),
-            limits: Limits::default(),
-            poll: Duration::ZERO,
-            poll_connections: 1,
-            max_connections: 4096,
-        }
-    }
-}
 
 /// The RDMA side of a server: the arena registered once, and one queue pair per
 /// client. Fields drop in order: links, then the region, then the device.
@@ -155,7 +122,7 @@ use self::upload::Upload;
 
 impl DataServer {
     /// A data server over the request layer `ops` (whose leases live
-    /// `config.lease_ttl`).
+    /// `config.lease_ttl()`).
     pub fn new(ops: Arc<Ops>, config: DataConfig) -> Arc<Self> {
         Arc::new(Self {
             #[cfg(feature = "rdma")]

@@ -38,7 +38,7 @@ impl DataServer {
     ) -> Out {
         let reads = match self
             .ops
-            .mget(ranges, self.config.limits.max_data, opts)
+            .mget(ranges, self.config.limits().max_data, opts)
             .await
         {
             Ok(r) => r,

@@ -155,7 +155,7 @@ impl DataServer {
         let at_min_rate = Duration::from_secs_f64(len as f64 / MIN_UPLOAD_RATE as f64);
         Ok(Upload {
             res,
-            until: Instant::now() + self.config.lease_ttl + at_min_rate,
+            until: Instant::now() + self.config.lease_ttl() + at_min_rate,
         })
     }
 }
