@@ -32,6 +32,37 @@ async fn shm_carrier_serves_every_operation_and_releases_its_leases() {
     r.shutdown().await.unwrap();
 }
 
+/// A cold read (pages filled from the origin) is served from where the fill put
+/// the pages, the DRAM arena: over shared memory it is lent, not sent on the
+/// socket, like a read of what was already cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_read_over_shared_memory_is_lent_from_the_arena() {
+    use strata_tiers::{LocalDirTier, PutOptions, Tier};
+    let dir = tempfile::tempdir().unwrap();
+    // Into the server's own origin (a local directory), before it starts.
+    let origin = LocalDirTier::open(dir.path().join("origin")).unwrap();
+    let value = pattern((3 << 20) + 4321, 9); // four 1 MiB pages
+    origin
+        .put(&k("obj/cold"), value.clone(), &PutOptions::default())
+        .await
+        .unwrap();
+    drop(origin);
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let c = client(&r, CarrierChoice::Shm, 1).await;
+    let inline = r.data.stats().bytes_inline();
+    assert_eq!(c.get(&k("obj/cold")).await.unwrap(), Some(value.clone()));
+    assert_eq!(
+        r.data.stats().bytes_inline(),
+        inline,
+        "no byte of the cold read went on the socket"
+    );
+    assert!(r.data.stats().bytes_leased() >= value.len() as u64);
+    // And warm, the same.
+    assert_eq!(c.get(&k("obj/cold")).await.unwrap(), Some(value));
+    assert_eq!(r.data.stats().bytes_inline(), inline);
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();

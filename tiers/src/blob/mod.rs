@@ -85,10 +85,22 @@ enum Read {
 
 /// One ranged GET's answer.
 struct Chunk {
-    bytes: Bytes,
+    /// In the buffer the read was given (see [`BlobTier::fetch`]).
+    bytes: BytesMut,
     /// The blob's total length.
     total: u64,
     etag: Option<Etag>,
+}
+
+/// The first `len` bytes of the room left in `room` (a buffer with no bytes in
+/// it yet), as a buffer of their own: parts of one allocation that
+/// [`BytesMut::unsplit`] joins again without a copy once they are full.
+fn split_room(room: &mut BytesMut, len: u64) -> BytesMut {
+    let at = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .min(room.capacity());
+    let rest = room.split_off(at);
+    std::mem::replace(room, rest)
 }
 
 impl BlobTier {
@@ -274,7 +286,14 @@ impl BlobTier {
         }
     }
 
-    /// One ranged GET of `len > 0` bytes at `offset`, pinned to `etag` if given.
+    /// One ranged GET of `len > 0` bytes at `offset`, pinned to `etag` if given,
+    /// into `dest` (a buffer with room for `len` bytes, usually split off the one
+    /// that will hold the whole read): the body is copied once, as it arrives, with
+    /// no buffer grown on the way and none joined to the others afterwards.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one GET: where, which range, which version, until when, into what"
+    )]
     async fn fetch(
         &self,
         blob: &BlobClient,
@@ -283,6 +302,7 @@ impl BlobTier {
         len: u64,
         etag: Option<Etag>,
         deadline: Option<Instant>,
+        dest: BytesMut,
     ) -> std::result::Result<Chunk, Failure> {
         let part = NonZero::new(usize::try_from(len).unwrap_or(usize::MAX))
             .unwrap_or(NonZero::<usize>::MIN);
@@ -294,6 +314,10 @@ impl BlobTier {
             ..Default::default()
         };
         let options = &options;
+        // A retried attempt starts over in whatever buffer is left (a fresh one if
+        // a failed attempt took it).
+        let dest = parking_lot::Mutex::new(Some(dest));
+        let dest = &dest;
         self.core
             .call("get", target, deadline, move || async move {
                 let rsp = blob.download(Some(options.clone())).await?;
@@ -302,7 +326,12 @@ impl BlobTier {
                     .headers
                     .get_optional_str(&HeaderName::from_static("content-range"))
                     .and_then(parse_content_range);
-                let bytes = rsp.body.collect().await?;
+                let mut bytes = dest.lock().take().unwrap_or_default();
+                bytes.clear();
+                let mut body = rsp.body;
+                while let Some(frame) = body.next().await {
+                    bytes.extend_from_slice(&frame?);
+                }
                 Ok(match range {
                     Some(total) => Chunk { bytes, total, etag },
                     // A whole-blob answer (the SDK re-asks without a range for an empty blob).
@@ -310,8 +339,9 @@ impl BlobTier {
                         let total = bytes.len() as u64;
                         let start = offset.min(total) as usize;
                         let end = offset.saturating_add(len).min(total) as usize;
+                        bytes.truncate(end);
                         Chunk {
-                            bytes: bytes.slice(start..end),
+                            bytes: bytes.split_off(start),
                             total,
                             etag,
                         }
@@ -352,7 +382,15 @@ impl BlobTier {
             return Ok(read);
         }
         let first = match self
-            .fetch(&blob, &target, range.offset, first_len, pin, deadline)
+            .fetch(
+                &blob,
+                &target,
+                range.offset,
+                first_len,
+                pin,
+                deadline,
+                BytesMut::with_capacity(first_len as usize),
+            )
             .await
         {
             Ok(c) => c,
@@ -375,17 +413,26 @@ impl BlobTier {
             ));
         }
         if first_end >= end {
-            return Ok(Read::Value(Some(first.bytes)));
+            return Ok(Read::Value(Some(first.bytes.freeze())));
         }
         let ranges: Vec<(u64, u64)> = (first_end..end)
             .step_by(usize::try_from(chunk_size).unwrap_or(usize::MAX))
             .map(|o| (o, chunk_size.min(end - o)))
             .collect();
+        // The whole read in one buffer: the first chunk copied in, the others
+        // fetched straight into their parts of the rest.
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        out.extend_from_slice(&first.bytes);
+        let mut room = out.split_off(out.len());
+        let parts: Vec<(u64, u64, BytesMut)> = ranges
+            .into_iter()
+            .map(|(o, l)| (o, l, split_room(&mut room, l)))
+            .collect();
         let (blob, target, etag) = (&blob, &target, &first.etag);
-        let rest: std::result::Result<Vec<Bytes>, Failure> = futures::stream::iter(ranges)
-            .map(|(offset, len)| async move {
+        let rest: std::result::Result<Vec<BytesMut>, Failure> = futures::stream::iter(parts)
+            .map(|(offset, len, dest)| async move {
                 let c = self
-                    .fetch(blob, target, offset, len, etag.clone(), deadline)
+                    .fetch(blob, target, offset, len, etag.clone(), deadline, dest)
                     .await?;
                 if c.bytes.len() as u64 != len {
                     return Err(Failure {
@@ -406,10 +453,10 @@ impl BlobTier {
             }
             Err(f) => return Err(f.into()),
         };
-        let mut out = BytesMut::with_capacity((end - start) as usize);
-        out.extend_from_slice(&first.bytes);
         for part in rest {
-            out.extend_from_slice(&part);
+            // O(1) when the part is where it was split off (it always is unless a
+            // retried attempt had to take a buffer of its own).
+            out.unsplit(part);
         }
         Ok(Read::Value(Some(out.freeze())))
     }
@@ -435,8 +482,13 @@ impl BlobTier {
             .step_by(usize::try_from(chunk_size).unwrap_or(usize::MAX))
             .map(|o| (o, chunk_size.min(end - o)))
             .collect();
-        let parts: std::result::Result<Vec<Chunk>, Failure> = futures::stream::iter(ranges)
-            .map(|(o, l)| self.fetch(blob, target, o, l, Some(etag.clone()), deadline))
+        let mut room = BytesMut::with_capacity(len as usize);
+        let dests: Vec<(u64, u64, BytesMut)> = ranges
+            .into_iter()
+            .map(|(o, l)| (o, l, split_room(&mut room, l)))
+            .collect();
+        let parts: std::result::Result<Vec<Chunk>, Failure> = futures::stream::iter(dests)
+            .map(|(o, l, dest)| self.fetch(blob, target, o, l, Some(etag.clone()), deadline, dest))
             .buffered(self.core.config.max_concurrency)
             .try_collect()
             .await;
@@ -450,8 +502,8 @@ impl BlobTier {
         if parts.iter().any(|c| c.total < end) {
             return Ok(None);
         }
-        let mut out = BytesMut::with_capacity(len as usize);
-        for (i, c) in parts.iter().enumerate() {
+        let mut out = BytesMut::new();
+        for (i, c) in parts.into_iter().enumerate() {
             let want = chunk_size.min(end - (offset + i as u64 * chunk_size));
             if c.bytes.len() as u64 != want {
                 return Err(short_read(
@@ -461,7 +513,7 @@ impl BlobTier {
                     c.bytes.len(),
                 ));
             }
-            out.extend_from_slice(&c.bytes);
+            out.unsplit(c.bytes);
         }
         Ok(Some(Read::Value(Some(out.freeze()))))
     }

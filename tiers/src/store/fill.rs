@@ -68,7 +68,7 @@ impl Inner {
         };
         head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
         if head.inline.is_some() {
-            self.keep_fill(key, rec, policy).await;
+            let _ = self.keep_fill(key, rec, policy).await;
         } else {
             // A payload-less head must be cached: its pages are checked against
             // it (a missing head reads as a replaced value). Failing costs only a
@@ -183,9 +183,17 @@ impl Inner {
     /// passes reads through instead of failing them (a failure would send the
     /// client back to retry, and the origin would be read twice). What could not
     /// be kept is counted in `dropped_writes`.
-    pub(super) async fn keep_fill(&self, key: &Key, rec: Record, policy: &NamespacePolicy) {
+    pub(super) async fn keep_fill(
+        &self,
+        key: &Key,
+        rec: Record,
+        policy: &NamespacePolicy,
+    ) -> Option<Bytes> {
         match self.store_record(key, rec, policy).await {
-            Ok(stored) => self.fill_nvme(key, stored, policy).await,
+            Ok(stored) => {
+                self.fill_nvme(key, stored.clone(), policy).await;
+                stored
+            }
             Err(e) => {
                 Counters::inc(&self.dram.stats().ns(key.namespace()).dropped_writes);
                 match e {
@@ -194,6 +202,7 @@ impl Inner {
                     }
                     _ => tracing::warn!(?key, error = %e, "origin fill served, not cached"),
                 }
+                None
             }
         }
     }
@@ -289,9 +298,11 @@ impl Inner {
             let page = data.slice(at..(at + ps as usize).min(data.len()));
             let slot = &mut pages[(i - first) as usize];
             if slot.is_none() {
-                self.fill_page(entry, i, &page, policy).await;
+                // Served from where it was stored when that is DRAM: the arena, so
+                // a reader over shared memory or RDMA is lent it instead of sent it.
+                let stored = self.fill_page(entry, i, &page, policy).await;
+                *slot = Some(stored.unwrap_or(page));
             }
-            *slot = Some(page);
         }
         Ok(pages.into_iter().flatten().collect())
     }
@@ -368,14 +379,15 @@ impl Inner {
         Ok(data)
     }
 
-    /// Caches page `index` of a value, just read from the origin.
+    /// Caches page `index` of a value, just read from the origin. Returns the
+    /// page's bytes where they were stored in DRAM (`None` when they were not).
     pub(super) async fn fill_page(
         &self,
         entry: &Entry,
         index: u32,
         data: &[u8],
         policy: &NamespacePolicy,
-    ) {
+    ) -> Option<Bytes> {
         let pk = entry.key.page(entry.head.generation, index);
         let len = record::PAGE_HEADER_LEN + data.len();
         let fill = self.fill_record(&pk, len, policy);
@@ -386,8 +398,10 @@ impl Inner {
         record::write_page(buf, entry.head.generation, index);
         if declined {
             self.bypass(&pk, rec, policy).await;
+            None
         } else {
-            self.keep_fill(&pk, rec, policy).await;
+            let stored = self.keep_fill(&pk, rec, policy).await?;
+            Some(stored.slice(record::PAGE_HEADER_LEN..))
         }
     }
 }
