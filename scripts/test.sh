@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing what the tests need on a fresh
 # Debian machine: apt packages (Node.js for Azurite, redis-server for the
-# benches, python3-cbor2 for the KV-key vectors), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
+# benches, python3-cbor2 for the KV-key vectors, python3-xxhash for the placement vectors), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
 # Azurite itself on a free port. Then fmt, clippy and `cargo test`, then the data
 # path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) and the KV
 # chunk header decoder for FUZZ_CHUNK_SECONDS (default 30) on nightly
@@ -22,6 +22,7 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 /usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || need_apt+=(python3-cbor2)
+/usr/bin/python3 -c "import xxhash" >/dev/null 2>&1 || need_apt+=(python3-xxhash)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]} (apt)"
   $SUDO apt-get update -qq
@@ -50,6 +51,8 @@ echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor
 /usr/bin/python3 scripts/kv-keys-vectors.py
 echo "==> Epoch-plan vectors, recomputed in Python"
 /usr/bin/python3 scripts/epoch-plan-vectors.py
+echo "==> Placement vectors, recomputed in Python"
+/usr/bin/python3 scripts/placement-vectors.py
 
 disk
 echo "==> RDMA carrier: host fallback, then the Soft-RoCE VM (scripts/rdma-vm-test.sh)"

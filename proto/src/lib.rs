@@ -2,6 +2,7 @@
 //!
 //! - [`key`]: the key space (`namespace/tenant/body`) and its binary encoding;
 //! - [`codec`]: the bounds-checked reader every decoder of bytes uses;
+//! - [`placement`]: which cluster members own a key (`docs/cluster.md`);
 //! - [`v1`]: the gRPC API (`strata.v1`), generated from `proto/strata/v1/cache.proto`.
 //!
 //! It builds with no server code: the storage engine (`strata-tiers`) uses the
@@ -9,6 +10,7 @@
 
 pub mod codec;
 pub mod key;
+pub mod placement;
 
 pub use self::key::{KEY_VERSION, Key, KeyError, MAX_BODY_LEN, MAX_NAMESPACE_LEN, MAX_TENANT_LEN};
 

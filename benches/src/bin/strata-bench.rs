@@ -62,6 +62,8 @@ enum Cmd {
     /// Host-device copies of the KV connector's GPU path vs pinned cuMemcpy (feature
     /// `gpu`; says so and exits without a GPU).
     GpuCopy(strata_benches::gpucopy::GpuArgs),
+    /// Placement at 1k-100k simulated members: lookup time, keys moved, load.
+    ClusterSim(strata_benches::clustersim::ClusterSimArgs),
     /// Training-shard eviction: LRU, no-evict, clairvoyant and offline Belady, simulated.
     ShardSim(strata_benches::shardsim::SimArgs),
     /// The training loader end to end with Azurite as the origin, vs the Blob SDK.
@@ -147,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::DataPath(a) => datapath::run(&a),
         Cmd::KvConnector(a) => strata_benches::kvconn::run(&a),
         Cmd::GpuCopy(a) => strata_benches::gpucopy::run(&a),
+        Cmd::ClusterSim(a) => strata_benches::clustersim::run(&a),
         Cmd::ShardSim(a) => strata_benches::shardsim::run(&a),
         Cmd::Training(a) => strata_benches::training::run(&a),
         Cmd::OriginGet(a) => strata_benches::origin::run(&a),
