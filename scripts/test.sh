@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing what the tests need on a fresh
 # Debian machine: apt packages (Node.js for Azurite, redis-server for the
-# benches, python3-cbor2 for the KV-key vectors, python3-xxhash for the placement vectors), Azurite (npm azurite@3.35.0, into ./.tools) — the test harness starts
-# Azurite itself on a free port. Then fmt, clippy and `cargo test`, then the data
-# path's frame decoder under cargo-fuzz for FUZZ_SECONDS (default 60) and the KV
-# chunk header decoder for FUZZ_CHUNK_SECONDS (default 30) on nightly
+# benches, etcd-server for the cluster tests, python3-cbor2 and python3-xxhash
+# for the KV-key and placement vectors), Azurite (npm azurite@3.35.0, into
+# ./.tools) — the test harness starts Azurite and etcd itself on free ports.
+# Then fmt, clippy and `cargo test`, then the data path's frame decoder under
+# cargo-fuzz for FUZZ_SECONDS (default 60) and the KV chunk header decoder for
+# FUZZ_CHUNK_SECONDS (default 30) on nightly
 # (cargo-fuzz is installed into ./.tools if missing), and the RDMA carrier's tests
 # on this host and in the Soft-RoCE VM of scripts/rdma-vm.sh (scripts/rdma-vm-test.sh).
 set -euo pipefail
@@ -20,6 +22,7 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+[ -x /usr/bin/etcd ] || command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 /usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || need_apt+=(python3-cbor2)
 /usr/bin/python3 -c "import xxhash" >/dev/null 2>&1 || need_apt+=(python3-xxhash)

@@ -35,6 +35,8 @@ pub struct Config {
     pub data: DataConfig,
     /// The request layer behind gRPC and the data path: the one upload budget.
     pub requests: crate::ops::Config,
+    /// Cluster membership (`docs/cluster.md`); off unless `cluster.etcd` is set.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             origin: OriginSection::default(),
             data: DataConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             requests: crate::ops::Config::default(),
         }
     }
@@ -146,6 +149,16 @@ pub struct Overrides {
     pub shm_socket: Option<PathBuf>,
     /// `--log-format`
     pub log_format: Option<LogFormat>,
+    /// `--etcd` (comma-separated endpoints)
+    pub etcd: Option<String>,
+    /// `--cluster`
+    pub cluster: Option<String>,
+    /// `--advertise`
+    pub advertise: Option<String>,
+    /// `--cell`
+    pub cell: Option<String>,
+    /// `--zone`
+    pub zone: Option<String>,
 }
 
 /// A configuration error, naming the field.
@@ -218,6 +231,26 @@ impl Config {
         if let Some(v) = overrides.log_format {
             cfg.server.log_format = v;
         }
+        if let Some(v) = &overrides.etcd {
+            cfg.cluster.etcd = v
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = &overrides.cluster {
+            cfg.cluster.name = v.clone();
+        }
+        if let Some(v) = &overrides.advertise {
+            cfg.cluster.advertise = Some(v.clone());
+        }
+        if let Some(v) = &overrides.cell {
+            cfg.cluster.cell = v.clone();
+        }
+        if let Some(v) = &overrides.zone {
+            cfg.cluster.zone = v.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -256,6 +289,9 @@ impl Config {
                 "must be between 10 ms and 10 minutes".into(),
             );
         }
+        self.cluster
+            .validate()
+            .map_err(|e| ConfigError(format!("invalid config {e}")))?;
         if self.data.poll_us > 1_000_000 {
             return err("data.poll_us", "must be at most 1 s (1000000)".into());
         }

@@ -6,6 +6,7 @@
 //! signal, in the binary): in-flight requests drain, the DRAM tier demotes to NVMe,
 //! the tiers close.
 
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod dataset;
@@ -62,6 +63,8 @@ pub struct Running {
     pub datasets: Arc<Datasets>,
     /// The metrics (the binary installs them as the global recorder).
     pub metrics: Arc<Metrics>,
+    /// This node's cluster membership, when it joined one (`cluster.etcd`).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -174,7 +177,14 @@ impl Server {
             .build_v1()
             .context("building the reflection service")?;
 
+        let cluster = if config.cluster.enabled() {
+            Some(join_cluster(&config, addr, data_addr, data.rdma_available()).await?)
+        } else {
+            None
+        };
+
         let metrics_task = {
+            let cluster = cluster.clone();
             let store = store.clone();
             let metrics = metrics.clone();
             let data = data.clone();
@@ -182,7 +192,7 @@ impl Server {
             let app = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let body = metrics.render(&store, &data);
+                    let body = metrics.render(&store, &data, cluster.as_deref());
                     async move { ([("content-type", "text/plain; version=0.0.4")], body) }
                 }),
             );
@@ -198,6 +208,7 @@ impl Server {
         let store_for_close = store.clone();
         let data_for_close = data.clone();
         let datasets_for_svc = datasets.clone();
+        let cluster_for_leave = cluster.clone();
         let task = tokio::spawn(async move {
             // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
             // stream must set it, or Nagle holds each response's trailing frames until
@@ -225,6 +236,11 @@ impl Server {
                     let token = token.clone();
                     async move {
                         token.cancelled().await;
+                        // Out of the cluster first, so that clients and peers go to
+                        // the next owners while this node drains.
+                        if let Some(c) = &cluster_for_leave {
+                            c.leave().await;
+                        }
                         health_reporter
                             .set_not_serving::<CacheServer<CacheService>>()
                             .await;
@@ -269,10 +285,63 @@ impl Server {
             store,
             datasets,
             metrics,
+            cluster,
             shutdown,
             task,
         })
     }
+}
+
+/// Joins the cluster of `config.cluster`, advertising the bound addresses, and
+/// marks this node active.
+async fn join_cluster(
+    config: &Config,
+    grpc: SocketAddr,
+    data: Option<SocketAddr>,
+    rdma: bool,
+) -> anyhow::Result<Arc<cluster::Cluster>> {
+    let host = advertise_host(config, grpc);
+    let id = cluster::node_id(&config.data_dir)
+        .with_context(|| format!("reading or making {}/node-id", config.data_dir.display()))?;
+    let entry = cluster::MemberEntry {
+        version: 1,
+        id,
+        incarnation: rand::random(),
+        grpc: format!("{host}:{}", grpc.port()),
+        data: data.map(|d| format!("{host}:{}", d.port())),
+        rdma,
+        cell: config.cluster.cell.clone(),
+        zone: config.cluster.zone.clone(),
+        weight: config.cluster.weight,
+        dram_bytes: config.dram.capacity,
+        nvme_bytes: if config.nvme.enabled {
+            config.nvme.capacity
+        } else {
+            0
+        },
+        state: cluster::MemberState::Joining,
+    };
+    let c = cluster::Cluster::join(config.cluster.clone(), entry).await?;
+    c.set_state(cluster::MemberState::Active)
+        .await
+        .context("marking this node active")?;
+    Ok(c)
+}
+
+/// The host to advertise: `cluster.advertise`, else the gRPC listener's address
+/// when it is a specific one, else this machine's name.
+fn advertise_host(config: &Config, grpc: SocketAddr) -> String {
+    if let Some(h) = &config.cluster.advertise {
+        return h.clone();
+    }
+    if !grpc.ip().is_unspecified() {
+        return grpc.ip().to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| grpc.ip().to_string())
 }
 
 impl Running {

@@ -168,10 +168,18 @@ impl Metrics {
 
     /// The Prometheus text exposition: what was recorded, and the store's and the
     /// data path's counters as they are now.
-    pub fn render(&self, store: &TieredStore, data: &DataServer) -> String {
+    pub fn render(
+        &self,
+        store: &TieredStore,
+        data: &DataServer,
+        cluster: Option<&crate::cluster::Cluster>,
+    ) -> String {
         metrics::with_local_recorder(&*self.recorder, || {
             record_tiers(store);
             record_data(data);
+            if let Some(c) = cluster {
+                record_cluster(c);
+            }
         });
         self.handle.run_upkeep();
         self.handle.render()
@@ -318,6 +326,18 @@ fn describe() {
             describe_gauge!(name, help);
         }
     }
+    describe_gauge!(
+        "strata_cluster_members",
+        "Members of this node's cell in its current view, by state (cluster nodes only)"
+    );
+    describe_gauge!(
+        "strata_cluster_view_revision",
+        "The etcd revision of this node's view of its cell"
+    );
+    describe_counter!(
+        "strata_cluster_rejoins_total",
+        "Times this node registered again after its membership lease ran out"
+    );
     describe_gauge!("strata_tier_capacity_bytes", Unit::Bytes, "Tier capacity");
     describe_gauge!("strata_tier_used_bytes", Unit::Bytes, "Tier bytes in use");
     describe_counter!(
@@ -373,6 +393,20 @@ fn record_tiers(store: &TieredStore) {
 }
 
 /// Sets the data path's counters, into the recorder in scope.
+fn record_cluster(c: &crate::cluster::Cluster) {
+    use crate::cluster::MemberState;
+    let view = c.view();
+    for (state, name) in [
+        (MemberState::Joining, "joining"),
+        (MemberState::Active, "active"),
+        (MemberState::Draining, "draining"),
+    ] {
+        gauge!("strata_cluster_members", "state" => name).set(view.count(state) as f64);
+    }
+    gauge!("strata_cluster_view_revision").set(view.revision as f64);
+    counter!("strata_cluster_rejoins_total").absolute(c.rejoins());
+}
+
 fn record_data(data: &DataServer) {
     let s = data.stats();
     for op in Op::LIST {

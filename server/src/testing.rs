@@ -124,3 +124,211 @@ pub fn sample(body: &str, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A `strata-server` process (the binary under test, `bin`), started with its
+/// listeners on 127.0.0.1 port 0 and its data under `dir`, its log (standard
+/// output and error) appended to `log`. `args` and `env` add to or override
+/// those (later flags win). Killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// The gRPC address it printed.
+    pub grpc: String,
+    /// The `/metrics` address it printed.
+    pub metrics: std::net::SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts it and waits for its "listening" line.
+    pub fn start(bin: &Path, dir: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--data-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                std::env::var("STRATA_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("log file"),
+            )
+            .spawn()
+            .expect("spawn strata-server");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (grpc, metrics) = loop {
+            let line = match lines.next() {
+                Some(Ok(l)) => l,
+                other => {
+                    let _ = child.kill();
+                    panic!(
+                        "strata-server exited before listening: {other:?}, {:?}; log {}:\n{}",
+                        child.wait(),
+                        log.display(),
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+            };
+            if let Some(rest) = line.strip_prefix("strata-server listening: grpc ") {
+                let grpc = rest.split_whitespace().next().expect("address").to_owned();
+                let metrics = rest
+                    .split("http://")
+                    .nth(1)
+                    .and_then(|r| r.split('/').next())
+                    .and_then(|a| a.parse().ok())
+                    .expect("metrics address");
+                break (grpc, metrics);
+            }
+        };
+        // Its later output goes on to the log file.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .expect("log file");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        Self {
+            child,
+            grpc,
+            metrics,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM (a graceful stop), and waits up to `within` for it to exit.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(ok.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "strata-server did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real etcd (Debian's `etcd-server`, which `scripts/test.sh` installs) on
+/// 127.0.0.1 ports of the kernel's choosing, its data in a temporary directory.
+/// Killed and removed when dropped.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    child: std::process::Child,
+    /// Its client URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdProcess {
+    /// Starts it and waits until it answers (10 s at most).
+    pub async fn start() -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let (client, peer) = (free(), free());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("etcd");
+        let child = std::process::Command::new(bin)
+            .args(["--name", "strata-test"])
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("strata-test={peer_url}")])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting etcd ({bin}: {e}); scripts/test.sh installs Debian's etcd-server")
+            });
+        let me = Self {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if crate::cluster::etcd::Etcd::connect(
+                std::slice::from_ref(&me.url),
+                Duration::from_millis(500),
+            )
+            .await
+            .is_ok()
+            {
+                return me;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not answer at {} within 10 s",
+                me.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client of it.
+    pub async fn client(&self) -> crate::cluster::etcd::Etcd {
+        crate::cluster::etcd::Etcd::connect(std::slice::from_ref(&self.url), Duration::from_secs(5))
+            .await
+            .expect("etcd answers")
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

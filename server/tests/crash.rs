@@ -11,15 +11,14 @@
 //! store underneath is the same for every carrier.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use strata_server::testing;
+use strata_server::testing::{self, ServerProcess};
 use strata_tiers::Key;
 use strata_transport::data::CarrierChoice;
 use strata_transport::{Client, ClientOptions};
@@ -30,69 +29,15 @@ const KEYS_PER_WRITER: usize = 6;
 /// Sizes from a few bytes to three 4 MiB pages.
 const SIZES: [usize; 6] = [40, 3_000, 65_536, 700_001, (4 << 20) + 123, (9 << 20) + 5];
 
-/// A server process and the address it printed.
-struct Process {
-    child: Child,
-    grpc: String,
-}
-
-impl Process {
-    fn start(dir: &Path, log: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata-server"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--data-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--dram-capacity", "32MiB", "--nvme-capacity", "512MiB"])
-            .env(
-                "RUST_LOG",
-                std::env::var("CRASH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("log file"))
-            .spawn()
-            .expect("spawn strata-server");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let grpc = loop {
-            let line = match lines.next() {
-                Some(Ok(l)) => l,
-                other => {
-                    let _ = child.kill();
-                    panic!(
-                        "strata-server exited before listening: {other:?}, {:?}",
-                        child.wait()
-                    );
-                }
-            };
-            if let Some(rest) = line.strip_prefix("strata-server listening: grpc ") {
-                break rest.split_whitespace().next().expect("address").to_owned();
-            }
-        };
-        // Its logs (standard output) go on to the log file.
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(log)
-            .expect("log file");
-        std::thread::spawn(move || {
-            use std::io::Write;
-            for line in lines.map_while(Result::ok) {
-                let _ = writeln!(file, "{line}");
-            }
-        });
-        Self { child, grpc }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server under test, as a process (the harness's `ServerProcess`).
+fn start_server(dir: &Path, log: &Path) -> ServerProcess {
+    ServerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_strata-server")),
+        dir,
+        log,
+        &["--dram-capacity", "32MiB", "--nvme-capacity", "512MiB"],
+        &[],
+    )
 }
 
 /// What the writers sent to one key, in order: `Some(version)` for a put,
@@ -327,19 +272,11 @@ async fn a_server_killed_under_load_restarts_serving_only_what_was_written() {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for round in 0..=KILLS {
         let log = dir.path().join(format!("server-{round}.log"));
-        let server = Process::start(dir.path(), &log);
+        let server = start_server(dir.path(), &log);
         let reader = Client::connect(&server.grpc, client_options(None))
             .await
             .expect("connect");
-        verify(
-            &reader,
-            &all_keys,
-            &hist,
-            &mut tally,
-            server.child.id(),
-            &log,
-        )
-        .await;
+        verify(&reader, &all_keys, &hist, &mut tally, server.pid(), &log).await;
         if round == KILLS {
             break;
         }

@@ -47,6 +47,23 @@ struct Args {
     /// Log format [default: text; ANSI colours only on a terminal].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Join a cluster through these etcd endpoints (comma-separated
+    /// HOST:PORT or http://HOST:PORT) [default: none, a single node].
+    #[arg(long, value_name = "URL[,URL...]")]
+    etcd: Option<String>,
+    /// The cluster's name [default: strata].
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// The host other nodes and clients reach this node at [default: the
+    /// --listen host if it is a specific address, else this machine's name].
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
+    /// The cell (the members a node watches) [default: default].
+    #[arg(long, value_name = "NAME")]
+    cell: Option<String>,
+    /// The zone (failure domain) [default: none].
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
 }
 
 /// Logs to standard output, filtered by RUST_LOG (default `info`).
@@ -71,6 +88,11 @@ async fn main() -> std::process::ExitCode {
         data_listen: args.data_listen,
         shm_socket: args.shm_socket,
         log_format: args.log_format,
+        etcd: args.etcd,
+        cluster: args.cluster,
+        advertise: args.advertise,
+        cell: args.cell,
+        zone: args.zone,
     };
     match run(args.config, overrides).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -112,6 +134,18 @@ async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()
             "off".into()
         },
     );
+    if let Some(c) = &running.cluster {
+        let e = c.entry();
+        let v = c.view();
+        println!(
+            "strata-server joined cluster {} as {} (cell {}, {} active members at etcd revision {})",
+            config.cluster.name,
+            e.id,
+            e.cell,
+            v.count(strata_server::cluster::MemberState::Active),
+            v.revision
+        );
+    }
     let token = running.shutdown_token();
     tokio::spawn(async move {
         let mut term =
