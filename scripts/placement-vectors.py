@@ -18,6 +18,7 @@ import xxhash
 FILE = pathlib.Path(__file__).resolve().parent.parent / "proto/tests/placement_vectors.json"
 M = (1 << 64) - 1
 PROBES = 21
+POINTS_PER_WEIGHT = 4
 
 
 def mix(x):
@@ -39,7 +40,8 @@ def point(member_id, j):
 def owners(members, key, n):
     """The first n owners of key (bytes) among members [(id, weight)]."""
     members = sorted(members)
-    points = sorted((point(m, j), i) for i, (m, w) in enumerate(members) for j in range(w))
+    points = sorted((point(m, j), i) for i, (m, w) in enumerate(members)
+                    for j in range(w * POINTS_PER_WEIGHT))
     if not points:
         return []
     pos = [p for p, _ in points]

@@ -85,6 +85,20 @@ enum Cmd {
     /// Training datasets: manifests of shards on the origin.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// The cluster the server is a member of (docs/cluster.md).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Members of the server's cell: state, share of the keys, bytes held, and
+    /// whether each answers.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let key = |s: &str| Key::parse_path(s);
     match args.cmd {
         Cmd::Dataset(cmd) => dataset(&client, cmd).await?,
+        Cmd::Cluster(ClusterCmd::Status { json }) => cluster_status(&client, json).await?,
         Cmd::Status => {
             let s = client.stats().await?;
             println!(
@@ -265,6 +280,106 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one member says about itself: bytes held in its tiers, or why it did not
+/// answer.
+async fn member_bytes(grpc: &str) -> Result<u64, String> {
+    let options = ClientOptions {
+        data_path: false,
+        timeout: std::time::Duration::from_secs(2),
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let c = Client::connect(grpc, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let s = c.stats().await.map_err(|e| e.to_string())?;
+    Ok(s.tiers.iter().map(|t| t.used_bytes).sum())
+}
+
+async fn cluster_status(client: &Client, json: bool) -> anyhow::Result<()> {
+    use strata_proto::placement::{Member, Placement};
+    let m = client.members().await?;
+    if m.cluster.is_empty() {
+        if json {
+            println!("{}", serde_json::json!({ "cluster": null }));
+        } else {
+            println!("not in a cluster: a single node (start it with --etcd to join one)");
+        }
+        return Ok(());
+    }
+    let active: Vec<Member> = m
+        .members
+        .iter()
+        .filter(|x| x.state == "active")
+        .map(|x| Member::new(x.id.clone(), x.weight))
+        .collect();
+    let placement = Placement::new(active)?;
+    let shares: std::collections::HashMap<&str, f64> = placement
+        .members()
+        .iter()
+        .map(|x| x.id.as_str())
+        .zip(placement.shares())
+        .collect();
+    let bytes = futures::future::join_all(m.members.iter().map(|x| member_bytes(&x.grpc))).await;
+    if json {
+        let members: Vec<_> = m
+            .members
+            .iter()
+            .zip(&bytes)
+            .map(|(x, b)| {
+                serde_json::json!({
+                    "id": x.id, "state": x.state, "grpc": x.grpc, "data": x.data,
+                    "zone": x.zone, "weight": x.weight,
+                    "share": shares.get(x.id.as_str()).copied().unwrap_or(0.0),
+                    "dram_bytes": x.dram_bytes, "nvme_bytes": x.nvme_bytes,
+                    "bytes_held": b.as_ref().ok(), "error": b.as_ref().err(),
+                    "healthy": b.is_ok(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "cluster": m.cluster, "cell": m.cell, "revision": m.revision,
+            "answered_by": m.self_id, "members": members,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "cluster {}, cell {}: {} members ({} active) at etcd revision {}, as {} sees it",
+        m.cluster,
+        m.cell,
+        m.members.len(),
+        m.members.iter().filter(|x| x.state == "active").count(),
+        m.revision,
+        m.self_id
+    );
+    println!(
+        "{:<32}  {:<8}  {:>6}  {:<21}  {:<8}  {:>6}  {:>10}  {:>10}  health",
+        "id", "state", "share", "grpc", "zone", "weight", "dram", "held"
+    );
+    for (x, b) in m.members.iter().zip(&bytes) {
+        let share = shares
+            .get(x.id.as_str())
+            .map_or_else(|| "-".to_owned(), |s| format!("{:.1}%", s * 100.0));
+        let (held, health) = match b {
+            Ok(n) => (human(*n), "ok".to_owned()),
+            Err(e) => ("-".to_owned(), format!("down: {e}")),
+        };
+        println!(
+            "{:<32}  {:<8}  {:>6}  {:<21}  {:<8}  {:>6}  {:>10}  {:>10}  {health}",
+            x.id,
+            x.state,
+            share,
+            x.grpc,
+            if x.zone.is_empty() { "-" } else { &x.zone },
+            x.weight,
+            human(x.dram_bytes),
+            held
+        );
+    }
+    Ok(())
 }
 
 fn counters_json(c: &proto::Counters) -> serde_json::Value {

@@ -58,3 +58,74 @@ async fn cli_put_get_and_errors() {
     assert!(run(&["rm", "obj/cli/x"]).await.status.success());
     running.shutdown().await.unwrap();
 }
+
+/// Runs `strata ARGS` against `addr` (off the runtime's threads).
+async fn strata(addr: &str, args: &[&str]) -> std::process::Output {
+    let addr = addr.to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .env("STRATA_ADDR", addr)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_status_lists_the_members_and_their_shares() {
+    // A single node says so.
+    let dir = tempfile::tempdir().unwrap();
+    let single = testing::start(testing::config(dir.path())).await;
+    let out = strata(&single.addr.to_string(), &["cluster", "status"]).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not in a cluster"));
+    single.shutdown().await.unwrap();
+
+    // Two members of a cluster on a real etcd.
+    let etcd = testing::EtcdProcess::start().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        let mut c = testing::config(d.path());
+        c.cluster.etcd = vec![etcd.url.clone()];
+        c.cluster.name = "cli".into();
+        c.cluster.advertise = Some("127.0.0.1".into());
+        nodes.push(testing::start(c).await);
+    }
+    let addr = nodes[0].addr.to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v = loop {
+        let out = strata(&addr, &["cluster", "status", "--json"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["members"].as_array().map_or(0, Vec::len) == 2 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["cluster"], "cli");
+    let members = v["members"].as_array().unwrap();
+    let share: f64 = members.iter().map(|m| m["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "{v}");
+    for m in members {
+        assert_eq!(m["state"], "active", "{v}");
+        assert_eq!(m["healthy"], true, "{v}");
+    }
+    let out = strata(&addr, &["cluster", "status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("cluster cli, cell default: 2 members (2 active)"),
+        "{text}"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

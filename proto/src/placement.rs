@@ -15,12 +15,14 @@
 //! - **Minimal movement:** a member that joins only takes keys (its points only
 //!   shorten distances), and one that leaves only gives its own keys away, so a
 //!   join or leave moves exactly that member's share.
-//! - **Balance without virtual nodes:** [`PROBES`] probes bring the largest share
-//!   near the mean with one point per member, where a plain ring needs hundreds of
-//!   points per member (and their memory) for the same spread. Memory is O(N).
+//! - **Balance without hundreds of virtual nodes:** [`PROBES`] probes bring the
+//!   largest share near the mean with a few points per member
+//!   ([`POINTS_PER_WEIGHT`] per unit of weight), where a plain ring needs hundreds
+//!   of points per member (and their memory) for the same spread. Memory is O(N).
 //!
-//! Weights are whole numbers of points (1 to [`MAX_WEIGHT`]): a member of weight
-//! 2 owns twice the keys of a member of weight 1. Capacity maps to a weight by a
+//! Weights are whole numbers (1 to [`MAX_WEIGHT`]), each unit
+//! [`POINTS_PER_WEIGHT`] points: a member of weight 2 owns twice the keys of a
+//! member of weight 1. Capacity maps to a weight by a
 //! fixed unit chosen by the cluster, never by the other members' capacity (that
 //! would move keys whenever anyone joined).
 //!
@@ -28,7 +30,7 @@
 //! - `mix(x)`: SplitMix64's output function of `x + 0x9E3779B97F4A7C15`.
 //! - probe `i` of a key: `mix(xxh3_64(key, seed 0) + i)`, for `i` in `0..PROBES`.
 //! - point `j` of a member: `mix(xxh3_64(id, seed 1) + j)`, for `j` in
-//!   `0..weight`.
+//!   `0..4 * weight`.
 //! - a probe at `x` reaches the first point at or after `x` (wrapping past
 //!   `2^64 - 1` to the first point); its distance is `point - x` (mod `2^64`).
 //! - the owner is the member of the reached point with the smallest distance;
@@ -45,17 +47,23 @@ use twox_hash::XxHash3_64;
 /// at 100,000 members.
 pub const PROBES: usize = 21;
 
-/// The largest weight (points) of one member.
+/// The largest weight of one member.
 pub const MAX_WEIGHT: u32 = 1024;
 
+/// Points on the ring per unit of weight. One point per member is enough at
+/// scale (1.05 max/mean at 1,000 members and more), but a small cluster would be
+/// lopsided (up to 1.3-1.6x with 2-5 members); four bring that to 1.10-1.15x
+/// and cost four times the memory (about 7 MB at 100,000 members).
+pub const POINTS_PER_WEIGHT: u32 = 4;
+
 /// One member as placement sees it: a stable id (never reused for another node)
-/// and its weight in points.
+/// and its weight.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Member {
     /// The member's id: stable across restarts of the same node.
     pub id: String,
-    /// Points on the ring, 1 to [`MAX_WEIGHT`]: the member's share is its weight
-    /// over the sum of weights.
+    /// Its weight, 1 to [`MAX_WEIGHT`]: the member's share is its weight over the
+    /// sum of weights ([`POINTS_PER_WEIGHT`] points on the ring per unit).
     pub weight: u32,
 }
 
@@ -142,7 +150,9 @@ impl Placement {
         let mut pts: Vec<(u64, u32)> = members
             .iter()
             .enumerate()
-            .flat_map(|(i, m)| (0..m.weight).map(move |j| (point(&m.id, j), i as u32)))
+            .flat_map(|(i, m)| {
+                (0..m.weight * POINTS_PER_WEIGHT).map(move |j| (point(&m.id, j), i as u32))
+            })
             .collect();
         // Equal positions: the member whose id sorts first comes first (members are
         // sorted, so its index is lower).
@@ -173,7 +183,7 @@ impl Placement {
         &self.members
     }
 
-    /// Points on the ring (the sum of weights).
+    /// Points on the ring ([`POINTS_PER_WEIGHT`] times the sum of weights).
     pub fn points(&self) -> usize {
         self.points.len()
     }

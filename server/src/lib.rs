@@ -142,6 +142,11 @@ impl Server {
             rdma = data.rdma_available(),
             "data path listening"
         );
+        let cluster = if config.cluster.enabled() {
+            Some(join_cluster(&config, addr, data_addr, data.rdma_available()).await?)
+        } else {
+            None
+        };
         let svc = CacheService::new(
             ops.clone(),
             config.server.get_chunk_size.0 as usize,
@@ -158,7 +163,8 @@ impl Server {
                 rdma: data.rdma_available(),
             },
             data.clone(),
-        );
+        )
+        .with_cluster(cluster.clone());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<CacheServer<CacheService>>()
@@ -176,12 +182,6 @@ impl Server {
         let reflection = reflection()
             .build_v1()
             .context("building the reflection service")?;
-
-        let cluster = if config.cluster.enabled() {
-            Some(join_cluster(&config, addr, data_addr, data.rdma_available()).await?)
-        } else {
-            None
-        };
 
         let metrics_task = {
             let cluster = cluster.clone();

@@ -28,6 +28,7 @@ pub struct CacheService {
     started: Instant,
     data_path: pb::DataPathResponse,
     data: Option<Arc<crate::data::DataServer>>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl CacheService {
@@ -43,6 +44,12 @@ impl CacheService {
         self
     }
 
+    /// Sets the cluster membership [`Cache::members`] answers from.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
     /// A service over the request layer `ops`, answering reads in messages of
     /// `chunk_size` bytes.
     pub fn new(ops: Arc<Ops>, chunk_size: usize, metrics: Arc<Metrics>) -> Self {
@@ -53,6 +60,7 @@ impl CacheService {
             started: Instant::now(),
             data_path: pb::DataPathResponse::default(),
             data: None,
+            cluster: None,
         }
     }
 }
@@ -379,6 +387,45 @@ impl Cache for CacheService {
     ) -> Result<Response<pb::DataPathResponse>, Status> {
         self.metrics.request("data_path");
         Ok(Response::new(self.data_path.clone()))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        self.metrics.request("members");
+        let Some(c) = &self.cluster else {
+            return Ok(Response::new(pb::MembersResponse::default()));
+        };
+        let view = c.view();
+        let me = c.entry();
+        let state = |s: crate::cluster::MemberState| match s {
+            crate::cluster::MemberState::Joining => "joining",
+            crate::cluster::MemberState::Active => "active",
+            crate::cluster::MemberState::Draining => "draining",
+        };
+        Ok(Response::new(pb::MembersResponse {
+            cluster: c.name().to_owned(),
+            cell: me.cell.clone(),
+            revision: view.revision,
+            self_id: me.id.clone(),
+            members: view
+                .members
+                .values()
+                .map(|m| pb::ClusterMember {
+                    id: m.id.clone(),
+                    grpc: m.grpc.clone(),
+                    data: m.data.clone().unwrap_or_default(),
+                    rdma: m.rdma,
+                    zone: m.zone.clone(),
+                    weight: m.weight,
+                    state: state(m.state).into(),
+                    dram_bytes: m.dram_bytes,
+                    nvme_bytes: m.nvme_bytes,
+                    incarnation: m.incarnation,
+                })
+                .collect(),
+        }))
     }
 
     async fn rdma_connect(

@@ -537,6 +537,16 @@ impl Client {
         .await
     }
 
+    /// The cluster the server is a member of and its cell's members, as the server
+    /// sees them (an empty cluster name when it is a single node).
+    pub async fn members(&self) -> Result<pb::MembersResponse> {
+        self.retry(|mut c| {
+            let req = self.request(pb::MembersRequest {});
+            async move { Ok(c.members(req).await?.into_inner()) }
+        })
+        .await
+    }
+
     /// Per-tier, per-namespace counters.
     pub async fn stats(&self) -> Result<pb::StatsResponse> {
         self.retry(|mut c| {

@@ -279,6 +279,11 @@ impl Cluster {
         self.view.clone()
     }
 
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
     /// This node's entry.
     pub fn entry(&self) -> MemberEntry {
         self.entry.lock().clone()
