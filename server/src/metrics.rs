@@ -396,12 +396,8 @@ fn record_tiers(store: &TieredStore) {
 fn record_cluster(c: &crate::cluster::Cluster) {
     use crate::cluster::MemberState;
     let view = c.view();
-    for (state, name) in [
-        (MemberState::Joining, "joining"),
-        (MemberState::Active, "active"),
-        (MemberState::Draining, "draining"),
-    ] {
-        gauge!("strata_cluster_members", "state" => name).set(view.count(state) as f64);
+    for state in MemberState::LIST {
+        gauge!("strata_cluster_members", "state" => state.as_str()).set(view.count(state) as f64);
     }
     gauge!("strata_cluster_view_revision").set(view.revision as f64);
     counter!("strata_cluster_rejoins_total").absolute(c.rejoins());

@@ -399,11 +399,6 @@ impl Cache for CacheService {
         };
         let view = c.view();
         let me = c.entry();
-        let state = |s: crate::cluster::MemberState| match s {
-            crate::cluster::MemberState::Joining => "joining",
-            crate::cluster::MemberState::Active => "active",
-            crate::cluster::MemberState::Draining => "draining",
-        };
         Ok(Response::new(pb::MembersResponse {
             cluster: c.name().to_owned(),
             cell: me.cell.clone(),
@@ -419,7 +414,7 @@ impl Cache for CacheService {
                     rdma: m.rdma,
                     zone: m.zone.clone(),
                     weight: m.weight,
-                    state: state(m.state).into(),
+                    state: m.state.as_str().into(),
                     dram_bytes: m.dram_bytes,
                     nvme_bytes: m.nvme_bytes,
                     incarnation: m.incarnation,

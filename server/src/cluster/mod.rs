@@ -123,6 +123,20 @@ pub enum MemberState {
     Draining,
 }
 
+impl MemberState {
+    /// Every state, in order.
+    pub const LIST: [MemberState; 3] = [Self::Joining, Self::Active, Self::Draining];
+
+    /// Its name, as in the JSON entry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Active => "active",
+            Self::Draining => "draining",
+        }
+    }
+}
+
 /// What a member registers (JSON, so that operators can read it with `etcdctl`
 /// and any client can parse it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +184,8 @@ impl View {
             .values()
             .filter(|m| m.state == MemberState::Active)
             .map(|m| Member::new(m.id.clone(), m.weight));
-        // Members' entries were validated on the way in; a bad one is left out.
+        // Entries were checked by `decode`, so this does not fail; if it did, the
+        // node would place on nobody rather than stop.
         let placement = Placement::new(active).unwrap_or_else(|e| {
             tracing::error!(error = %e, "member list refused by placement; placing on nobody");
             Placement::new([]).expect("an empty list places")
@@ -219,9 +234,18 @@ pub fn node_id(data_dir: &Path) -> std::io::Result<String> {
     Ok(id)
 }
 
+/// A member entry read from etcd, if it is one this node can place on: a known
+/// version, an id, a weight placement takes. Anything else is left out of the
+/// view (logged), so that one bad entry cannot empty the placement.
 fn decode(value: &[u8]) -> Option<MemberEntry> {
     match serde_json::from_slice::<MemberEntry>(value) {
-        Ok(m) if m.version == 1 && !m.id.is_empty() && m.weight >= 1 => Some(m),
+        Ok(m)
+            if m.version == 1
+                && !m.id.is_empty()
+                && (1..=strata_proto::placement::MAX_WEIGHT).contains(&m.weight) =>
+        {
+            Some(m)
+        }
         Ok(m) => {
             tracing::warn!(id = %m.id, "member entry of an unknown version or invalid; ignored");
             None
@@ -231,6 +255,14 @@ fn decode(value: &[u8]) -> Option<MemberEntry> {
             None
         }
     }
+}
+
+/// The members among the entries of a cell's prefix, by id.
+fn members_of(kvs: &[etcd::Entry]) -> BTreeMap<String, MemberEntry> {
+    kvs.iter()
+        .filter_map(|kv| decode(&kv.value))
+        .map(|m| (m.id.clone(), m))
+        .collect()
 }
 
 impl Cluster {
@@ -246,12 +278,7 @@ impl Cluster {
         entry.state = MemberState::Joining;
         let lease = register(&etcd, &key, &entry, ttl).await?;
         let (revision, kvs) = etcd.get_prefix(config.cell_prefix().as_bytes()).await?;
-        let members = kvs
-            .iter()
-            .filter_map(|kv| decode(&kv.value))
-            .map(|m| (m.id.clone(), m))
-            .collect();
-        let (tx, view) = watch::channel(Arc::new(View::new(revision, members)));
+        let (tx, view) = watch::channel(Arc::new(View::new(revision, members_of(&kvs))));
         let me = Arc::new(Self {
             config,
             etcd,
@@ -430,11 +457,7 @@ impl Cluster {
             match self.etcd.get_prefix(prefix.as_bytes()).await {
                 Ok((rev, kvs)) => {
                     revision = rev;
-                    members = kvs
-                        .iter()
-                        .filter_map(|kv| decode(&kv.value))
-                        .map(|m| (m.id.clone(), m))
-                        .collect();
+                    members = members_of(&kvs);
                     tx.send_replace(Arc::new(View::new(revision, members.clone())));
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the members failed; retrying"),
@@ -550,5 +573,14 @@ mod tests {
         let mut bad = entry("x", MemberState::Active);
         bad.version = 2;
         assert!(decode(&serde_json::to_vec(&bad).unwrap()).is_none());
+        let mut heavy = entry("y", MemberState::Active);
+        heavy.weight = strata_proto::placement::MAX_WEIGHT + 1;
+        assert!(decode(&serde_json::to_vec(&heavy).unwrap()).is_none());
+        for st in MemberState::LIST {
+            assert_eq!(
+                serde_json::to_value(st).unwrap(),
+                serde_json::json!(st.as_str())
+            );
+        }
     }
 }
