@@ -337,14 +337,69 @@ impl Datasets {
             }
         }
         *me.index.lock().await = index;
-        store.set_namespace_origin(
-            "shard",
-            Arc::new(DatasetOrigin {
-                loaded: me.loaded.clone(),
-                stats: me.stats.clone(),
-            }),
-        );
+        store.set_namespace_origin("shard", me.shard_origin());
         Ok(me)
+    }
+
+    /// The `shard` namespace's origin over this registry: manifest lookups and
+    /// ETag-pinned reads. (A cluster node wraps it, to ask a key's owner first.)
+    pub fn shard_origin(self: &Arc<Self>) -> Arc<dyn NamespaceOrigin> {
+        Arc::new(DatasetOrigin {
+            loaded: self.loaded.clone(),
+            stats: self.stats.clone(),
+            registry: Arc::downgrade(self),
+        })
+    }
+
+    /// A version this node has not loaded, recorded by another node of its cluster
+    /// (whose origin it shares): the manifest is read from the store, which reads
+    /// it through from the origin, checked against its name and version, and
+    /// loaded with the default concurrency. `Ok(None)` if no such manifest exists.
+    pub async fn load_version(&self, name: &str, version: &str) -> Result<Option<Arc<Manifest>>> {
+        Ok(self
+            .load_version_inner(name, version)
+            .await?
+            .map(|l| l.manifest.clone()))
+    }
+
+    async fn load_version_inner(&self, name: &str, version: &str) -> Result<Option<Arc<Loaded>>> {
+        if let Some(l) = self
+            .loaded
+            .read()
+            .get(&(name.to_owned(), version.to_owned()))
+        {
+            return Ok(Some(l.clone()));
+        }
+        check_name(name).map_err(manifest_error)?;
+        if version.is_empty()
+            || version.len() > 64
+            || !version.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Error::InvalidKey {
+                reason: format!("dataset version {version:?} is not a hex digest"),
+            });
+        }
+        let Some((_, bytes)) = self
+            .store
+            .get(&meta_key(&format!("{name}/{version}.json")), None)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let manifest = Manifest::decode(&bytes).map_err(manifest_error)?;
+        if manifest.name != name || manifest.version != version {
+            return Err(Error::Corrupt {
+                tier: "manifest",
+                reason: format!(
+                    "the manifest stored for {name}@{version} is of {}@{}",
+                    manifest.name, manifest.version
+                ),
+            });
+        }
+        let source = Source::resolve(&self.origin, &manifest.source).await?;
+        let loaded = self.insert(manifest, source, DEFAULT_CONCURRENCY);
+        tracing::info!(dataset = %name, %version, "dataset version loaded from the shared origin");
+        Ok(Some(loaded))
     }
 
     async fn load(&self, name: &str, version: &str, entry: &IndexEntry) -> Result<()> {
@@ -519,10 +574,13 @@ impl Datasets {
 struct DatasetOrigin {
     loaded: Arc<Versions>,
     stats: Arc<TierStats>,
+    /// To load versions recorded by other nodes (weak: the registry holds the
+    /// store, which holds this).
+    registry: std::sync::Weak<Datasets>,
 }
 
 impl DatasetOrigin {
-    fn find(&self, key: &Key) -> Result<Option<(Arc<Loaded>, usize)>> {
+    async fn find(&self, key: &Key) -> Result<Option<(Arc<Loaded>, usize)>> {
         let Some((name, version, path)) = parse_shard_key(key) else {
             return Err(Error::InvalidKey {
                 reason: format!(
@@ -536,6 +594,11 @@ impl DatasetOrigin {
             .read()
             .get(&(name.to_owned(), version.to_owned()))
             .cloned();
+        let loaded = match (loaded, self.registry.upgrade()) {
+            (Some(l), _) => Some(l),
+            (None, Some(registry)) => registry.load_version_inner(name, version).await?,
+            (None, None) => None,
+        };
         let Some(l) = loaded else {
             // The key names a version this server does not know: the request must
             // change (not a miss, which a client reads as "absent").
@@ -560,7 +623,12 @@ impl NamespaceOrigin for DatasetOrigin {
     }
 
     fn size<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<u64>>> {
-        Box::pin(async move { Ok(self.find(key)?.map(|(l, i)| l.manifest.shards[i].size)) })
+        Box::pin(async move {
+            Ok(self
+                .find(key)
+                .await?
+                .map(|(l, i)| l.manifest.shards[i].size))
+        })
     }
 
     fn get<'a>(
@@ -569,7 +637,7 @@ impl NamespaceOrigin for DatasetOrigin {
         range: Option<ByteRange>,
     ) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move {
-            let Some((l, i)) = self.find(key)? else {
+            let Some((l, i)) = self.find(key).await? else {
                 return Ok(None);
             };
             let waited = Instant::now();

@@ -85,7 +85,15 @@ impl DatasetService {
         let m = if version.is_empty() {
             self.datasets.current(name).await
         } else {
-            self.datasets.manifest(name, version)
+            match self.datasets.manifest(name, version) {
+                Some(m) => Some(m),
+                // Recorded by another node of the cluster.
+                None => self
+                    .datasets
+                    .load_version(name, version)
+                    .await
+                    .map_err(to_status)?,
+            }
         };
         m.ok_or_else(|| {
             Status::not_found(if version.is_empty() {

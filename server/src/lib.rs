@@ -147,6 +147,16 @@ impl Server {
         } else {
             None
         };
+        if let Some(c) = &cluster {
+            // What this node does not own it fills from the owner.
+            store.set_namespace_origin(
+                "shard",
+                Arc::new(cluster::peer::PeerOrigin::new(
+                    datasets.shard_origin(),
+                    c.clone(),
+                )),
+            );
+        }
         let svc = CacheService::new(
             ops.clone(),
             config.server.get_chunk_size.0 as usize,

@@ -179,6 +179,8 @@ impl Metrics {
             record_data(data);
             if let Some(c) = cluster {
                 record_cluster(c);
+                counter!("strata_cluster_peer_requests_served_total")
+                    .absolute(data.ops().peer_requests());
             }
         });
         self.handle.run_upkeep();
@@ -338,6 +340,23 @@ fn describe() {
         "strata_cluster_rejoins_total",
         "Times this node registered again after its membership lease ran out"
     );
+    describe_counter!(
+        "strata_cluster_peer_reads_total",
+        "Fills of keys another member owns, asked of that owner, by outcome: answered (an origin read this node did not make) or failed (read from the origin instead)"
+    );
+    describe_counter!(
+        "strata_cluster_peer_read_bytes_total",
+        Unit::Bytes,
+        "Bytes the owners answered to this node's peer reads"
+    );
+    describe_counter!(
+        "strata_cluster_origin_reads_avoided_total",
+        "Origin reads this node did not make because the key's owner answered (peer reads answered)"
+    );
+    describe_counter!(
+        "strata_cluster_peer_requests_served_total",
+        "Requests from other members filling their caches, answered by this node"
+    );
     describe_gauge!("strata_tier_capacity_bytes", Unit::Bytes, "Tier capacity");
     describe_gauge!("strata_tier_used_bytes", Unit::Bytes, "Tier bytes in use");
     describe_counter!(
@@ -401,6 +420,13 @@ fn record_cluster(c: &crate::cluster::Cluster) {
     }
     gauge!("strata_cluster_view_revision").set(view.revision as f64);
     counter!("strata_cluster_rejoins_total").absolute(c.rejoins());
+    let p = c.peer_stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    counter!("strata_cluster_peer_reads_total", "outcome" => "answered")
+        .absolute(load(&p.answered));
+    counter!("strata_cluster_peer_reads_total", "outcome" => "failed").absolute(load(&p.failed));
+    counter!("strata_cluster_peer_read_bytes_total").absolute(load(&p.bytes));
+    counter!("strata_cluster_origin_reads_avoided_total").absolute(load(&p.answered));
 }
 
 fn record_data(data: &DataServer) {

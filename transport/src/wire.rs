@@ -48,8 +48,16 @@ pub const FLAG_PIN: u16 = 4;
 /// that it still speaks to a server of an earlier release, which refuses unknown
 /// flags as a broken header.
 pub const FEATURE_FLAGS: u64 = 1;
+/// Request flag (GET, MGET, MGET_RANGE): the request comes from a cluster peer
+/// filling its own cache (`docs/cluster.md`). The server answers from its tiers and
+/// its origin and never forwards the read to another peer, so that two nodes whose
+/// views of the cluster disagree for a moment cannot send a read back and forth.
+pub const FLAG_PEER: u16 = 8;
+/// Bit 63 of the op set a HELLO answer carries (no op has number 63): the server
+/// accepts [`FLAG_PEER`]. A client sends it only then.
+pub const FEATURE_PEER: u64 = 1 << 63;
 /// Every flag this version knows.
-const KNOWN_FLAGS: u16 = FLAG_LEASE | FLAG_DEADLINE | FLAG_PIN;
+const KNOWN_FLAGS: u16 = FLAG_LEASE | FLAG_DEADLINE | FLAG_PIN | FLAG_PEER;
 /// Most keys in one MGET or MATCH_PREFIX.
 pub const MAX_BATCH: usize = 4096;
 /// Most extents in one lease.

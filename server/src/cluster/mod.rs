@@ -16,6 +16,7 @@
 //! Without `cluster.etcd` none of this runs: the single node is the default.
 
 pub mod etcd;
+pub mod peer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -215,6 +216,7 @@ pub struct Cluster {
     stop: CancellationToken,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     rejoins: std::sync::atomic::AtomicU64,
+    peer_stats: peer::PeerStats,
 }
 
 /// The node's id, from `<data_dir>/node-id`, made on the first start.
@@ -289,6 +291,7 @@ impl Cluster {
             stop: CancellationToken::new(),
             tasks: parking_lot::Mutex::new(Vec::new()),
             rejoins: std::sync::atomic::AtomicU64::new(0),
+            peer_stats: peer::PeerStats::default(),
         });
         let keep = tokio::spawn(me.clone().keep_alive_loop());
         let watch = tokio::spawn(me.clone().watch_loop(tx, revision));
@@ -314,6 +317,11 @@ impl Cluster {
     /// This node's entry.
     pub fn entry(&self) -> MemberEntry {
         self.entry.lock().clone()
+    }
+
+    /// This node's peer reads ([`peer::PeerOrigin`]).
+    pub fn peer_stats(&self) -> &peer::PeerStats {
+        &self.peer_stats
     }
 
     /// Times this node registered again after losing its lease.

@@ -123,6 +123,10 @@ pub struct Options {
     pub lease: bool,
     /// Pin the value in DRAM once its put is committed.
     pub pin: bool,
+    /// The request comes from a cluster peer filling its cache: what this node
+    /// misses is read from its own origin, never asked of another peer
+    /// ([`from_peer`]).
+    pub from_peer: bool,
     /// Who asked.
     pub caller: Caller,
 }
@@ -157,6 +161,21 @@ pub struct Ops {
     /// stream long reads ([`Ops::spawn`]).
     commits: TaskTracker,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Requests from cluster peers answered ([`Options::from_peer`]).
+    peer_requests: std::sync::atomic::AtomicU64,
+}
+
+tokio::task_local! {
+    /// Set while a step of a request from a cluster peer runs.
+    static FROM_PEER: ();
+}
+
+/// Whether the code running now serves a request from a cluster peer: the
+/// cluster's origin for the `shard` namespace (`crate::cluster::peer`) then reads
+/// the real origin instead of asking the key's owner, so a read is forwarded at
+/// most once, whatever the two nodes' views of the cluster say.
+pub fn from_peer() -> bool {
+    FROM_PEER.try_with(|()| ()).is_ok()
 }
 
 impl Ops {
@@ -178,6 +197,7 @@ impl Ops {
             commits: TaskTracker::new(),
             config,
             metrics,
+            peer_requests: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -258,6 +278,7 @@ impl Ops {
         took: Duration,
         r: &Result<T, Error>,
     ) {
+        self.count_peer(opts);
         let failed = r
             .as_ref()
             .is_err_and(|e| e.kind() != strata_tiers::ErrorKind::NotFound);
@@ -269,12 +290,26 @@ impl Ops {
     /// operation in steps: recorded when dropped, as failed unless
     /// [`Timer::succeed`] was called.
     pub fn timer(self: &Arc<Self>, op: &'static str, opts: &Options) -> Timer {
+        self.count_peer(opts);
         Timer {
             ops: self.clone(),
             op,
             carrier: opts.caller.carrier,
             start: std::time::Instant::now(),
             ok: false,
+        }
+    }
+
+    /// Requests from cluster peers answered so far.
+    pub fn peer_requests(&self) -> u64 {
+        self.peer_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_peer(&self, opts: &Options) {
+        if opts.from_peer {
+            self.peer_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -288,10 +323,12 @@ impl Ops {
     ) -> Result<T, Error> {
         use tracing::Instrument;
         let span = tracing::debug_span!("op", op, carrier = opts.caller.carrier.name());
-        self.step(op, opts, f)
-            .instrument(span)
-            .await
-            .and_then(|r| r)
+        let step = self.step(op, opts, f).instrument(span);
+        if opts.from_peer {
+            FROM_PEER.scope((), step).await.and_then(|r| r)
+        } else {
+            step.await.and_then(|r| r)
+        }
     }
 }
 

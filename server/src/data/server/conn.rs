@@ -172,6 +172,7 @@ impl DataServer {
                             deadline: h.budget().map(|b| Deadline::now() + b),
                             lease: (shm || self.rdma_available()) && h.flags & FLAG_LEASE != 0,
                             pin: h.flags & FLAG_PIN != 0,
+                            from_peer: h.flags & FLAG_PEER != 0,
                             caller: caller.clone(),
                         };
                         if let Some(f) = self.dispatch(&h, req, opts, &mut sink, reservations) {

@@ -29,7 +29,7 @@ impl DataServer {
                         arena_len: self.ops.store().dram().arena().capacity(),
                         lease_ttl_ms: self.config.lease_ttl().as_millis() as u32,
                         max_data: self.config.limits().max_data,
-                        ops: Op::ALL | FEATURE_FLAGS,
+                        ops: Op::ALL | FEATURE_FLAGS | FEATURE_PEER,
                     },
                 );
                 ready(Out::ok(op, id, m, Vec::new()))

@@ -85,6 +85,10 @@ pub struct DataOptions {
     /// client sets up a new queue pair, in the background, while its calls go over
     /// TCP; and how long it waits after a failed attempt. Default: 1 s.
     pub rdma_relink_after: Duration,
+    /// This client is a cluster node reading from a peer to fill its own cache: its
+    /// reads carry [`FLAG_PEER`](crate::wire::FLAG_PEER) (when the server takes it),
+    /// so the peer answers them itself and never forwards them. Default: false.
+    pub peer: bool,
 }
 
 impl Default for DataOptions {
@@ -96,6 +100,7 @@ impl Default for DataOptions {
             attempts: 3,
             backoff: Duration::from_millis(20),
             rdma_relink_after: Duration::from_secs(1),
+            peer: false,
         }
     }
 }

@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::data::io::write_all_vectored;
 use crate::wire::{
-    FEATURE_FLAGS, HEADER_LEN, Header, Limits, Request, Status, request_frame_within, response,
+    FEATURE_FLAGS, FEATURE_PEER, FLAG_PEER, HEADER_LEN, Header, Limits, Request, Status,
+    request_frame_within, response,
 };
 
 /// An answer frame.
@@ -97,6 +98,11 @@ impl DataClient {
         data: Option<&[u8]>,
     ) -> Result<Frame> {
         self.serves(req.op())?;
+        let flags = if self.inner.options.peer && self.inner.hello.ops & FEATURE_PEER != 0 {
+            flags | FLAG_PEER
+        } else {
+            flags
+        };
         let conn = self.conn().await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let prefix = self.release_frame();

@@ -1,0 +1,294 @@
+//! Peer reads (`docs/cluster.md`): real server processes in one cluster on a real
+//! etcd, sharing one origin (a real Azurite behind a counting proxy). Whichever
+//! node a reader asks, a page not yet in the cluster is read from the origin once,
+//! by its owner; every other node fills it from that owner.
+
+#[path = "../../tiers/tests/common/azurite.rs"]
+mod azurite;
+#[path = "../../tiers/tests/common/faultproxy.rs"]
+mod faultproxy;
+#[path = "../../tiers/tests/common/pattern.rs"]
+mod pattern;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_proto::placement::{Member, Placement};
+use strata_server::testing::{EtcdProcess, ServerProcess, sample, scrape};
+use strata_tiers::{BlobTier, Key, PutOptions, Tier};
+use strata_training_cache::loader::fetch_manifest;
+use strata_transport::data::{CarrierChoice, DataClient, DataEndpoint, DataOptions};
+use strata_transport::{Client, ClientOptions, proto};
+
+use self::azurite::Azurite;
+use self::faultproxy::FaultProxy;
+use self::pattern::pattern;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strata-server");
+
+/// A node's config file: a Blob origin through the proxy, 4 MiB pages read in runs
+/// of 16 MiB (so a 6 MiB shard is one origin read).
+fn write_config(dir: &Path, proxy: &FaultProxy, az: &Azurite) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = proxy.config(az, "origin");
+    let toml = format!(
+        r#"
+[dram]
+capacity = "96MiB"
+
+[nvme]
+capacity = "256MiB"
+
+[origin]
+kind = "blob"
+
+[origin.blob]
+endpoint = "{endpoint}"
+container = "origin"
+api_version = "{api}"
+
+[origin.blob.auth]
+kind = "sas"
+token = "{sas}"
+"#,
+        endpoint = cfg.endpoint,
+        api = cfg.api_version.clone().unwrap_or_default(),
+        sas = az.sas(),
+    );
+    let path = dir.join("strata.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn start(dir: &Path, config: &Path, etcd: &EtcdProcess) -> ServerProcess {
+    ServerProcess::start(
+        Path::new(BIN),
+        dir,
+        &dir.join("server.log"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--etcd",
+            &etcd.url,
+            "--cluster",
+            "reads",
+            "--advertise",
+            "127.0.0.1",
+        ],
+        &[("STRATA__CLUSTER__LEASE_TTL_S", "2")],
+    )
+}
+
+/// Waits (polling every 50 ms) until `check` holds, failing after `within`.
+async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn raw_tier(az: &Azurite, container: &str) -> BlobTier {
+    let mut cfg = az.config(container);
+    cfg.raw_names = true;
+    let t = BlobTier::open(cfg).await.unwrap();
+    t.ensure_container().await.unwrap();
+    t
+}
+
+async fn counter(p: &ServerProcess, name: &str) -> u64 {
+    sample(&scrape(p.metrics).await, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
+    const SHARDS: usize = 12;
+    let az = Azurite::start();
+    let proxy = FaultProxy::start(az.port, 0, "").await;
+    let etcd = EtcdProcess::start().await;
+    let data = raw_tier(&az, "training").await;
+    let shards: Vec<Bytes> = (0..SHARDS).map(|i| pattern(i as u64, 6 << 20)).collect();
+    for (i, v) in shards.iter().enumerate() {
+        let key = Key::new("shard", "", format!("ds/train/{i:02}.tar")).unwrap();
+        data.put(&key, v.clone(), &PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let _origin = raw_tier(&az, "origin").await;
+
+    let root = tempfile::tempdir().unwrap();
+    let nodes: Vec<ServerProcess> = (0..3)
+        .map(|i| {
+            let dir = root.path().join(format!("n{i}"));
+            let config = write_config(&dir, &proxy, &az);
+            start(&dir, &config, &etcd)
+        })
+        .collect();
+    for n in &nodes {
+        until(
+            "every node's view of three",
+            Duration::from_secs(10),
+            || async { counter(n, "strata_cluster_members{state=\"active\"}").await == 3 },
+        )
+        .await;
+    }
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(
+            Client::connect(&n.grpc, ClientOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+
+    // Added on one node; the others find the version in the shared origin.
+    let source = format!(
+        "http://127.0.0.1:{}/{}/training/ds/",
+        proxy.port,
+        azurite::ACCOUNT
+    );
+    proto::datasets_client::DatasetsClient::new(clients[0].channel().clone())
+        .add(proto::DatasetAddRequest {
+            name: "ds".into(),
+            source,
+            concurrency: 0,
+        })
+        .await
+        .unwrap();
+    let m = fetch_manifest(&clients[0], "ds", "").await.unwrap();
+    assert_eq!(m.shards.len(), SHARDS);
+    for c in &clients[1..] {
+        assert_eq!(fetch_manifest(c, "ds", &m.version).await.unwrap(), m);
+    }
+
+    // A peer's request is answered by the node asked, never forwarded: a node
+    // that does not own shard 0, asked for it as a peer asks, reads the origin.
+    let view = clients[0].members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .filter(|x| x.state == "active")
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    let key0 = m.shard_key(0);
+    let owner = placement.owner(key0.as_bytes()).unwrap().id.clone();
+    let other = view.members.iter().find(|x| x.id != owner).unwrap();
+    let asked_node = nodes
+        .iter()
+        .position(|n| n.grpc.rsplit(':').next() == other.grpc.rsplit(':').next())
+        .expect("the member is one of the nodes");
+    let as_peer = DataClient::connect(
+        DataEndpoint {
+            tcp: Some(other.data.clone()),
+            ..DataEndpoint::default()
+        },
+        DataOptions {
+            carrier: CarrierChoice::Tcp,
+            peer: true,
+            ..DataOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let before = proxy.seen();
+    assert!(as_peer.get(&key0).await.unwrap().unwrap() == shards[0]);
+    assert_eq!(
+        proxy.seen() - before,
+        1,
+        "read from the origin by the node asked"
+    );
+    let n = &nodes[asked_node];
+    assert_eq!(
+        counter(n, "strata_cluster_peer_reads_total{outcome=\"answered\"}").await,
+        0
+    );
+    assert_eq!(
+        counter(n, "strata_cluster_peer_reads_total{outcome=\"failed\"}").await,
+        0
+    );
+    assert_eq!(
+        counter(n, "strata_cluster_peer_requests_served_total").await,
+        1
+    );
+
+    // Every node reads every shard, all at once, each in its own order.
+    let before = proxy.seen();
+    let mut readers = Vec::new();
+    for (n, c) in clients.iter().enumerate() {
+        for lane in 0..2 {
+            let c = c.clone();
+            let keys: Vec<(usize, Key)> = (0..SHARDS)
+                .map(|i| (i * 5 + n * 7 + lane) % SHARDS)
+                .map(|i| (i, m.shard_key(i)))
+                .collect();
+            readers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for (i, key) in keys {
+                    got.push((i, c.get(&key).await.unwrap().expect("a shard")));
+                }
+                got
+            }));
+        }
+    }
+    for r in readers {
+        for (i, v) in r.await.unwrap() {
+            assert!(v == shards[i], "shard {i} read intact");
+        }
+    }
+    let origin_reads = proxy.seen() - before;
+    assert_eq!(
+        origin_reads, SHARDS,
+        "each shard (one run of pages) read from the origin once in the whole cluster"
+    );
+
+    // The owners answered the rest: each node asked for the shards it does not
+    // own, and what was asked was served.
+    let mut asked = 0;
+    let mut served = 0;
+    for n in &nodes {
+        let a = counter(n, "strata_cluster_peer_reads_total{outcome=\"answered\"}").await;
+        let f = counter(n, "strata_cluster_peer_reads_total{outcome=\"failed\"}").await;
+        assert_eq!(f, 0, "no peer read fell back to the origin");
+        assert!(
+            a > 0,
+            "every node owns some shards and reads the others' from them"
+        );
+        asked += a;
+        served += counter(n, "strata_cluster_peer_requests_served_total").await;
+    }
+    assert_eq!(
+        served,
+        asked + 1,
+        "every peer read asked was served by its owner (and the one above)"
+    );
+    assert_eq!(
+        asked as usize,
+        2 * SHARDS - 1,
+        "each node asked once for each shard it does not own (one run of pages), \
+         but the node that read shard 0 above"
+    );
+
+    // Read again: every node has its own copy now (the `shard` policy keeps one).
+    let before = proxy.seen();
+    for c in &clients {
+        for (i, v) in shards.iter().enumerate() {
+            assert!(c.get(&m.shard_key(i)).await.unwrap().unwrap() == *v);
+        }
+    }
+    assert_eq!(proxy.seen(), before, "warm reads touch no origin");
+    let served_after: u64 = {
+        let mut s = 0;
+        for n in &nodes {
+            s += counter(n, "strata_cluster_peer_requests_served_total").await;
+        }
+        s
+    };
+    assert_eq!(served_after, served, "warm reads are local hits");
+    drop(nodes);
+}
