@@ -292,3 +292,123 @@ async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
     assert_eq!(served_after, served, "warm reads are local hits");
     drop(nodes);
 }
+
+/// Three nodes with their own local origins (the `kv` namespace has none).
+fn start_plain(dir: &Path, etcd: &EtcdProcess) -> ServerProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    ServerProcess::start(
+        Path::new(BIN),
+        dir,
+        &dir.join("server.log"),
+        &[
+            "--etcd",
+            &etcd.url,
+            "--cluster",
+            "routes",
+            "--advertise",
+            "127.0.0.1",
+            "--dram-capacity",
+            "64MiB",
+            "--nvme-capacity",
+            "128MiB",
+        ],
+        &[("STRATA__CLUSTER__LEASE_TTL_S", "2")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_send_each_key_to_its_owner_and_ask_owners_in_parallel() {
+    const KEYS: usize = 60;
+    let etcd = EtcdProcess::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes: Vec<ServerProcess> = (0..3)
+        .map(|i| start_plain(&root.path().join(format!("n{i}")), &etcd))
+        .collect();
+    for n in &nodes {
+        until(
+            "every node's view of three",
+            Duration::from_secs(10),
+            || async { counter(n, "strata_cluster_members{state=\"active\"}").await == 3 },
+        )
+        .await;
+    }
+    let routed = Client::connect(&nodes[0].grpc, ClientOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(routed.routed_members(), Some(3));
+    let direct = ClientOptions {
+        route: false,
+        ..ClientOptions::default()
+    };
+    let mut each = Vec::new();
+    for n in &nodes {
+        let c = Client::connect(&n.grpc, direct.clone()).await.unwrap();
+        assert_eq!(c.routed_members(), None);
+        each.push(c);
+    }
+
+    // Puts through node 0's client land on each key's owner, and only there.
+    let keys: Vec<Key> = (0..KEYS)
+        .map(|i| Key::new("kv", "t", format!("prompt/chunk-{i:04}")).unwrap())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        routed.put(k, pattern(i as u64, 10_000 + i)).await.unwrap();
+    }
+    let view = each[0].members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    let node_of = |id: &str| {
+        let grpc = &view.members.iter().find(|m| m.id == id).unwrap().grpc;
+        nodes
+            .iter()
+            .position(|n| n.grpc.rsplit(':').next() == grpc.rsplit(':').next())
+            .unwrap()
+    };
+    let mut held = [0usize; 3];
+    for (n, c) in each.iter().enumerate() {
+        let present = c.contains(&keys).await.unwrap();
+        for (k, p) in keys.iter().zip(present) {
+            let owner = node_of(&placement.owner(k.as_bytes()).unwrap().id);
+            assert_eq!(
+                p,
+                owner == n,
+                "{} on node {n}, owned by {owner}",
+                k.display_path()
+            );
+            held[n] += usize::from(p);
+        }
+    }
+    assert!(
+        held.iter().all(|&h| h > 0),
+        "every node owns some keys: {held:?}"
+    );
+
+    // Another node's client reads them back from their owners, one by one and in
+    // one batch split by owner.
+    let other = Client::connect(&nodes[2].grpc, ClientOptions::default())
+        .await
+        .unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        assert!(other.get(k).await.unwrap().unwrap() == pattern(i as u64, 10_000 + i));
+    }
+    let got = other.mget(&keys).await.unwrap();
+    for (i, v) in got.into_iter().enumerate() {
+        assert!(v.unwrap() == pattern(i as u64, 10_000 + i));
+    }
+
+    // A prompt's chain: the longest prefix present on every owner, asked of all
+    // of them at once.
+    let mut chain = keys.clone();
+    chain.push(Key::new("kv", "t", "prompt/not-stored").unwrap());
+    assert_eq!(other.match_prefix(&chain).await.unwrap(), KEYS as u32);
+    assert!(other.delete(&keys[30]).await.unwrap());
+    assert_eq!(other.match_prefix(&chain).await.unwrap(), 30);
+    let present = routed.contains(&keys).await.unwrap();
+    assert_eq!(present.iter().filter(|p| !**p).count(), 1);
+    assert!(!present[30]);
+    drop(nodes);
+}

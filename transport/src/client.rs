@@ -1,6 +1,8 @@
 //! The gRPC client.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::convert::key_to_proto;
 use crate::data::{Carrier, CarrierChoice, DataClient, DataEndpoint, DataOptions, ValueReader};
 use crate::error::{ClientError, Result};
+use crate::route::Routes;
 use crate::wire;
 use crate::wire::KeyRange;
 
@@ -38,6 +41,13 @@ pub struct ClientOptions {
     pub data_path: bool,
     /// Data-path settings.
     pub data: DataOptions,
+    /// When the server is a cluster member, send each key to its owner (see
+    /// `crate::route`, `docs/cluster.md`). Default: true.
+    pub route: bool,
+    /// Namespaces whose keys go to the node the client connected to, which fills
+    /// them from their owner and keeps its own copy. Default: `shard` (a training
+    /// job's shards, read on its own nodes).
+    pub local_namespaces: Vec<String>,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +60,8 @@ impl Default for ClientOptions {
             chunk_size: 1 << 20,
             data_path: true,
             data: DataOptions::default(),
+            route: true,
+            local_namespaces: vec!["shard".into()],
         }
     }
 }
@@ -72,7 +84,14 @@ pub struct Client {
     channel: Channel,
     options: ClientOptions,
     data: Option<DataClient>,
+    /// Routes to the cluster's owners (`None`: everything goes to this node).
+    routes: Option<Arc<Routes>>,
+    /// Tells clients of different connections apart (clones share it).
+    id: usize,
 }
+
+/// Numbers connections, for [`Client::identity`].
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Client {
     /// Connects to `addr` (`HOST:PORT` or a URL).
@@ -103,9 +122,23 @@ impl Client {
             channel,
             options,
             data: None,
+            routes: None,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         if me.options.data_path {
             me.data = me.connect_data(addr).await?;
+        }
+        if me.options.route {
+            me.routes = match me.members().await {
+                Ok(answer) => Routes::new(&answer, &me.options),
+                // A server of a release before clusters: a single node.
+                Err(ClientError::Status { status, .. })
+                    if status.code() == tonic::Code::Unimplemented =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            };
         }
         Ok(me)
     }
@@ -206,6 +239,25 @@ impl Client {
         self.data.as_ref().map(DataClient::carrier)
     }
 
+    /// Whether calls are routed to the owners of their keys (a cluster member's
+    /// client), and over how many active members.
+    pub fn routed_members(&self) -> Option<usize> {
+        self.routes.as_ref().map(|r| r.members())
+    }
+
+    pub(crate) fn routes(&self) -> Option<&Arc<Routes>> {
+        self.routes.as_ref()
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Which connection this is (clones share it).
+    pub(crate) fn identity(&self) -> usize {
+        self.id
+    }
+
     /// The underlying channel (for health checks and other services).
     pub fn channel(&self) -> &Channel {
         &self.channel
@@ -238,6 +290,10 @@ impl Client {
     /// else over gRPC (streamed in chunks), as is a value larger than the data
     /// server takes in one frame. Not retried.
     pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
+        self.at(key).await.put_here(key, value, pin).await
+    }
+
+    async fn put_here(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
         // (A value over the data server's frame limit streams over gRPC instead.)
         if let Some(d) = &self.data
             && value.len() as u64 <= d.server().max_data
@@ -284,6 +340,15 @@ impl Client {
         offset: u64,
         length: Option<u64>,
     ) -> Result<Option<(ValueInfo, Bytes)>> {
+        self.at(key).await.get_range_here(key, offset, length).await
+    }
+
+    async fn get_range_here(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Option<(ValueInfo, Bytes)>> {
         if let Some(d) = &self.data {
             return Ok(d
                 .get_range(key, offset, length)
@@ -313,6 +378,19 @@ impl Client {
         length: Option<u64>,
         f: impl FnOnce(u64, &mut ValueReader<'_>) -> R,
     ) -> Result<Option<R>> {
+        self.at(key)
+            .await
+            .get_range_with_here(key, offset, length, f)
+            .await
+    }
+
+    async fn get_range_with_here<R>(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+        f: impl FnOnce(u64, &mut ValueReader<'_>) -> R,
+    ) -> Result<Option<R>> {
         if let Some(d) = &self.data {
             return d.get_range_with(key, offset, length, f).await;
         }
@@ -327,6 +405,33 @@ impl Client {
     /// [`DataClient::mget_range_with`]), one Get per range over gRPC. One result
     /// per range: `Some` with what `f` returned, `None` if absent, or its error.
     pub async fn mget_range_with<R>(
+        &self,
+        ranges: &[KeyRange],
+        mut f: impl FnMut(usize, &mut ValueReader<'_>) -> R,
+    ) -> Result<Vec<Result<Option<R>>>> {
+        let keys: Vec<&Key> = ranges.iter().map(|r| &r.key).collect();
+        let mut groups = self.split(&keys).await;
+        if groups.len() == 1 {
+            let (c, _) = groups.pop().expect("one group");
+            return c.mget_range_with_here(ranges, f).await;
+        }
+        // One request per owner, one after the other (`f` is called in place,
+        // under each answer's lease).
+        let mut out: Vec<Option<Result<Option<R>>>> = (0..ranges.len()).map(|_| None).collect();
+        for (c, idx) in groups {
+            let part: Vec<KeyRange> = idx.iter().map(|&i| ranges[i].clone()).collect();
+            let got = c.mget_range_with_here(&part, |j, r| f(idx[j], r)).await?;
+            for (j, r) in got.into_iter().enumerate() {
+                out[idx[j]] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every range answered"))
+            .collect())
+    }
+
+    async fn mget_range_with_here<R>(
         &self,
         ranges: &[KeyRange],
         mut f: impl FnMut(usize, &mut ValueReader<'_>) -> R,
@@ -348,6 +453,28 @@ impl Client {
     /// Reads whole values of many keys (one request on the data path); `None` for
     /// each miss.
     pub async fn mget(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        let refs: Vec<&Key> = keys.iter().collect();
+        let mut groups = self.split(&refs).await;
+        if groups.len() == 1 {
+            let (c, _) = groups.pop().expect("one group");
+            return c.mget_here(keys).await;
+        }
+        // One request per owner, all at once.
+        let answers = futures::future::try_join_all(groups.iter().map(|(c, idx)| async move {
+            let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+            c.mget_here(&part).await
+        }))
+        .await?;
+        let mut out = vec![None; keys.len()];
+        for ((_, idx), got) in groups.iter().zip(answers) {
+            for (j, v) in got.into_iter().enumerate() {
+                out[idx[j]] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mget_here(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
         if let Some(d) = &self.data {
             return d.mget(keys).await;
         }
@@ -431,7 +558,28 @@ impl Client {
     /// How many leading keys are cached, in one round trip.
     /// (A list longer than the server's batch limit, [`wire::MAX_BATCH`], is asked
     /// in batches, each only while every key before it matched.)
+    ///
+    /// In a cluster the keys are split by owner and each owner is asked for the
+    /// leading keys of its share, all at once: the prefix ends at the first key
+    /// any owner misses (one round trip of wall time).
     pub async fn match_prefix(&self, keys: &[Key]) -> Result<u32> {
+        let refs: Vec<&Key> = keys.iter().collect();
+        let mut groups = self.split(&refs).await;
+        if groups.len() == 1 {
+            let (c, _) = groups.pop().expect("one group");
+            return c.match_prefix_here(keys).await;
+        }
+        let firsts = futures::future::try_join_all(groups.iter().map(|(c, idx)| async move {
+            let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+            let n = c.match_prefix_here(&part).await? as usize;
+            // The first key of this owner's share that it lacks, if any.
+            Ok::<_, ClientError>(idx.get(n).copied().unwrap_or(keys.len()))
+        }))
+        .await?;
+        Ok(firsts.into_iter().min().unwrap_or(keys.len()) as u32)
+    }
+
+    async fn match_prefix_here(&self, keys: &[Key]) -> Result<u32> {
         if let Some(d) = &self.data {
             return Ok(d.match_prefix(keys).await? as u32);
         }
@@ -457,6 +605,27 @@ impl Client {
     /// Whether each key is cached (asked in batches of at most
     /// [`wire::MAX_BATCH`]).
     pub async fn contains(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        let refs: Vec<&Key> = keys.iter().collect();
+        let mut groups = self.split(&refs).await;
+        if groups.len() == 1 {
+            let (c, _) = groups.pop().expect("one group");
+            return c.contains_here(keys).await;
+        }
+        let answers = futures::future::try_join_all(groups.iter().map(|(c, idx)| async move {
+            let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+            c.contains_here(&part).await
+        }))
+        .await?;
+        let mut out = vec![false; keys.len()];
+        for ((_, idx), got) in groups.iter().zip(answers) {
+            for (j, v) in got.into_iter().enumerate() {
+                out[idx[j]] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn contains_here(&self, keys: &[Key]) -> Result<Vec<bool>> {
         let mut present = Vec::with_capacity(keys.len());
         for batch in keys.chunks(wire::MAX_BATCH) {
             let req = pb::ContainsRequest {
@@ -475,6 +644,10 @@ impl Client {
 
     /// Deletes a value (idempotent, so retried). `true` if it existed.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
+        self.at(key).await.delete_here(key).await
+    }
+
+    async fn delete_here(&self, key: &Key) -> Result<bool> {
         if let Some(d) = &self.data {
             return d.delete(key).await;
         }
@@ -490,6 +663,10 @@ impl Client {
 
     /// Pins a value in DRAM (pins nest, so never retried). `false` if absent.
     pub async fn pin(&self, key: &Key) -> Result<bool> {
+        self.at(key).await.pin_here(key).await
+    }
+
+    async fn pin_here(&self, key: &Key) -> Result<bool> {
         let req = self.request(pb::KeyRequest {
             key: Some(key_to_proto(key)),
         });
@@ -498,6 +675,10 @@ impl Client {
 
     /// Releases one pin. `false` if it was not pinned.
     pub async fn unpin(&self, key: &Key) -> Result<bool> {
+        self.at(key).await.unpin_here(key).await
+    }
+
+    async fn unpin_here(&self, key: &Key) -> Result<bool> {
         let req = self.request(pb::KeyRequest {
             key: Some(key_to_proto(key)),
         });
@@ -506,6 +687,10 @@ impl Client {
 
     /// Drops a value from the cache tiers (not the origin). Idempotent.
     pub async fn evict(&self, key: &Key) -> Result<bool> {
+        self.at(key).await.evict_here(key).await
+    }
+
+    async fn evict_here(&self, key: &Key) -> Result<bool> {
         let req = pb::KeyRequest {
             key: Some(key_to_proto(key)),
         };

@@ -15,6 +15,7 @@ mod client;
 mod convert;
 pub mod data;
 mod error;
+mod route;
 pub mod wire;
 
 pub use self::client::{Client, ClientOptions, ValueInfo};
