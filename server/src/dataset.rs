@@ -520,6 +520,37 @@ impl Datasets {
         self.manifest(name, &version)
     }
 
+    /// [`Self::current`], and for a name this node does not know, the index as
+    /// the shared origin has it now (another node of the cluster may have added
+    /// the dataset): its entries are taken for the names they hold, and the
+    /// current version of `name` loaded.
+    pub async fn current_or_reload(&self, name: &str) -> Result<Option<Arc<Manifest>>> {
+        if let Some(m) = self.current(name).await {
+            return Ok(Some(m));
+        }
+        let version = {
+            let mut index = self.index.lock().await;
+            let key = meta_key("index.json");
+            // The cached copy may be older than the origin's.
+            self.store.evict(&key).await?;
+            let Some((_, bytes)) = self.store.get(&key, None).await? else {
+                return Ok(None);
+            };
+            let theirs: Index = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                tier: "manifest",
+                reason: format!("dataset index: {e}"),
+            })?;
+            for (n, e) in theirs.datasets {
+                index.datasets.insert(n, e);
+            }
+            match index.datasets.get(name) {
+                Some(e) => e.current.clone(),
+                None => return Ok(None),
+            }
+        };
+        self.load_version(name, &version).await
+    }
+
     /// How many versions of `name` are recorded, and its concurrency limit.
     pub async fn versions_and_concurrency(&self, name: &str) -> Option<(u32, u32)> {
         let index = self.index.lock().await;

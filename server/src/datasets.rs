@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cluster::plans::{Hop, PlanCall, PlanFanout};
+use crate::cluster::{MemberEntry, MemberState};
 use crate::dataset::{Datasets, Manifest};
 use crate::oracle::{JobPlan, Oracle};
 use futures::{Stream, StreamExt as _};
@@ -73,17 +75,39 @@ impl NextUse for ShardOracle {
 pub struct DatasetService {
     datasets: Arc<Datasets>,
     plans: Plans,
+    /// On a cluster node: passes plan calls on to the other members.
+    fanout: Option<Arc<PlanFanout>>,
 }
 
 impl DatasetService {
     /// A service over `datasets`, recording plans into `plans`.
     pub fn new(datasets: Arc<Datasets>, plans: Plans) -> Self {
-        Self { datasets, plans }
+        Self {
+            datasets,
+            plans,
+            fanout: None,
+        }
+    }
+
+    /// Passes the plans registered here on to the cluster's other members.
+    pub fn with_fanout(mut self, fanout: Option<Arc<PlanFanout>>) -> Self {
+        self.fanout = fanout;
+        self
+    }
+
+    fn pass_on(&self, call: PlanCall, hop: Hop) {
+        if let Some(f) = &self.fanout {
+            f.pass_on(call, hop);
+        }
     }
 
     async fn resolve(&self, name: &str, version: &str) -> Result<Arc<Manifest>, Status> {
         let m = if version.is_empty() {
-            self.datasets.current(name).await
+            // (Added by another node of the cluster: found in the shared index.)
+            self.datasets
+                .current_or_reload(name)
+                .await
+                .map_err(to_status)?
         } else {
             match self.datasets.manifest(name, version) {
                 Some(m) => Some(m),
@@ -135,6 +159,33 @@ fn spec(r: &pb::RegisterPlanRequest, shards: usize) -> PlanSpec {
             Remainder::Drop
         },
     }
+}
+
+/// The gRPC metadata key of a preload asked by another member: warm only the
+/// shards this node owns.
+pub const PRELOAD_OWNED: &str = "x-strata-preload-owned";
+
+/// Asks `member` to warm its share of a dataset; its progress stream.
+async fn preload_at(
+    member: &MemberEntry,
+    req: pb::PreloadRequest,
+) -> Result<tonic::Streaming<pb::PreloadProgress>, Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", member.grpc))
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("connecting to {}: {e}", member.grpc)))?;
+    let mut r = Request::new(req);
+    r.metadata_mut().insert(
+        PRELOAD_OWNED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    Ok(pb::datasets_client::DatasetsClient::new(channel)
+        .preload(r)
+        .await?
+        .into_inner())
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::PreloadProgress, Status>> + Send>>;
@@ -211,32 +262,98 @@ impl DatasetsRpc for DatasetService {
         &self,
         request: Request<pb::PreloadRequest>,
     ) -> Result<Response<Self::PreloadStream>, Status> {
+        let owned_only = request.metadata().get(PRELOAD_OWNED).is_some();
         let r = request.into_inner();
         let m = self.resolve(&r.name, &r.version).await?;
         let parallel = self.info(&m).await.concurrency.max(1) as usize;
         let store = self.datasets.store().clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut p = pb::PreloadProgress {
-                shards_total: m.shards.len() as u64,
-                bytes_total: m.total_bytes(),
-                ..Default::default()
-            };
-            let mut last = Instant::now();
-            let mut done = futures::stream::iter(0..m.shards.len())
-                .map(|i| {
+        // On a cluster node each owner warms its own shards: this node its
+        // share, and every other active member its share, asked at once (a
+        // member asked so warms only its share and asks nobody).
+        let (mine, others) = match &self.fanout {
+            None => ((0..m.shards.len()).collect::<Vec<_>>(), Vec::new()),
+            Some(f) => {
+                let view = f.cluster().view();
+                let me = f.cluster().entry().id;
+                let mine = (0..m.shards.len())
+                    .filter(|&i| {
+                        view.placement
+                            .owner(m.shard_key(i).as_bytes())
+                            .is_none_or(|o| o.id == me)
+                    })
+                    .collect();
+                let others = if owned_only {
+                    Vec::new()
+                } else {
+                    view.members
+                        .values()
+                        .filter(|x| x.state == MemberState::Active && x.id != me)
+                        .cloned()
+                        .collect()
+                };
+                (mine, others)
+            }
+        };
+        let sizes = |idx: &[usize]| idx.iter().map(|&i| m.shards[i].size).sum::<u64>();
+        let total = if owned_only {
+            (mine.len() as u64, sizes(&mine))
+        } else {
+            (m.shards.len() as u64, m.total_bytes())
+        };
+        enum Event {
+            Local(strata_tiers::Result<Option<(u64, u64)>>),
+            Remote(usize, String, Result<pb::PreloadProgress, Status>),
+        }
+        let local = {
+            let m = m.clone();
+            futures::stream::iter(mine)
+                .map(move |i| {
                     let (store, key) = (store.clone(), m.shard_key(i));
                     async move { store.warm(&key).await }
                 })
-                .buffer_unordered(parallel);
-            while let Some(r) = done.next().await {
-                match r {
-                    Ok(Some((len, fetched))) => {
-                        p.shards_done += 1;
-                        p.bytes_done += len;
-                        p.bytes_cached += len - fetched.min(len);
+                .buffer_unordered(parallel)
+                .map(Event::Local)
+                .boxed()
+        };
+        let remotes = others.into_iter().enumerate().map(|(j, member)| {
+            let req = pb::PreloadRequest {
+                name: m.name.clone(),
+                version: m.version.clone(),
+            };
+            let id = member.id.clone();
+            futures::stream::once(async move { preload_at(&member, req).await })
+                .flat_map(move |opened| {
+                    let id = id.clone();
+                    match opened {
+                        Ok(s) => s.map(move |x| Event::Remote(j, id.clone(), x)).boxed(),
+                        Err(e) => {
+                            futures::stream::once(async move { Event::Remote(j, id, Err(e)) })
+                                .boxed()
+                        }
                     }
-                    Ok(None) => {
+                })
+                .boxed()
+        });
+        let mut events = futures::stream::select_all(std::iter::once(local).chain(remotes));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut here = pb::PreloadProgress::default();
+            let mut there: HashMap<usize, pb::PreloadProgress> = HashMap::new();
+            let mut last = Instant::now();
+            let mut ended = false;
+            let mut combined = pb::PreloadProgress {
+                shards_total: total.0,
+                bytes_total: total.1,
+                ..Default::default()
+            };
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Event::Local(Ok(Some((len, fetched)))) => {
+                        here.shards_done += 1;
+                        here.bytes_done += len;
+                        here.bytes_cached += len - fetched.min(len);
+                    }
+                    Event::Local(Ok(None)) => {
                         let _ = tx
                             .send(Err(Status::not_found(
                                 "a shard of the manifest is gone from the origin",
@@ -244,12 +361,38 @@ impl DatasetsRpc for DatasetService {
                             .await;
                         return;
                     }
-                    Err(e) => {
+                    Event::Local(Err(e)) => {
                         let _ = tx.send(Err(to_status(e))).await;
                         return;
                     }
+                    Event::Remote(j, _, Ok(p)) => {
+                        there.insert(j, p);
+                    }
+                    Event::Remote(_, id, Err(s)) => {
+                        let _ = tx
+                            .send(Err(Status::new(
+                                s.code(),
+                                format!(
+                                    "preload on member {id}: {} (run it again to resume)",
+                                    s.message()
+                                ),
+                            )))
+                            .await;
+                        return;
+                    }
                 }
+                let p = pb::PreloadProgress {
+                    shards_total: total.0,
+                    bytes_total: total.1,
+                    shards_done: here.shards_done
+                        + there.values().map(|p| p.shards_done).sum::<u64>(),
+                    bytes_done: here.bytes_done + there.values().map(|p| p.bytes_done).sum::<u64>(),
+                    bytes_cached: here.bytes_cached
+                        + there.values().map(|p| p.bytes_cached).sum::<u64>(),
+                };
+                combined = p;
                 let end = p.shards_done == p.shards_total;
+                ended = end;
                 if (end || last.elapsed() >= PROGRESS_EVERY) && tx.send(Ok(p)).await.is_err() {
                     // The client went away: stop (a later preload resumes).
                     return;
@@ -258,8 +401,10 @@ impl DatasetsRpc for DatasetService {
                     last = Instant::now();
                 }
             }
-            if p.shards_total == 0 {
-                let _ = tx.send(Ok(p)).await;
+            // Every stream ended: the last word, complete or not (members whose
+            // views differed may have left shards to nobody; a rerun warms them).
+            if !ended {
+                let _ = tx.send(Ok(combined)).await;
             }
         });
         Ok(Response::new(Box::pin(
@@ -271,6 +416,7 @@ impl DatasetsRpc for DatasetService {
         &self,
         request: Request<pb::RegisterPlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
+        let hop = Hop::of(&request);
         let r = request.into_inner();
         let m = self.resolve(&r.name, &r.version).await?;
         let plan = JobPlan {
@@ -292,6 +438,7 @@ impl DatasetsRpc for DatasetService {
             .entry((m.name.clone(), m.version.clone()))
             .or_default()
             .register(r.job_id, plan);
+        self.pass_on(PlanCall::Register(r), hop);
         Ok(Response::new(pb::PlanResponse { known: true }))
     }
 
@@ -299,7 +446,9 @@ impl DatasetsRpc for DatasetService {
         &self,
         request: Request<pb::ProgressRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
+        let hop = Hop::of(&request);
         let r = request.into_inner();
+        self.pass_on(PlanCall::Progress(r.clone()), hop);
         let at = Position {
             epoch: r.epoch,
             step: r.step,
@@ -317,7 +466,9 @@ impl DatasetsRpc for DatasetService {
         &self,
         request: Request<pb::ProgressRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
+        let hop = Hop::of(&request);
         let r = request.into_inner();
+        self.pass_on(PlanCall::Unregister(r.clone()), hop);
         let known = self
             .plans
             .lock()

@@ -218,6 +218,9 @@ impl Server {
         let store_for_close = store.clone();
         let data_for_close = data.clone();
         let datasets_for_svc = datasets.clone();
+        let plan_fanout = cluster
+            .as_ref()
+            .map(|c| cluster::plans::PlanFanout::new(c.clone()));
         let cluster_for_leave = cluster.clone();
         let task = tokio::spawn(async move {
             // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
@@ -238,9 +241,11 @@ impl Server {
                         .max_encoding_message_size(MAX_MESSAGE),
                 )
                 .add_service(
-                    DatasetsServer::new(DatasetService::new(datasets_for_svc, plans))
-                        .max_decoding_message_size(MAX_MESSAGE)
-                        .max_encoding_message_size(MAX_MESSAGE),
+                    DatasetsServer::new(
+                        DatasetService::new(datasets_for_svc, plans).with_fanout(plan_fanout),
+                    )
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
                 )
                 .serve_with_incoming_shutdown(incoming, {
                     let token = token.clone();

@@ -10,6 +10,7 @@ mod faultproxy;
 #[path = "../../tiers/tests/common/pattern.rs"]
 mod pattern;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -101,69 +102,196 @@ async fn raw_tier(az: &Azurite, container: &str) -> BlobTier {
     t
 }
 
+/// Whether the node knows job `job`'s plan (asked as the job's lead asks, so the
+/// question itself goes no further).
+async fn knows(c: &Client, version: &str, job: u64) -> bool {
+    let mut r = tonic::Request::new(proto::ProgressRequest {
+        name: "ds".into(),
+        version: version.into(),
+        job_id: job,
+        ..Default::default()
+    });
+    r.metadata_mut().insert(
+        "x-strata-plan-hop",
+        tonic::metadata::MetadataValue::from_static("final"),
+    );
+    proto::datasets_client::DatasetsClient::new(c.channel().clone())
+        .progress(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .known
+}
+
 async fn counter(p: &ServerProcess, name: &str) -> u64 {
     sample(&scrape(p.metrics).await, name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
-    const SHARDS: usize = 12;
-    let az = Azurite::start();
-    let proxy = FaultProxy::start(az.port, 0, "").await;
-    let etcd = EtcdProcess::start().await;
-    let data = raw_tier(&az, "training").await;
-    let shards: Vec<Bytes> = (0..SHARDS).map(|i| pattern(i as u64, 6 << 20)).collect();
-    for (i, v) in shards.iter().enumerate() {
-        let key = Key::new("shard", "", format!("ds/train/{i:02}.tar")).unwrap();
-        data.put(&key, v.clone(), &PutOptions::default())
+const SHARDS: usize = 12;
+
+/// Three nodes on a real etcd sharing a real Azurite origin behind a counting
+/// proxy, and a dataset of 12 shards of 6 MiB added on node 0 and known to all.
+struct Fixture {
+    nodes: Vec<ServerProcess>,
+    clients: Vec<Client>,
+    shards: Vec<Bytes>,
+    m: strata_training_cache::manifest::Manifest,
+    proxy: FaultProxy,
+    _etcd: EtcdProcess,
+    _az: Azurite,
+    _root: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let az = Azurite::start();
+        let proxy = FaultProxy::start(az.port, 0, "").await;
+        let etcd = EtcdProcess::start().await;
+        let data = raw_tier(&az, "training").await;
+        let shards: Vec<Bytes> = (0..SHARDS).map(|i| pattern(i as u64, 6 << 20)).collect();
+        for (i, v) in shards.iter().enumerate() {
+            let key = Key::new("shard", "", format!("ds/train/{i:02}.tar")).unwrap();
+            data.put(&key, v.clone(), &PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let _origin = raw_tier(&az, "origin").await;
+
+        let root = tempfile::tempdir().unwrap();
+        let nodes: Vec<ServerProcess> = (0..3)
+            .map(|i| {
+                let dir = root.path().join(format!("n{i}"));
+                let config = write_config(&dir, &proxy, &az);
+                start(&dir, &config, &etcd)
+            })
+            .collect();
+        for n in &nodes {
+            until(
+                "every node's view of three",
+                Duration::from_secs(10),
+                || async { counter(n, "strata_cluster_members{state=\"active\"}").await == 3 },
+            )
+            .await;
+        }
+        let mut clients = Vec::new();
+        for n in &nodes {
+            clients.push(
+                Client::connect(&n.grpc, ClientOptions::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+
+        // Added on one node; the others find the version in the shared origin.
+        let source = format!(
+            "http://127.0.0.1:{}/{}/training/ds/",
+            proxy.port,
+            azurite::ACCOUNT
+        );
+        proto::datasets_client::DatasetsClient::new(clients[0].channel().clone())
+            .add(proto::DatasetAddRequest {
+                name: "ds".into(),
+                source,
+                concurrency: 0,
+            })
             .await
             .unwrap();
+        let m = fetch_manifest(&clients[0], "ds", "").await.unwrap();
+        assert_eq!(m.shards.len(), SHARDS);
+        for c in &clients[1..] {
+            assert_eq!(fetch_manifest(c, "ds", &m.version).await.unwrap(), m);
+        }
+        Self {
+            nodes,
+            clients,
+            shards,
+            m,
+            proxy,
+            _etcd: etcd,
+            _az: az,
+            _root: root,
+        }
     }
-    let _origin = raw_tier(&az, "origin").await;
 
-    let root = tempfile::tempdir().unwrap();
-    let nodes: Vec<ServerProcess> = (0..3)
-        .map(|i| {
-            let dir = root.path().join(format!("n{i}"));
-            let config = write_config(&dir, &proxy, &az);
-            start(&dir, &config, &etcd)
-        })
-        .collect();
-    for n in &nodes {
-        until(
-            "every node's view of three",
-            Duration::from_secs(10),
-            || async { counter(n, "strata_cluster_members{state=\"active\"}").await == 3 },
+    /// The index of the node whose member entry has gRPC address `grpc`.
+    fn node_at(&self, grpc: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.grpc.rsplit(':').next() == grpc.rsplit(':').next())
+            .expect("the member is one of the nodes")
+    }
+
+    /// Each node's index by member id, and the placement over the three.
+    async fn placement(&self) -> (HashMap<String, usize>, Placement) {
+        let view = self.clients[0].members().await.unwrap();
+        let placement = Placement::new(
+            view.members
+                .iter()
+                .filter(|x| x.state == "active")
+                .map(|x| Member::new(x.id.clone(), x.weight)),
         )
-        .await;
+        .unwrap();
+        let ids = view
+            .members
+            .iter()
+            .map(|x| (x.id.clone(), self.node_at(&x.grpc)))
+            .collect();
+        (ids, placement)
     }
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(
-            Client::connect(&n.grpc, ClientOptions::default())
-                .await
-                .unwrap(),
-        );
-    }
+}
 
-    // Added on one node; the others find the version in the shared origin.
-    let source = format!(
-        "http://127.0.0.1:{}/{}/training/ds/",
-        proxy.port,
-        azurite::ACCOUNT
-    );
-    proto::datasets_client::DatasetsClient::new(clients[0].channel().clone())
-        .add(proto::DatasetAddRequest {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
+    let f = Fixture::start().await;
+    let Fixture {
+        nodes,
+        clients,
+        shards,
+        m,
+        proxy,
+        ..
+    } = f;
+
+    // A plan registered with one node reaches every member (through the job's
+    // lead), and so does its end.
+    let rpc = |c: &Client| proto::datasets_client::DatasetsClient::new(c.channel().clone());
+    rpc(&clients[1])
+        .register_plan(proto::RegisterPlanRequest {
             name: "ds".into(),
-            source,
-            concurrency: 0,
+            version: m.version.clone(),
+            job_id: 77,
+            seed: 5,
+            shuffle: true,
+            world_size: 3,
+            window: 2,
+            ..Default::default()
         })
         .await
         .unwrap();
-    let m = fetch_manifest(&clients[0], "ds", "").await.unwrap();
-    assert_eq!(m.shards.len(), SHARDS);
-    for c in &clients[1..] {
-        assert_eq!(fetch_manifest(c, "ds", &m.version).await.unwrap(), m);
+    for c in &clients {
+        until(
+            "the plan on every member",
+            Duration::from_secs(10),
+            || async { knows(c, &m.version, 77).await },
+        )
+        .await;
+    }
+    rpc(&clients[2])
+        .unregister_plan(proto::ProgressRequest {
+            name: "ds".into(),
+            version: m.version.clone(),
+            job_id: 77,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for c in &clients {
+        until(
+            "the plan gone from every member",
+            Duration::from_secs(10),
+            || async { !knows(c, &m.version, 77).await },
+        )
+        .await;
     }
 
     // A peer's request is answered by the node asked, never forwarded: a node
@@ -411,4 +539,76 @@ async fn clients_send_each_key_to_its_owner_and_ask_owners_in_parallel() {
     assert_eq!(present.iter().filter(|p| !**p).count(), 1);
     assert!(!present[30]);
     drop(nodes);
+}
+
+/// Runs a preload through `c` to its end; its last progress message.
+async fn preload(c: &Client) -> proto::PreloadProgress {
+    let mut s = proto::datasets_client::DatasetsClient::new(c.channel().clone())
+        .preload(proto::PreloadRequest {
+            name: "ds".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = s.message().await.unwrap() {
+        last = Some(p);
+    }
+    last.expect("at least one progress message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preload_is_spread_over_the_owners_and_resumes() {
+    let f = Fixture::start().await;
+    // Node 1 finds the dataset's current version in the index node 0 wrote.
+    assert_eq!(fetch_manifest(&f.clients[1], "ds", "").await.unwrap(), f.m);
+    let before = f.proxy.seen();
+    let p = preload(&f.clients[1]).await;
+    assert_eq!(
+        (p.shards_done, p.shards_total, p.bytes_done, p.bytes_total),
+        (
+            SHARDS as u64,
+            SHARDS as u64,
+            (SHARDS as u64) * (6 << 20),
+            (SHARDS as u64) * (6 << 20)
+        ),
+    );
+    assert_eq!(p.bytes_cached, 0, "nothing was cached before");
+    assert_eq!(
+        f.proxy.seen() - before,
+        SHARDS,
+        "each shard read once, by its owner"
+    );
+
+    // Each shard is on its owner, and only there: the node asked kept no copy of
+    // the others'.
+    let (ids, placement) = f.placement().await;
+    let keys: Vec<Key> = (0..SHARDS).map(|i| f.m.shard_key(i)).collect();
+    let direct = ClientOptions {
+        route: false,
+        ..ClientOptions::default()
+    };
+    for (n, node) in f.nodes.iter().enumerate() {
+        let c = Client::connect(&node.grpc, direct.clone()).await.unwrap();
+        for (k, present) in keys.iter().zip(c.contains(&keys).await.unwrap()) {
+            let owner = ids[&placement.owner(k.as_bytes()).unwrap().id];
+            assert_eq!(present, owner == n, "{} on node {n}", k.display_path());
+        }
+    }
+
+    // Again: everything is cached, nothing is read.
+    let p = preload(&f.clients[0]).await;
+    assert_eq!(p.shards_done, SHARDS as u64);
+    assert_eq!(
+        p.bytes_cached, p.bytes_total,
+        "a second preload finds it all cached"
+    );
+    assert_eq!(f.proxy.seen() - before, SHARDS);
+
+    // And the readers then read from the owners, not the origin.
+    for (i, v) in f.shards.iter().enumerate() {
+        assert!(f.clients[2].get(&keys[i]).await.unwrap().unwrap() == *v);
+    }
+    assert_eq!(f.proxy.seen() - before, SHARDS);
 }

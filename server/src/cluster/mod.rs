@@ -17,6 +17,7 @@
 
 pub mod etcd;
 pub mod peer;
+pub mod plans;
 
 use std::collections::BTreeMap;
 use std::path::Path;
