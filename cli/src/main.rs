@@ -99,6 +99,16 @@ enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Drain a member: it leaves placement (clients and peers send its keys to
+    /// the next owners) and keeps serving what it holds until it stops.
+    Drain {
+        /// The member's id, or a prefix of it naming one member (`strata cluster
+        /// status` lists them).
+        node: String,
+        /// Make it active again instead.
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +176,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.cmd {
         Cmd::Dataset(cmd) => dataset(&client, cmd).await?,
         Cmd::Cluster(ClusterCmd::Status { json }) => cluster_status(&client, json).await?,
+        Cmd::Cluster(ClusterCmd::Drain { node, cancel }) => {
+            let r = proto::cache_client::CacheClient::new(client.channel().clone())
+                .drain(proto::DrainRequest { node, cancel })
+                .await?
+                .into_inner();
+            if cancel {
+                println!("member {}: {} (it owns keys again)", r.node, r.state);
+            } else {
+                println!(
+                    "member {}: {} (its keys go to the next owners; it serves what it holds until it stops)",
+                    r.node, r.state
+                );
+            }
+        }
         Cmd::Status => {
             let s = client.stats().await?;
             println!(

@@ -109,6 +109,60 @@ async fn cluster_status_lists_the_members_and_their_shares() {
         text.starts_with("cluster cli, cell default: 2 members (2 active)"),
         "{text}"
     );
+
+    // Drain the other member, asked of this one: it leaves placement, then comes
+    // back when the drain is cancelled.
+    let other = nodes[1].cluster.as_ref().unwrap().entry().id;
+    let state_of = |v: &serde_json::Value| {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == other.as_str())
+            .map(|m| {
+                (
+                    m["state"].as_str().unwrap().to_owned(),
+                    m["share"].as_f64().unwrap(),
+                )
+            })
+            .unwrap()
+    };
+    for (args, want, share) in [
+        (vec!["cluster", "drain", &other[..6]], "draining", 0.0),
+        (
+            vec!["cluster", "drain", &other[..6], "--cancel"],
+            "active",
+            0.5,
+        ),
+    ] {
+        let out = strata(&addr, &args).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&format!("member {other}: {want}")), "{text}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = strata(&addr, &["cluster", "status", "--json"]).await;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let (state, s) = state_of(&v);
+            if state == want {
+                assert!((s - share).abs() < 0.2, "{v}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let out = strata(&addr, &["cluster", "drain", "no-such-node"]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no member"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in nodes {
         n.shutdown().await.unwrap();
     }

@@ -423,6 +423,72 @@ impl Cache for CacheService {
         }))
     }
 
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        use crate::cluster::MemberState;
+        self.metrics.request("drain");
+        let Some(c) = &self.cluster else {
+            return Err(Status::failed_precondition(
+                "this server is not in a cluster (start it with --etcd)",
+            ));
+        };
+        let r = request.into_inner();
+        let me = c.entry().id;
+        let view = c.view();
+        let target = if r.node.is_empty() {
+            me.clone()
+        } else {
+            let found: Vec<_> = view
+                .members
+                .keys()
+                .filter(|id| id.starts_with(&r.node))
+                .collect();
+            match found.as_slice() {
+                [one] => (*one).clone(),
+                [] => {
+                    return Err(Status::not_found(format!(
+                        "no member {:?} in this node's view of cell {}",
+                        r.node,
+                        c.entry().cell
+                    )));
+                }
+                many => {
+                    return Err(Status::invalid_argument(format!(
+                        "{:?} names {} members; give more of the id",
+                        r.node,
+                        many.len()
+                    )));
+                }
+            }
+        };
+        if target != me {
+            let m = &view.members[&target];
+            let mut peer = pb::cache_client::CacheClient::connect(format!("http://{}", m.grpc))
+                .await
+                .map_err(|e| Status::unavailable(format!("member {target} at {}: {e}", m.grpc)))?;
+            let fwd = pb::DrainRequest {
+                node: target,
+                cancel: r.cancel,
+            };
+            return peer.drain(fwd).await;
+        }
+        let state = if r.cancel {
+            MemberState::Active
+        } else {
+            MemberState::Draining
+        };
+        c.set_state(state).await.map_err(|e| {
+            Status::unavailable(format!("writing this member's state to etcd: {e}"))
+        })?;
+        tracing::info!(state = state.as_str(), "member state set by request");
+        Ok(Response::new(pb::DrainResponse {
+            node: me,
+            state: state.as_str().into(),
+        }))
+    }
+
     async fn rdma_connect(
         &self,
         request: Request<pb::RdmaEndpoint>,
