@@ -23,6 +23,7 @@
 //! load runner, a minimal RESP client, a Redis process guard, the raw TCP limit,
 //! `O_DIRECT` file I/O, page-cache control and the markdown report.
 
+pub mod cluster;
 pub mod clustersim;
 pub mod datapath;
 pub mod gpucopy;

@@ -12,6 +12,8 @@
 
 #[path = "../../tiers/tests/common/azurite.rs"]
 pub(crate) mod azurite;
+#[path = "../../tiers/tests/common/faultproxy.rs"]
+pub(crate) mod faultproxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -493,7 +493,12 @@ impl Datasets {
         entry.current = manifest.version.clone();
         entry.source = source.to_owned();
         entry.concurrency = concurrency;
-        let mut next = index.clone();
+        // Other nodes of a cluster write the same index: start from the origin's
+        // copy (this node may not know their datasets), then add this one.
+        let mut next = self.shared_index().await?.unwrap_or_default();
+        for (n, e) in &index.datasets {
+            next.datasets.entry(n.clone()).or_insert_with(|| e.clone());
+        }
         next.datasets.insert(name.to_owned(), entry);
         let body = serde_json::to_vec(&next).map_err(|e| Error::Config {
             field: "dataset index".into(),
@@ -520,6 +525,22 @@ impl Datasets {
         self.manifest(name, &version)
     }
 
+    /// The index as the origin has it now (the cached copy may be older: other
+    /// nodes of a cluster write it too).
+    async fn shared_index(&self) -> Result<Option<Index>> {
+        let key = meta_key("index.json");
+        self.store.evict(&key).await?;
+        let Some((_, bytes)) = self.store.get(&key, None).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                tier: "manifest",
+                reason: format!("dataset index: {e}"),
+            })
+    }
+
     /// [`Self::current`], and for a name this node does not know, the index as
     /// the shared origin has it now (another node of the cluster may have added
     /// the dataset): its entries are taken for the names they hold, and the
@@ -530,16 +551,9 @@ impl Datasets {
         }
         let version = {
             let mut index = self.index.lock().await;
-            let key = meta_key("index.json");
-            // The cached copy may be older than the origin's.
-            self.store.evict(&key).await?;
-            let Some((_, bytes)) = self.store.get(&key, None).await? else {
+            let Some(theirs) = self.shared_index().await? else {
                 return Ok(None);
             };
-            let theirs: Index = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                tier: "manifest",
-                reason: format!("dataset index: {e}"),
-            })?;
             for (n, e) in theirs.datasets {
                 index.datasets.insert(n, e);
             }

@@ -84,6 +84,15 @@ impl Server {
         let datasets = Datasets::open(store.clone(), origin_spec)
             .await
             .context("loading the dataset registry")?;
+        if config.cluster.enabled() {
+            // Copies of values other nodes may have replaced while this one was
+            // away are never served; before any listener opens (docs/cluster.md, failures).
+            for (ns, n) in store.forget_writable() {
+                if n > 0 {
+                    tracing::info!(namespace = %ns, entries = n, "cluster node: NVMe copies of a writable namespace dropped at start");
+                }
+            }
+        }
         let plans = datasets::Plans::default();
         store
             .dram()

@@ -354,6 +354,10 @@ fn describe() {
         "Origin reads this node did not make because the key's owner answered (peer reads answered)"
     );
     describe_counter!(
+        "strata_cluster_neighbour_reads_total",
+        "Peer reads answered by a key's owner under an earlier member list (get from neighbour)"
+    );
+    describe_counter!(
         "strata_cluster_peer_requests_served_total",
         "Requests from other members filling their caches, answered by this node"
     );
@@ -427,6 +431,7 @@ fn record_cluster(c: &crate::cluster::Cluster) {
     counter!("strata_cluster_peer_reads_total", "outcome" => "failed").absolute(load(&p.failed));
     counter!("strata_cluster_peer_read_bytes_total").absolute(load(&p.bytes));
     counter!("strata_cluster_origin_reads_avoided_total").absolute(load(&p.answered));
+    counter!("strata_cluster_neighbour_reads_total").absolute(load(&p.from_neighbour));
 }
 
 fn record_data(data: &DataServer) {

@@ -465,16 +465,31 @@ impl Cache for CacheService {
         };
         if target != me {
             let m = &view.members[&target];
-            let mut peer = pb::cache_client::CacheClient::connect(format!("http://{}", m.grpc))
+            let unreachable = |e: &dyn std::fmt::Display| {
+                Status::unavailable(format!("member {target} at {}: {e}", m.grpc))
+            };
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc))
+                .map_err(|e| unreachable(&e))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .connect()
                 .await
-                .map_err(|e| Status::unavailable(format!("member {target} at {}: {e}", m.grpc)))?;
+                .map_err(|e| unreachable(&e))?;
+            let mut peer = pb::cache_client::CacheClient::new(channel);
             let fwd = pb::DrainRequest {
                 node: target,
                 cancel: r.cancel,
             };
             return peer.drain(fwd).await;
         }
+        let now = c.entry().state;
         let state = if r.cancel {
+            if now != MemberState::Draining {
+                return Err(Status::failed_precondition(format!(
+                    "member {me} is {}, not draining",
+                    now.as_str()
+                )));
+            }
             MemberState::Active
         } else {
             MemberState::Draining

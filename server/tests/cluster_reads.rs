@@ -12,13 +12,15 @@ mod pattern;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::placement::{Member, Placement};
 use strata_server::testing::{EtcdProcess, ServerProcess, sample, scrape};
 use strata_tiers::{BlobTier, Key, PutOptions, Tier};
-use strata_training_cache::loader::fetch_manifest;
+use strata_training_cache::loader::{Loader, LoaderConfig, fetch_manifest};
+use strata_training_cache::{PlanSpec, Position};
 use strata_transport::data::{CarrierChoice, DataClient, DataEndpoint, DataOptions};
 use strata_transport::{Client, ClientOptions, proto};
 
@@ -213,6 +215,15 @@ impl Fixture {
         }
     }
 
+    /// Starts one more node sharing the origin; its index.
+    fn start_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let dir = self._root.path().join(format!("n{i}"));
+        let config = write_config(&dir, &self.proxy, &self._az);
+        self.nodes.push(start(&dir, &config, &self._etcd));
+        i
+    }
+
     /// The index of the node whose member entry has gRPC address `grpc`.
     fn node_at(&self, grpc: &str) -> usize {
         self.nodes
@@ -369,10 +380,13 @@ async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
             assert!(v == shards[i], "shard {i} read intact");
         }
     }
+    // Each shard (one run of pages) read from the origin once in the whole
+    // cluster; shard 0 is in the cluster already (read above), and its owner may
+    // get it from that node (an earlier owner, in the list without the owner).
     let origin_reads = proxy.seen() - before;
-    assert_eq!(
-        origin_reads, SHARDS,
-        "each shard (one run of pages) read from the origin once in the whole cluster"
+    assert!(
+        origin_reads == SHARDS || origin_reads == SHARDS - 1,
+        "{origin_reads} origin reads for {SHARDS} shards"
     );
 
     // The owners answered the rest: each node asked for the shards it does not
@@ -380,7 +394,10 @@ async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
     let mut asked = 0;
     let mut served = 0;
     for n in &nodes {
-        let a = counter(n, "strata_cluster_peer_reads_total{outcome=\"answered\"}").await;
+        // (Answers by an earlier owner left out: a node that starts asks the
+        // others for what it owns before reading the origin.)
+        let a = counter(n, "strata_cluster_peer_reads_total{outcome=\"answered\"}").await
+            - counter(n, "strata_cluster_neighbour_reads_total").await;
         let f = counter(n, "strata_cluster_peer_reads_total{outcome=\"failed\"}").await;
         assert_eq!(f, 0, "no peer read fell back to the origin");
         assert!(
@@ -390,10 +407,9 @@ async fn three_nodes_reading_one_dataset_read_each_page_from_the_origin_once() {
         asked += a;
         served += counter(n, "strata_cluster_peer_requests_served_total").await;
     }
-    assert_eq!(
-        served,
-        asked + 1,
-        "every peer read asked was served by its owner (and the one above)"
+    assert!(
+        served > asked,
+        "every peer read asked was served (and the one above, and earlier owners' answers)"
     );
     assert_eq!(
         asked as usize,
@@ -611,4 +627,368 @@ async fn a_preload_is_spread_over_the_owners_and_resumes() {
         assert!(f.clients[2].get(&keys[i]).await.unwrap().unwrap() == *v);
     }
     assert_eq!(f.proxy.seen() - before, SHARDS);
+}
+
+/// One rank's loader over two epochs through `c`, checking every shard's bytes;
+/// after `kill_after` shards, `on_the_way` runs once.
+async fn two_epochs(
+    c: Arc<Client>,
+    m: Arc<strata_training_cache::manifest::Manifest>,
+    shards: Arc<Vec<Bytes>>,
+    rank: u32,
+    kill_after: Option<(usize, tokio::sync::oneshot::Sender<()>)>,
+) -> usize {
+    let spec = PlanSpec::new(SHARDS as u32, 11, 2);
+    let mut l = Loader::start(
+        c,
+        m,
+        spec.rank(rank),
+        Position::default(),
+        2,
+        LoaderConfig {
+            window_items: 2,
+            job_id: 9,
+            ..LoaderConfig::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let mut kill_after = kill_after;
+    let mut n = 0;
+    while let Some(s) = l.next().await {
+        let s = s.expect("no failed read, whatever node dies");
+        assert!(
+            s.bytes == shards[s.shard as usize],
+            "shard {} intact",
+            s.shard
+        );
+        n += 1;
+        if kill_after.as_ref().is_some_and(|(k, _)| n == *k) {
+            let (_, tx) = kill_after.take().unwrap();
+            let _ = tx.send(());
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_in_the_middle_of_a_two_epoch_run_costs_only_its_own_pages() {
+    // (Bound first: the fields left out stay alive in `f` to the end.)
+    let f = Fixture::start().await;
+    let Fixture {
+        mut nodes,
+        clients,
+        shards,
+        m,
+        proxy,
+        ..
+    } = f;
+    // Which shards the victim owns.
+    let view = clients[0].members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    let victim_id = view
+        .members
+        .iter()
+        .find(|x| x.grpc.rsplit(':').next() == nodes[1].grpc.rsplit(':').next())
+        .unwrap()
+        .id
+        .clone();
+    let owned = (0..SHARDS)
+        .filter(|&i| placement.owner(m.shard_key(i).as_bytes()).unwrap().id == victim_id)
+        .count();
+
+    // Ranks 0 and 1 on nodes 0 and 2; node 1 is SIGKILLed in the first epoch.
+    let shards = Arc::new(shards);
+    let before = proxy.seen();
+    let m = Arc::new(m);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let r0 = tokio::spawn(two_epochs(
+        Arc::new(clients[0].clone()),
+        m.clone(),
+        shards.clone(),
+        0,
+        Some((3, tx)),
+    ));
+    let r1 = tokio::spawn(two_epochs(
+        Arc::new(clients[2].clone()),
+        m.clone(),
+        shards.clone(),
+        1,
+        None,
+    ));
+    rx.await.expect("a loader failed before the kill");
+    nodes.remove(1).kill();
+    let (n0, n1) = (r0.await.unwrap(), r1.await.unwrap());
+    assert_eq!(
+        n0 + n1,
+        2 * SHARDS,
+        "the run completes: every shard, both epochs"
+    );
+    let extra = proxy.seen() - before - SHARDS;
+    assert!(
+        extra <= 2 * owned,
+        "extra origin reads ({extra}) are only of the {owned} shards the dead node owned, \
+         at most once per surviving node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_call() {
+    const KEYS: usize = 40;
+    let etcd = EtcdProcess::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut nodes: Vec<ServerProcess> = dirs.iter().map(|d| start_plain(d, &etcd)).collect();
+    let active = |nodes: &[ServerProcess]| {
+        let addrs: Vec<_> = nodes.iter().map(|n| n.metrics).collect();
+        async move {
+            for a in addrs {
+                if sample(&scrape(a).await, "strata_cluster_members{state=\"active\"}") != 3 {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    until("three active members", Duration::from_secs(10), || {
+        active(&nodes)
+    })
+    .await;
+    let client = Client::connect(&nodes[0].grpc, ClientOptions::default())
+        .await
+        .unwrap();
+    let keys: Vec<Key> = (0..KEYS)
+        .map(|i| Key::new("kv", "t", format!("roll/{i:03}")).unwrap())
+        .collect();
+    let value = |i: usize| pattern(1000 + i as u64, 20_000 + i);
+
+    // Writers and readers run while each node in turn stops (SIGTERM) and comes
+    // back; every call must succeed, every hit must be intact.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for lane in 0..2 {
+        let (client, keys, stop) = (client.clone(), keys.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut calls, mut hits) = (0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut i = lane;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let k = &keys[i % KEYS];
+                client
+                    .put(k, value(i % KEYS))
+                    .await
+                    .unwrap_or_else(|e| panic!("put {} failed: {e}", k.display_path()));
+                let k2 = &keys[(i * 7 + 3) % KEYS];
+                if let Some(v) = client
+                    .get(k2)
+                    .await
+                    .unwrap_or_else(|e| panic!("get {} failed: {e}", k2.display_path()))
+                {
+                    assert!(v == value((i * 7 + 3) % KEYS), "a hit is intact");
+                    hits += 1;
+                }
+                let _ = client.mget(&keys[..10]).await.expect("mget");
+                calls += 3;
+                i += 2;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (calls, hits)
+        }));
+    }
+    for (i, dir) in dirs.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = nodes.remove(i).terminate(Duration::from_secs(15));
+        assert!(status.success(), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nodes.insert(i, start_plain(dir, &etcd));
+        until(
+            "three active members again",
+            Duration::from_secs(15),
+            || active(&nodes),
+        )
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut calls, mut hits) = (0, 0);
+    for l in load {
+        let (c, h) = l.await.unwrap();
+        calls += c;
+        hits += h;
+    }
+    assert!(calls > 30, "{calls} calls under the restarts");
+    assert!(hits > 0, "{hits} hits");
+    drop(nodes);
+}
+
+/// A node whose origin is a directory shared by every node of the test.
+fn start_shared(dir: &Path, origin: &Path, etcd: &EtcdProcess) -> ServerProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("strata.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dram]\ncapacity = \"64MiB\"\n\n[nvme]\ncapacity = \"128MiB\"\n\n[origin]\nkind = \"localdir\"\ndir = \"{}\"\n",
+            origin.display()
+        ),
+    )
+    .unwrap();
+    ServerProcess::start(
+        Path::new(BIN),
+        dir,
+        &dir.join("server.log"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--etcd",
+            &etcd.url,
+            "--cluster",
+            "stale",
+            "--advertise",
+            "127.0.0.1",
+        ],
+        &[("STRATA__CLUSTER__LEASE_TTL_S", "2")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_with_stale_nvme_never_serves_an_old_value() {
+    let etcd = EtcdProcess::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let origin = root.path().join("origin");
+    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let mut nodes: Vec<ServerProcess> = dirs
+        .iter()
+        .map(|d| start_shared(d, &origin, &etcd))
+        .collect();
+    let all_active = |nodes: &[ServerProcess], n: u64| {
+        let addrs: Vec<_> = nodes.iter().map(|p| p.metrics).collect();
+        async move {
+            for a in addrs {
+                if sample(&scrape(a).await, "strata_cluster_members{state=\"active\"}") != n {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    until("three active", Duration::from_secs(10), || {
+        all_active(&nodes, 3)
+    })
+    .await;
+    let client = Client::connect(&nodes[0].grpc, ClientOptions::default())
+        .await
+        .unwrap();
+    // Values owned by nodes 1 and 2 (node 0 stays up: the client's node).
+    let view = client.members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    let id_of = |n: &ServerProcess| {
+        view.members
+            .iter()
+            .find(|x| x.grpc.rsplit(':').next() == n.grpc.rsplit(':').next())
+            .unwrap()
+            .id
+            .clone()
+    };
+    let victim = id_of(&nodes[1]);
+    let keys: Vec<Key> = (0..200)
+        .map(|i| Key::new("obj", "t", format!("doc/{i:03}")).unwrap())
+        .filter(|k| placement.owner(k.as_bytes()).unwrap().id == victim)
+        .take(8)
+        .collect();
+    assert_eq!(keys.len(), 8);
+    for (i, k) in keys.iter().enumerate() {
+        client.put(k, pattern(i as u64, 300_000)).await.unwrap();
+    }
+    // The owner keeps them (DRAM, and NVMe when it stops).
+    let status = nodes.remove(1).terminate(Duration::from_secs(15));
+    assert!(status.success());
+    until("two active", Duration::from_secs(10), || {
+        all_active(&nodes, 2)
+    })
+    .await;
+    client.refresh_routes().await.unwrap();
+    // Rewritten while it is away: through the next owner, to the shared origin.
+    for (i, k) in keys.iter().enumerate() {
+        client
+            .put(k, pattern(500 + i as u64, 200_000))
+            .await
+            .unwrap();
+    }
+    nodes.insert(1, start_shared(&dirs[1], &origin, &etcd));
+    until("three active again", Duration::from_secs(10), || {
+        all_active(&nodes, 3)
+    })
+    .await;
+    client.refresh_routes().await.unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        let v = client.get(k).await.unwrap().expect("the value");
+        assert!(
+            v == pattern(500 + i as u64, 200_000),
+            "{}: the value written while the owner was away, never its old copy",
+            k.display_path()
+        );
+    }
+    drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_gets_its_new_keys_from_their_previous_owners() {
+    let mut f = Fixture::start().await;
+    let before = f.proxy.seen();
+    for (i, v) in f.shards.iter().enumerate() {
+        assert!(f.clients[0].get(&f.m.shard_key(i)).await.unwrap().unwrap() == *v);
+    }
+    assert_eq!(
+        f.proxy.seen() - before,
+        SHARDS,
+        "each shard read once, by its owner"
+    );
+
+    // A fourth node joins: it owns some shards now, and holds none.
+    let n = f.start_node();
+    for node in &f.nodes {
+        until("four active members", Duration::from_secs(10), || async {
+            counter(node, "strata_cluster_members{state=\"active\"}").await == 4
+        })
+        .await;
+    }
+    let (ids, placement) = f.placement().await;
+    let owned = (0..SHARDS)
+        .filter(|&i| ids[&placement.owner(f.m.shard_key(i).as_bytes()).unwrap().id] == n)
+        .count();
+    assert!(owned > 0, "the new node owns some of the 12 shards");
+
+    // Read through the new node: its own shards come from their previous owners,
+    // the others from their owners; the origin is not read again.
+    let c = Client::connect(&f.nodes[n].grpc, ClientOptions::default())
+        .await
+        .unwrap();
+    // (Its manifest is read from the origin once; the shards are what counts.)
+    assert_eq!(fetch_manifest(&c, "ds", &f.m.version).await.unwrap(), f.m);
+    let before = f.proxy.seen();
+    for (i, v) in f.shards.iter().enumerate() {
+        assert!(c.get(&f.m.shard_key(i)).await.unwrap().unwrap() == *v);
+    }
+    assert_eq!(
+        f.proxy.seen() - before,
+        0,
+        "no shard read from the origin twice while the membership changed"
+    );
+    let node = &f.nodes[n];
+    assert_eq!(
+        counter(node, "strata_cluster_neighbour_reads_total").await as usize,
+        owned,
+        "each shard the new node owns came from its previous owner"
+    );
 }

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -86,12 +85,7 @@ pub struct Client {
     data: Option<DataClient>,
     /// Routes to the cluster's owners (`None`: everything goes to this node).
     routes: Option<Arc<Routes>>,
-    /// Tells clients of different connections apart (clones share it).
-    id: usize,
 }
-
-/// Numbers connections, for [`Client::identity`].
-static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Client {
     /// Connects to `addr` (`HOST:PORT` or a URL).
@@ -123,14 +117,13 @@ impl Client {
             options,
             data: None,
             routes: None,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         if me.options.data_path {
             me.data = me.connect_data(addr).await?;
         }
         if me.options.route {
             me.routes = match me.members().await {
-                Ok(answer) => Routes::new(&answer, &me.options),
+                Ok(answer) => Routes::new(&answer, &me.options, me.clone()),
                 // A server of a release before clusters: a single node.
                 Err(ClientError::Status { status, .. })
                     if status.code() == tonic::Code::Unimplemented =>
@@ -253,11 +246,6 @@ impl Client {
         &self.options
     }
 
-    /// Which connection this is (clones share it).
-    pub(crate) fn identity(&self) -> usize {
-        self.id
-    }
-
     /// The underlying channel (for health checks and other services).
     pub fn channel(&self) -> &Channel {
         &self.channel
@@ -290,7 +278,11 @@ impl Client {
     /// else over gRPC (streamed in chunks), as is a value larger than the data
     /// server takes in one frame. Not retried.
     pub async fn put_with(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
-        self.at(key).await.put_here(key, value, pin).await
+        self.routed(key, |c| {
+            let value = value.clone();
+            async move { c.put_here(key, value, pin).await }
+        })
+        .await
     }
 
     async fn put_here(&self, key: &Key, value: Bytes, pin: bool) -> Result<pb::PutResponse> {
@@ -340,7 +332,10 @@ impl Client {
         offset: u64,
         length: Option<u64>,
     ) -> Result<Option<(ValueInfo, Bytes)>> {
-        self.at(key).await.get_range_here(key, offset, length).await
+        self.routed(key, |c| async move {
+            c.get_range_here(key, offset, length).await
+        })
+        .await
     }
 
     async fn get_range_here(
@@ -378,10 +373,20 @@ impl Client {
         length: Option<u64>,
         f: impl FnOnce(u64, &mut ValueReader<'_>) -> R,
     ) -> Result<Option<R>> {
-        self.at(key)
-            .await
-            .get_range_with_here(key, offset, length, f)
-            .await
+        // `f` is taken by the attempt that reads: one that fails before leaves it
+        // for the next member.
+        let slot = parking_lot::Mutex::new(Some(f));
+        self.routed(key, |c| {
+            let slot = &slot;
+            async move {
+                c.get_range_with_here(key, offset, length, |total, r| {
+                    let f = slot.lock().take().expect("one read calls f");
+                    f(total, r)
+                })
+                .await
+            }
+        })
+        .await
     }
 
     async fn get_range_with_here<R>(
@@ -407,22 +412,29 @@ impl Client {
     pub async fn mget_range_with<R>(
         &self,
         ranges: &[KeyRange],
-        mut f: impl FnMut(usize, &mut ValueReader<'_>) -> R,
+        f: impl FnMut(usize, &mut ValueReader<'_>) -> R,
     ) -> Result<Vec<Result<Option<R>>>> {
-        let keys: Vec<&Key> = ranges.iter().map(|r| &r.key).collect();
-        let mut groups = self.split(&keys).await;
-        if groups.len() == 1 {
-            let (c, _) = groups.pop().expect("one group");
-            return c.mget_range_with_here(ranges, f).await;
+        if self.routes().is_none() {
+            return self.mget_range_with_here(ranges, f).await;
         }
-        // One request per owner, one after the other (`f` is called in place,
-        // under each answer's lease).
+        // One request per owner, all at once; `f` runs in place under each
+        // answer's lease, one call at a time.
+        let keys: Vec<&Key> = ranges.iter().map(|r| &r.key).collect();
+        let f = parking_lot::Mutex::new(f);
+        let shares = self
+            .batched(&keys, |c, idx| {
+                let f = &f;
+                async move {
+                    let part: Vec<KeyRange> = idx.iter().map(|&i| ranges[i].clone()).collect();
+                    c.mget_range_with_here(&part, |j, r| (f.lock())(idx[j], r))
+                        .await
+                }
+            })
+            .await?;
         let mut out: Vec<Option<Result<Option<R>>>> = (0..ranges.len()).map(|_| None).collect();
-        for (c, idx) in groups {
-            let part: Vec<KeyRange> = idx.iter().map(|&i| ranges[i].clone()).collect();
-            let got = c.mget_range_with_here(&part, |j, r| f(idx[j], r)).await?;
-            for (j, r) in got.into_iter().enumerate() {
-                out[idx[j]] = Some(r);
+        for (idx, got) in shares {
+            for (i, r) in idx.into_iter().zip(got) {
+                out[i] = Some(r);
             }
         }
         Ok(out
@@ -453,22 +465,21 @@ impl Client {
     /// Reads whole values of many keys (one request on the data path); `None` for
     /// each miss.
     pub async fn mget(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
-        let refs: Vec<&Key> = keys.iter().collect();
-        let mut groups = self.split(&refs).await;
-        if groups.len() == 1 {
-            let (c, _) = groups.pop().expect("one group");
-            return c.mget_here(keys).await;
+        if self.routes().is_none() {
+            return self.mget_here(keys).await;
         }
         // One request per owner, all at once.
-        let answers = futures::future::try_join_all(groups.iter().map(|(c, idx)| async move {
-            let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
-            c.mget_here(&part).await
-        }))
-        .await?;
+        let refs: Vec<&Key> = keys.iter().collect();
+        let shares = self
+            .batched(&refs, |c, idx| async move {
+                let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+                c.mget_here(&part).await
+            })
+            .await?;
         let mut out = vec![None; keys.len()];
-        for ((_, idx), got) in groups.iter().zip(answers) {
-            for (j, v) in got.into_iter().enumerate() {
-                out[idx[j]] = v;
+        for (idx, got) in shares {
+            for (i, v) in idx.into_iter().zip(got) {
+                out[i] = v;
             }
         }
         Ok(out)
@@ -563,20 +574,23 @@ impl Client {
     /// leading keys of its share, all at once: the prefix ends at the first key
     /// any owner misses (one round trip of wall time).
     pub async fn match_prefix(&self, keys: &[Key]) -> Result<u32> {
-        let refs: Vec<&Key> = keys.iter().collect();
-        let mut groups = self.split(&refs).await;
-        if groups.len() == 1 {
-            let (c, _) = groups.pop().expect("one group");
-            return c.match_prefix_here(keys).await;
+        if self.routes().is_none() {
+            return self.match_prefix_here(keys).await;
         }
-        let firsts = futures::future::try_join_all(groups.iter().map(|(c, idx)| async move {
-            let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
-            let n = c.match_prefix_here(&part).await? as usize;
-            // The first key of this owner's share that it lacks, if any.
-            Ok::<_, ClientError>(idx.get(n).copied().unwrap_or(keys.len()))
-        }))
-        .await?;
-        Ok(firsts.into_iter().min().unwrap_or(keys.len()) as u32)
+        let refs: Vec<&Key> = keys.iter().collect();
+        let shares = self
+            .batched(&refs, |c, idx| async move {
+                let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+                let n = c.match_prefix_here(&part).await? as usize;
+                // The first key of this owner's share that it lacks, if any.
+                Ok(idx.get(n).copied().unwrap_or(keys.len()))
+            })
+            .await?;
+        Ok(shares
+            .into_iter()
+            .map(|(_, first)| first)
+            .min()
+            .unwrap_or(keys.len()) as u32)
     }
 
     async fn match_prefix_here(&self, keys: &[Key]) -> Result<u32> {
@@ -605,21 +619,20 @@ impl Client {
     /// Whether each key is cached (asked in batches of at most
     /// [`wire::MAX_BATCH`]).
     pub async fn contains(&self, keys: &[Key]) -> Result<Vec<bool>> {
-        let refs: Vec<&Key> = keys.iter().collect();
-        let mut groups = self.split(&refs).await;
-        if groups.len() == 1 {
-            let (c, _) = groups.pop().expect("one group");
-            return c.contains_here(keys).await;
+        if self.routes().is_none() {
+            return self.contains_here(keys).await;
         }
-        let answers = futures::future::try_join_all(groups.iter().map(|(c, idx)| async move {
-            let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
-            c.contains_here(&part).await
-        }))
-        .await?;
+        let refs: Vec<&Key> = keys.iter().collect();
+        let shares = self
+            .batched(&refs, |c, idx| async move {
+                let part: Vec<Key> = idx.iter().map(|&i| keys[i].clone()).collect();
+                c.contains_here(&part).await
+            })
+            .await?;
         let mut out = vec![false; keys.len()];
-        for ((_, idx), got) in groups.iter().zip(answers) {
-            for (j, v) in got.into_iter().enumerate() {
-                out[idx[j]] = v;
+        for (idx, got) in shares {
+            for (i, v) in idx.into_iter().zip(got) {
+                out[i] = v;
             }
         }
         Ok(out)
@@ -644,7 +657,8 @@ impl Client {
 
     /// Deletes a value (idempotent, so retried). `true` if it existed.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
-        self.at(key).await.delete_here(key).await
+        self.routed(key, |c| async move { c.delete_here(key).await })
+            .await
     }
 
     async fn delete_here(&self, key: &Key) -> Result<bool> {
@@ -663,7 +677,8 @@ impl Client {
 
     /// Pins a value in DRAM (pins nest, so never retried). `false` if absent.
     pub async fn pin(&self, key: &Key) -> Result<bool> {
-        self.at(key).await.pin_here(key).await
+        self.routed(key, |c| async move { c.pin_here(key).await })
+            .await
     }
 
     async fn pin_here(&self, key: &Key) -> Result<bool> {
@@ -675,7 +690,8 @@ impl Client {
 
     /// Releases one pin. `false` if it was not pinned.
     pub async fn unpin(&self, key: &Key) -> Result<bool> {
-        self.at(key).await.unpin_here(key).await
+        self.routed(key, |c| async move { c.unpin_here(key).await })
+            .await
     }
 
     async fn unpin_here(&self, key: &Key) -> Result<bool> {
@@ -687,7 +703,8 @@ impl Client {
 
     /// Drops a value from the cache tiers (not the origin). Idempotent.
     pub async fn evict(&self, key: &Key) -> Result<bool> {
-        self.at(key).await.evict_here(key).await
+        self.routed(key, |c| async move { c.evict_here(key).await })
+            .await
     }
 
     async fn evict_here(&self, key: &Key) -> Result<bool> {

@@ -79,6 +79,18 @@ impl ClientError {
         }
     }
 
+    /// Whether the server could not be reached or is going away (a refused or
+    /// broken connection, a deadline, `Unavailable`): in a cluster the call can
+    /// go to the key's next owner.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Timeout(_) => true,
+            ClientError::Data { status, .. } => *status == crate::wire::Status::Unavailable,
+            ClientError::Status { status } => status.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+
     /// Whether retrying may help.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -53,11 +53,16 @@ pub const FEATURE_FLAGS: u64 = 1;
 /// its origin and never forwards the read to another peer, so that two nodes whose
 /// views of the cluster disagree for a moment cannot send a read back and forth.
 pub const FLAG_PEER: u16 = 8;
+/// Request flag (GET): answer from the cache tiers alone; a miss is `NotFound`,
+/// never an origin read. A cluster node asks a key's earlier owners so (get
+/// from neighbour): a copy still in the cluster is worth a transfer, a miss there
+/// must not cost an origin read there too.
+pub const FLAG_CACHED_ONLY: u16 = 16;
 /// Bit 63 of the op set a HELLO answer carries (no op has number 63): the server
-/// accepts [`FLAG_PEER`]. A client sends it only then.
+/// accepts [`FLAG_PEER`] and [`FLAG_CACHED_ONLY`]. A client sends them only then.
 pub const FEATURE_PEER: u64 = 1 << 63;
 /// Every flag this version knows.
-const KNOWN_FLAGS: u16 = FLAG_LEASE | FLAG_DEADLINE | FLAG_PIN | FLAG_PEER;
+const KNOWN_FLAGS: u16 = FLAG_LEASE | FLAG_DEADLINE | FLAG_PIN | FLAG_PEER | FLAG_CACHED_ONLY;
 /// Most keys in one MGET or MATCH_PREFIX.
 pub const MAX_BATCH: usize = 4096;
 /// Most extents in one lease.

@@ -62,6 +62,9 @@ enum Cmd {
     /// Host-device copies of the KV connector's GPU path vs pinned cuMemcpy (feature
     /// `gpu`; says so and exits without a GPU).
     GpuCopy(strata_benches::gpucopy::GpuArgs),
+    /// N nodes on this machine reading one dataset at once: origin reads per page,
+    /// loader throughput vs the SDK, a peer read vs a local hit vs raw TCP.
+    Cluster(strata_benches::cluster::ClusterArgs),
     /// Placement at 1k-100k simulated members: lookup time, keys moved, load.
     ClusterSim(strata_benches::clustersim::ClusterSimArgs),
     /// Training-shard eviction: LRU, no-evict, clairvoyant and offline Belady, simulated.
@@ -149,6 +152,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::DataPath(a) => datapath::run(&a),
         Cmd::KvConnector(a) => strata_benches::kvconn::run(&a),
         Cmd::GpuCopy(a) => strata_benches::gpucopy::run(&a),
+        Cmd::Cluster(a) => strata_benches::cluster::run(&a),
         Cmd::ClusterSim(a) => strata_benches::clustersim::run(&a),
         Cmd::ShardSim(a) => strata_benches::shardsim::run(&a),
         Cmd::Training(a) => strata_benches::training::run(&a),

@@ -127,6 +127,9 @@ pub struct Options {
     /// misses is read from its own origin, never asked of another peer
     /// ([`from_peer`]).
     pub from_peer: bool,
+    /// Answer reads from the cache tiers alone: a miss is `NotFound`, never an
+    /// origin read (a member asking whether this node still holds a key).
+    pub cached_only: bool,
     /// Who asked.
     pub caller: Caller,
 }

@@ -29,6 +29,14 @@ impl Ops {
     /// Reads `range` of `key`. A miss is `NotFound`.
     pub async fn get(&self, key: &Key, range: ByteRange, opts: &Options) -> Result<Read, Error> {
         self.run("get", opts, async {
+            if opts.cached_only {
+                return match self.store.get_cached(key, Some(range)).await? {
+                    Some((total, start, slices)) => Ok(self.answer(total, start, slices, opts)),
+                    None => Err(Error::NotFound {
+                        key: format!("{} (not cached here)", key.display_path()),
+                    }),
+                };
+            }
             match self.store.get_slices(key, Some(range)).await? {
                 Some((entry, start, slices)) => Ok(self.answer(entry.len(), start, slices, opts)),
                 None => Err(Error::NotFound {

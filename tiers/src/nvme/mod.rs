@@ -285,6 +285,19 @@ impl NvmeTier {
         }
     }
 
+    /// Forgets every value (and page) of namespace `ns`, journaled, so that none
+    /// is served again, even after a restart; returns how many entries went.
+    /// For a cluster node that comes back: a namespace whose origin takes writes
+    /// may have had its values replaced through another node while it was away.
+    pub fn forget_namespace(&self, ns: &str) -> usize {
+        let gone = self.catalog.lock().retain(|k| k.namespace() != ns);
+        for (k, e) in &gone {
+            self.stats.sub_resident(k.namespace(), e.len);
+            self.cache.remove(&DiskKey(k.clone()));
+        }
+        gone.len()
+    }
+
     /// Whether the tier holds `key` now (no I/O: the catalog and the engine's
     /// index).
     pub fn holds(&self, key: &Key) -> bool {

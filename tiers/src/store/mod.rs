@@ -273,6 +273,24 @@ impl TieredStore {
         self.inner.ns_origins.write().insert(ns.to_owned(), origin);
     }
 
+    /// Forgets, on NVMe, every value of the namespaces whose origin takes writes
+    /// (the configured origin, not a namespace's own read-only one such as the
+    /// `shard` namespace's ETag-pinned datasets): for a cluster node that starts
+    /// again, whose copies may have been replaced through other nodes while it
+    /// was away. Returns how many entries went, per namespace.
+    pub fn forget_writable(&self) -> Vec<(String, usize)> {
+        let Some(nvme) = &self.inner.nvme else {
+            return Vec::new();
+        };
+        let own = self.inner.ns_origins.read();
+        self.inner
+            .namespaces
+            .iter()
+            .filter(|p| p.origin == OriginKind::Origin && !own.contains_key(&p.name))
+            .map(|p| (p.name.clone(), nvme.forget_namespace(&p.name)))
+            .collect()
+    }
+
     /// The namespace registry.
     pub fn namespaces(&self) -> &Namespaces {
         &self.inner.namespaces
@@ -386,6 +404,54 @@ impl TieredStore {
             return Ok(None);
         };
         self.slices_of(entry, range).await
+    }
+
+    /// Reads `range` of `key` from the cache tiers alone, never the origin:
+    /// `Ok(None)` unless the value's head and every page of the range are cached.
+    /// What a cluster node answers a member that asks whether it still holds a key
+    /// (get from neighbour): a miss here must not become an origin read here.
+    /// Returns the value's length, the offset of the first byte, and the slices.
+    pub async fn get_cached(
+        &self,
+        key: &Key,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(u64, u64, Vec<Bytes>)>> {
+        let policy = self.policy(key)?.clone();
+        let Some(head) = self.inner.cached_head(key).await else {
+            return Ok(None);
+        };
+        if Inner::expired(&policy, &head) {
+            return Ok(None);
+        }
+        let entry = Entry {
+            key: key.clone(),
+            head,
+            tier: "cache",
+        };
+        let total = entry.len();
+        let (start, end) = range.unwrap_or_default().resolve(total)?;
+        if let Some(inline) = &entry.head.inline {
+            return Ok(Some((
+                total,
+                start,
+                vec![inline.slice(start as usize..end as usize)],
+            )));
+        }
+        let mut out = Vec::new();
+        if start < end {
+            let ps = u64::from(entry.head.page_size);
+            for index in (start / ps)..=((end - 1) / ps) {
+                let Some(page) = self
+                    .inner
+                    .cached_page_checked(&entry, index as u32, &policy)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                out.push(clip(page, index * ps, start, end));
+            }
+        }
+        Ok(Some((total, start, out)))
     }
 
     /// [`Self::get_slices`] of a value whose head [`Self::lookup`] found already

@@ -125,6 +125,9 @@ fn recvmsg_fd(sock: RawFd) -> io::Result<OwnedFd> {
 pub(crate) struct Mapping {
     base: NonNull<u8>,
     len: usize,
+    /// The mapped file's device and inode: a server that restarted hands out
+    /// another arena, which must never be taken for this one.
+    file: (libc::dev_t, libc::ino_t),
 }
 
 // SAFETY: the mapping is plain shared memory; all access goes through bounds-checked
@@ -168,7 +171,18 @@ impl Mapping {
         Ok(Self {
             base,
             len: len as usize,
+            file: (st.st_dev, st.st_ino),
         })
+    }
+
+    /// Whether `fd` is the file this maps (the same server's arena).
+    pub(crate) fn maps(&self, fd: &OwnedFd) -> io::Result<bool> {
+        let mut st: libc::stat = unsafe_zeroed_stat();
+        // SAFETY: a valid descriptor and out-pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.st_dev, st.st_ino) == self.file)
     }
 
     fn check(&self, e: &Extent) -> io::Result<(usize, usize)> {

@@ -173,6 +173,7 @@ impl DataServer {
                             lease: (shm || self.rdma_available()) && h.flags & FLAG_LEASE != 0,
                             pin: h.flags & FLAG_PIN != 0,
                             from_peer: h.flags & FLAG_PEER != 0,
+                            cached_only: h.flags & FLAG_CACHED_ONLY != 0,
                             caller: caller.clone(),
                         };
                         if let Some(f) = self.dispatch(&h, req, opts, &mut sink, reservations) {

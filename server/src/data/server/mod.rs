@@ -56,8 +56,9 @@ use crate::ops::{self, Caller, Carrier, Leases, Ops, Options, Read};
 use strata_transport::data as shm;
 use strata_transport::data::write_all_vectored_within;
 use strata_transport::wire::{
-    Extent, FEATURE_FLAGS, FEATURE_PEER, FLAG_LEASE, FLAG_PEER, FLAG_PIN, GetInfo, HEADER_LEN,
-    Header, HelloInfo, Lease, MGetItem, Op, Request, Status, WireError, response,
+    Extent, FEATURE_FLAGS, FEATURE_PEER, FLAG_CACHED_ONLY, FLAG_LEASE, FLAG_PEER, FLAG_PIN,
+    GetInfo, HEADER_LEN, Header, HelloInfo, Lease, MGetItem, Op, Request, Status, WireError,
+    response,
 };
 
 /// Requests one connection may have in flight; past it the server stops reading

@@ -52,6 +52,42 @@ impl DataClient {
         .await
     }
 
+    /// As [`Self::get_range`], answered from the server's cache tiers alone
+    /// ([`FLAG_CACHED_ONLY`](crate::wire::FLAG_CACHED_ONLY)): `None` when it does
+    /// not hold the range, and never an origin read there. `None` as well from a
+    /// server that does not take the flag.
+    pub async fn get_cached(
+        &self,
+        key: &Key,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<Option<(u64, Bytes)>> {
+        if self.inner.hello.ops & crate::wire::FEATURE_PEER == 0 {
+            return Ok(None);
+        }
+        let req = Request::Get {
+            key: key.clone(),
+            offset,
+            length,
+        };
+        self.retry(|| async {
+            let flags = self.lease_flag() | crate::wire::FLAG_CACHED_ONLY;
+            let f = match self.call(&req, flags, None).await {
+                Err(ClientError::Data {
+                    status: Status::NotFound,
+                    ..
+                }) => return Ok(None),
+                other => other?,
+            };
+            let info: GetInfo = response::decode_get(&f.meta).map_err(proto)?;
+            let bytes = self
+                .collect(info.lease.as_ref(), info.len, f.data, f.arrived)
+                .await?;
+            Ok(Some((info.total_len, bytes)))
+        })
+        .await
+    }
+
     /// Reads `[offset, offset + length)` of a value (to its end when `length` is
     /// `None`) and hands it to `f` as a [`ValueReader`], with the value's total length:
     /// over shared memory `f` copies straight out of the leased arena, with no

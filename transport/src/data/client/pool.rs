@@ -72,7 +72,22 @@ impl DataClient {
             }
             Carrier::Shm => {
                 let path = self.inner.endpoint.unix.clone().unwrap_or_default();
-                open_unix(&path).await?.0
+                let (conn, fd) = open_unix(&path).await?;
+                // A server that restarted behind the same socket has another arena:
+                // writing into the old mapping would be writing into nothing it
+                // reads. This client is done; a new one maps the new arena.
+                if let Some(m) = &self.inner.mapping
+                    && !m.maps(&fd).unwrap_or(false)
+                {
+                    conn.reader.abort();
+                    return Err(ClientError::Connect {
+                        addr: path.display().to_string(),
+                        message: "the server restarted (its shared-memory arena is another \
+                                  one): connect a new client"
+                            .into(),
+                    });
+                }
+                conn
             }
         });
         *slot = Some(c.clone());
