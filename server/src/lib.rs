@@ -85,6 +85,16 @@ impl Server {
             .await
             .context("loading the dataset registry")?;
         if config.cluster.enabled() {
+            for ns in config.cluster.replicas.keys() {
+                let p = store
+                    .namespaces()
+                    .get(ns)
+                    .with_context(|| format!("cluster.replicas.{ns}"))?;
+                anyhow::ensure!(
+                    p.write != strata_tiers::WritePolicy::ReadOnly,
+                    "cluster.replicas.{ns}: the namespace is filled from its origin, never written; copies are kept of written namespaces"
+                );
+            }
             // Copies of values other nodes may have replaced while this one was
             // away are never served; before any listener opens (docs/cluster.md, failures).
             for (ns, n) in store.forget_writable() {
@@ -157,14 +167,32 @@ impl Server {
             None
         };
         if let Some(c) = &cluster {
+            let peers = cluster::peer::Peers::new(c.clone());
+            let copies = |ns: &str| c.config().replication(ns).copies;
             // What this node does not own it fills from the owner.
             store.set_namespace_origin(
                 "shard",
                 Arc::new(cluster::peer::PeerOrigin::new(
-                    datasets.shard_origin(),
-                    c.clone(),
+                    Some(datasets.shard_origin()),
+                    peers.clone(),
+                    copies("shard"),
                 )),
             );
+            // A namespace without an origin fills from the copies and earlier
+            // owners that still hold a value.
+            for p in store.namespaces().iter() {
+                if p.origin == strata_tiers::OriginKind::None {
+                    store.set_namespace_origin(
+                        &p.name,
+                        Arc::new(cluster::peer::PeerOrigin::new(
+                            None,
+                            peers.clone(),
+                            copies(&p.name),
+                        )),
+                    );
+                }
+            }
+            ops.set_replicas(Arc::new(cluster::peer::Replicator::new(peers)));
         }
         let svc = CacheService::new(
             ops.clone(),

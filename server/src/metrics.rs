@@ -432,6 +432,11 @@ fn record_cluster(c: &crate::cluster::Cluster) {
     counter!("strata_cluster_peer_read_bytes_total").absolute(load(&p.bytes));
     counter!("strata_cluster_origin_reads_avoided_total").absolute(load(&p.answered));
     counter!("strata_cluster_neighbour_reads_total").absolute(load(&p.from_neighbour));
+    counter!("strata_cluster_peer_asks_total").absolute(load(&p.asked));
+    counter!("strata_cluster_replica_writes_total", "outcome" => "committed")
+        .absolute(load(&p.replicated));
+    counter!("strata_cluster_replica_writes_total", "outcome" => "failed")
+        .absolute(load(&p.replica_failed));
 }
 
 fn record_data(data: &DataServer) {

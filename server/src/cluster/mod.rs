@@ -52,6 +52,42 @@ pub struct ClusterConfig {
     /// The node's placement weight (points on the ring, 1 to 1024): its share
     /// of the keys against the others'. Default: 1.
     pub weight: u32,
+    /// Copies kept of each namespace's values, by namespace name
+    /// (`[cluster.replicas.kv] copies = 2`). A namespace not named keeps one
+    /// copy, on its owner. Default: none named.
+    pub replicas: BTreeMap<String, Replication>,
+}
+
+/// How many copies of a namespace's values the cluster keeps (`docs/cluster.md`,
+/// replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replication {
+    /// Copies of each value, on the key's first `copies` owners (1 to
+    /// [`MAX_COPIES`]). Default: 1.
+    pub copies: usize,
+    /// Copies committed before a put is answered (1 to `copies`); the others
+    /// are written after. Default: all of them.
+    pub acks: Option<usize>,
+}
+
+/// Most copies of a value.
+pub const MAX_COPIES: usize = 5;
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            copies: 1,
+            acks: None,
+        }
+    }
+}
+
+impl Replication {
+    /// Copies committed before a put is answered.
+    pub fn acks(&self) -> usize {
+        self.acks.unwrap_or(self.copies)
+    }
 }
 
 impl Default for ClusterConfig {
@@ -64,6 +100,7 @@ impl Default for ClusterConfig {
             zone: String::new(),
             lease_ttl_s: 10,
             weight: 1,
+            replicas: BTreeMap::new(),
         }
     }
 }
@@ -104,7 +141,27 @@ impl ClusterConfig {
                 strata_proto::placement::MAX_WEIGHT
             ));
         }
+        for (ns, r) in &self.replicas {
+            if !(1..=MAX_COPIES).contains(&r.copies) {
+                return Err(format!(
+                    "cluster.replicas.{ns}.copies: {} is not between 1 and {MAX_COPIES}",
+                    r.copies
+                ));
+            }
+            if !(1..=r.copies).contains(&r.acks()) {
+                return Err(format!(
+                    "cluster.replicas.{ns}.acks: {} is not between 1 and copies ({})",
+                    r.acks(),
+                    r.copies
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// How many copies the cluster keeps of `namespace`'s values.
+    pub fn replication(&self, namespace: &str) -> Replication {
+        self.replicas.get(namespace).copied().unwrap_or_default()
     }
 
     /// The prefix of this node's cell's members.
@@ -180,8 +237,38 @@ pub struct View {
     pub placement: Arc<Placement>,
 }
 
+/// Applies one batch of watch events on the cell prefix `prefix` to `members` (a
+/// view's member map): a put of a valid entry adds or replaces it, a delete
+/// removes its id. Returns the newest revision seen, at least `revision`.
+pub fn apply_changes(
+    members: &mut BTreeMap<String, MemberEntry>,
+    prefix: &str,
+    changes: Vec<Change>,
+    mut revision: i64,
+) -> i64 {
+    for c in changes {
+        match c {
+            Change::Put(kv) => {
+                revision = revision.max(kv.mod_revision);
+                if let Some(m) = decode(&kv.value) {
+                    members.insert(m.id.clone(), m);
+                }
+            }
+            Change::Delete(key) => {
+                let id = String::from_utf8_lossy(&key)
+                    .trim_start_matches(prefix)
+                    .to_owned();
+                members.remove(&id);
+            }
+        }
+    }
+    revision
+}
+
 impl View {
-    fn new(revision: i64, members: BTreeMap<String, MemberEntry>) -> Self {
+    /// The view of `members` as of etcd revision `revision`: placement over the
+    /// active ones.
+    pub fn new(revision: i64, members: BTreeMap<String, MemberEntry>) -> Self {
         let active = members
             .values()
             .filter(|m| m.state == MemberState::Active)
@@ -320,6 +407,11 @@ impl Cluster {
         self.entry.lock().clone()
     }
 
+    /// The cluster's settings.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
     /// This node's peer reads ([`peer::PeerOrigin`]).
     pub fn peer_stats(&self) -> &peer::PeerStats {
         &self.peer_stats
@@ -429,22 +521,7 @@ impl Cluster {
                         };
                         match changes {
                             Some(Ok(changes)) => {
-                                for c in changes {
-                                    match c {
-                                        Change::Put(kv) => {
-                                            revision = revision.max(kv.mod_revision);
-                                            if let Some(m) = decode(&kv.value) {
-                                                members.insert(m.id.clone(), m);
-                                            }
-                                        }
-                                        Change::Delete(key) => {
-                                            let id = String::from_utf8_lossy(&key)
-                                                .trim_start_matches(prefix.as_str())
-                                                .to_owned();
-                                            members.remove(&id);
-                                        }
-                                    }
-                                }
+                                revision = apply_changes(&mut members, &prefix, changes, revision);
                                 backoff = Duration::from_millis(200);
                                 tx.send_replace(Arc::new(View::new(revision, members.clone())));
                             }
@@ -548,6 +625,37 @@ mod tests {
             ..ClusterConfig::default()
         };
         assert!(bad.validate().unwrap_err().starts_with("cluster.weight"));
+        for (copies, acks, field) in [
+            (0, None, "copies"),
+            (9, None, "copies"),
+            (2, Some(3), "acks"),
+            (2, Some(0), "acks"),
+        ] {
+            let bad = ClusterConfig {
+                replicas: [("kv".to_owned(), Replication { copies, acks })].into(),
+                ..ClusterConfig::default()
+            };
+            assert!(
+                bad.validate()
+                    .unwrap_err()
+                    .starts_with(&format!("cluster.replicas.kv.{field}")),
+                "{copies} {acks:?}"
+            );
+        }
+        let ok = ClusterConfig {
+            replicas: [(
+                "kv".to_owned(),
+                Replication {
+                    copies: 3,
+                    acks: Some(2),
+                },
+            )]
+            .into(),
+            ..ClusterConfig::default()
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.replication("kv").acks(), 2);
+        assert_eq!(ok.replication("obj"), Replication::default());
     }
 
     #[test]

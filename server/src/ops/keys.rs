@@ -8,8 +8,20 @@ use super::{Ops, Options};
 impl Ops {
     /// Deletes `key` from the cache tiers (and its origin, by policy); whether it
     /// was there.
+    /// A peer's delete (of a copy) leaves the origin alone: the member that
+    /// took the client's delete deleted it there.
     pub async fn delete(&self, key: &Key, opts: &Options) -> Result<bool, Error> {
-        self.run("delete", opts, self.store.delete(key)).await
+        self.run("delete", opts, async {
+            if opts.from_peer {
+                return self.store.evict(key).await;
+            }
+            let found = self.store.delete(key).await?;
+            if let Some(r) = self.replicator(key, opts) {
+                r.delete(key).await;
+            }
+            Ok(found)
+        })
+        .await
     }
 
     /// Whether each key is present.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strata_tiers::{Error, TieredStore};
+use strata_tiers::{BoxFuture, Error, Key, TieredStore};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -150,6 +150,25 @@ impl Options {
     }
 }
 
+/// Copies of values on other cluster members (`crate::cluster::peer::Replicator`):
+/// what a put or a delete committed here also does elsewhere.
+pub trait Replicate: Send + Sync + std::fmt::Debug {
+    /// Whether `key`'s namespace keeps copies on other members.
+    fn replicates(&self, key: &Key) -> bool;
+
+    /// Sends `value`, committed here under `key`, to the key's other owners;
+    /// `Ok` once as many committed as the namespace's `acks` asks.
+    fn put(
+        &self,
+        key: &Key,
+        value: bytes::Bytes,
+        pin: bool,
+    ) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Deletes the key's other copies (their failures are logged).
+    fn delete(&self, key: &Key) -> BoxFuture<'static, ()>;
+}
+
 /// The operations of one server over its store.
 #[derive(Debug)]
 pub struct Ops {
@@ -166,6 +185,8 @@ pub struct Ops {
     metrics: Arc<crate::metrics::Metrics>,
     /// Requests from cluster peers answered ([`Options::from_peer`]).
     peer_requests: std::sync::atomic::AtomicU64,
+    /// Copies on other members, on a cluster node ([`Ops::set_replicas`]).
+    replicas: std::sync::OnceLock<Arc<dyn Replicate>>,
 }
 
 tokio::task_local! {
@@ -201,7 +222,22 @@ impl Ops {
             config,
             metrics,
             peer_requests: std::sync::atomic::AtomicU64::new(0),
+            replicas: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends puts and deletes of replicated namespaces to the other copies too
+    /// (a cluster node, once it joined); set once.
+    pub fn set_replicas(&self, replicas: Arc<dyn Replicate>) {
+        let _ = self.replicas.set(replicas);
+    }
+
+    /// The replicator of `key`'s namespace, unless the request is a peer's (a
+    /// copy goes no further) or the namespace keeps one copy.
+    fn replicator(&self, key: &Key, opts: &Options) -> Option<&Arc<dyn Replicate>> {
+        self.replicas
+            .get()
+            .filter(|r| !opts.from_peer && r.replicates(key))
     }
 
     /// The store (for what is not a request: the arena's descriptor, statistics).

@@ -93,7 +93,11 @@ impl Ops {
                 ),
                 retry_after: Some(std::time::Duration::from_millis(100)),
             })?;
-        let res = self.store.reserve(key, len, crc32c)?;
+        let mut res = self.store.reserve(key, len, crc32c)?;
+        if opts.from_peer {
+            // A copy of a put another member took (and wrote through).
+            res.replica();
+        }
         Ok(Upload {
             res: Box::new(res),
             key: key.clone(),
@@ -148,6 +152,7 @@ impl Ops {
         }
         let me = self.clone();
         let pin = up.pin || opts.pin;
+        let replicas = self.replicator(&up.key, opts).cloned();
         let task = self.commits.spawn(async move {
             let Upload {
                 mut res,
@@ -163,6 +168,17 @@ impl Ops {
                 }
                 None => res.commit().await?,
             };
+            if let Some(r) = replicas {
+                // The other copies, from the committed value: answered once
+                // enough of them committed too.
+                let Some((_, value)) = me.store.get(&key, None).await? else {
+                    return Err(Error::Changed {
+                        target: key.display_path(),
+                        detail: "deleted or evicted before its copies were sent".into(),
+                    });
+                };
+                r.put(&key, value, pin).await?;
+            }
             if pin {
                 me.store.pin(&key).await?;
             }

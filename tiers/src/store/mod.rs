@@ -267,8 +267,10 @@ impl TieredStore {
         })
     }
 
-    /// Sends the origin reads of namespace `ns` (whose policy has an origin) to
-    /// `origin` instead of the configured origin, from now on.
+    /// Sends the origin reads of namespace `ns` to `origin` from now on: instead of
+    /// the configured origin where its policy has one, and as its only source of
+    /// fills where the policy has none (a cluster node asking its peers for a
+    /// cache-only namespace's values; writes still never go to it).
     pub fn set_namespace_origin(&self, ns: &str, origin: Arc<dyn NamespaceOrigin>) {
         self.inner.ns_origins.write().insert(ns.to_owned(), origin);
     }

@@ -152,13 +152,16 @@ impl Inner {
         }
     }
 
-    /// Where origin reads of `key` go, if its namespace has an origin.
+    /// Where origin reads of `key` go, if its namespace has an origin: its own
+    /// ([`TieredStore::set_namespace_origin`]), which serves it even where the
+    /// policy names none (a cluster node's peers, for a cache-only namespace),
+    /// else the configured origin when the policy says so.
     pub(super) fn source(&self, key: &Key, policy: &NamespacePolicy) -> Option<Source<'_>> {
-        if policy.origin != OriginKind::Origin {
-            return None;
-        }
         if let Some(o) = self.ns_origins.read().get(key.namespace()) {
             return Some(Source::Namespace(o.clone()));
+        }
+        if policy.origin != OriginKind::Origin {
+            return None;
         }
         self.origin.as_ref().map(Source::Tier)
     }

@@ -32,6 +32,8 @@ pub struct Reservation {
     crc: u32,
     /// Records were allocated up front and filled in place.
     in_place: bool,
+    /// A replica's copy: the origin is not written ([`Self::replica`]).
+    replica: bool,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -66,7 +68,16 @@ impl Reservation {
             written: 0,
             crc: 0,
             in_place: false,
+            replica: false,
         }
+    }
+
+    /// Marks this put as a replica's copy of a value another node took: stored in
+    /// the cache tiers only, since that node wrote it through to the origin (a
+    /// write-through namespace's origin is written once per put, not once per
+    /// copy).
+    pub fn replica(&mut self) {
+        self.replica = true;
     }
 
     /// The declared length.
@@ -265,6 +276,7 @@ impl Reservation {
             inner.encode_head(&head, None, &self.policy)?
         };
         if self.policy.write == WritePolicy::WriteThrough
+            && !self.replica
             && self.policy.origin == OriginKind::Origin
             && let Some(origin) = &inner.origin
         {
