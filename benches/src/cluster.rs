@@ -56,6 +56,19 @@ pub struct ClusterArgs {
     /// Rounds of the peer-read comparison.
     #[arg(long, default_value_t = 200)]
     pub rounds: usize,
+    /// Instead: churn. One data-parallel job (a rank per node) reads the dataset
+    /// over two epochs while a tenth of the nodes restart one by one in the middle
+    /// of the first; reported: the origin's reads per run of pages (goal: at most
+    /// 1.01).
+    #[arg(long)]
+    pub churn: bool,
+    /// Nodes of the churn run.
+    #[arg(long, default_value_t = 10)]
+    pub churn_nodes: usize,
+    /// Nodes restarted in the churn run (default: a tenth of them, rounded up;
+    /// 0 gives the same job without churn, for comparison).
+    #[arg(long)]
+    pub churn_restarts: Option<usize>,
 }
 
 /// Runs the benchmark and prints markdown tables.
@@ -76,15 +89,51 @@ struct Row {
     runs: u64,
 }
 
+/// The config of one node of the cluster `bench<n>`.
+#[expect(clippy::too_many_arguments, reason = "the bench's fixed parts, named")]
+fn node_config(
+    a: &ClusterArgs,
+    dir: &std::path::Path,
+    total: u64,
+    proxy: &FaultProxy,
+    az: &Azurite,
+    origin: &str,
+    etcd: &EtcdProcess,
+    n: usize,
+) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.metrics_listen = "127.0.0.1:0".into();
+    c.data.listen = "127.0.0.1:0".into();
+    c.data_dir = dir.to_path_buf();
+    c.dram.capacity = a.dram_mib << 20;
+    c.store.page_size = PAGE as u32;
+    c.nvme.block_size = PAGE + (1 << 20);
+    c.nvme.capacity = 2 * total + (256 << 20);
+    c.origin.kind = OriginKindConfig::Blob;
+    c.origin.blob = Some(proxy.config(az, origin));
+    c.cluster.etcd = vec![etcd.url.clone()];
+    c.cluster.name = format!("bench{n}");
+    c.cluster.advertise = Some("127.0.0.1".into());
+    c
+}
+
 async fn run_async(a: &ClusterArgs) -> anyhow::Result<()> {
     let shard_len = (a.shard_mib << 20) as usize;
-    let total = u64::from(a.shards) * shard_len as u64;
+    // The churn job's ranks split every epoch evenly: as many shards as a
+    // multiple of its ranks, none dropped.
+    let shards = if a.churn {
+        a.shards.next_multiple_of(a.churn_nodes.max(2) as u32)
+    } else {
+        a.shards
+    };
+    let total = u64::from(shards) * shard_len as u64;
     let az = Azurite::start();
     let mut cfg = az.config("datasets");
     cfg.raw_names = true;
     let data = BlobTier::open(cfg).await?;
     data.ensure_container().await?;
-    futures::stream::iter(0..a.shards)
+    futures::stream::iter(0..shards)
         .map(|i| {
             let data = &data;
             async move {
@@ -100,6 +149,9 @@ async fn run_async(a: &ClusterArgs) -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
     let etcd = EtcdProcess::start().await;
+    if a.churn {
+        return churn(a, &az, &etcd, total).await;
+    }
     println!(
         "dataset: {} shards x {} MiB ({} MiB) on Azurite {}; each node: DRAM {} MiB, NVMe on, pages of {} MiB; loader window {} shards",
         a.shards,
@@ -126,20 +178,7 @@ async fn run_async(a: &ClusterArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         let mut nodes = Vec::new();
         for d in &dirs {
-            let mut c = Config::default();
-            c.server.listen = "127.0.0.1:0".into();
-            c.server.metrics_listen = "127.0.0.1:0".into();
-            c.data.listen = "127.0.0.1:0".into();
-            c.data_dir = d.path().to_path_buf();
-            c.dram.capacity = a.dram_mib << 20;
-            c.store.page_size = PAGE as u32;
-            c.nvme.block_size = PAGE + (1 << 20);
-            c.nvme.capacity = 2 * total + (256 << 20);
-            c.origin.kind = OriginKindConfig::Blob;
-            c.origin.blob = Some(proxy.config(&az, &origin));
-            c.cluster.etcd = vec![etcd.url.clone()];
-            c.cluster.name = format!("bench{n}");
-            c.cluster.advertise = Some("127.0.0.1".into());
+            let c = node_config(a, d.path(), total, &proxy, &az, &origin, &etcd, n);
             nodes.push(Server::start(c).await.context("starting a node")?);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -350,4 +389,164 @@ async fn peer_read(nodes: &[Running], rounds: usize) -> anyhow::Result<(f64, f64
         anyhow::ensure!(got.len() == value.len());
     }
     Ok((median(&peer), median(&local), median(&limit)))
+}
+
+/// Waits until every node of `nodes` places over `n` members.
+async fn settled(nodes: &[Running], n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|r| {
+        r.cluster
+            .as_ref()
+            .is_some_and(|c| c.view().placement.members().len() == n)
+    }) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the nodes never agreed on {n} members"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The churn run (`--churn`): see [`ClusterArgs::churn`].
+async fn churn(
+    a: &ClusterArgs,
+    az: &Azurite,
+    etcd: &EtcdProcess,
+    total: u64,
+) -> anyhow::Result<()> {
+    let n = a.churn_nodes.max(2);
+    let churned = a.churn_restarts.unwrap_or(n.div_ceil(10)).min(n - 1);
+    let shard_len = a.shard_mib << 20;
+    let proxy = FaultProxy::start(az.port, 0, "").await;
+    let origin = "originchurn";
+    BlobTier::open(az.config(origin))
+        .await?
+        .ensure_container()
+        .await?;
+    let dirs: Vec<_> = (0..n)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let config = |i: usize| node_config(a, dirs[i].path(), total, &proxy, az, origin, etcd, n);
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(Server::start(config(i)).await.context("starting a node")?);
+    }
+    settled(&nodes, n).await?;
+    let mut clients = Vec::new();
+    for r in &nodes {
+        clients.push(Arc::new(
+            Client::connect(&r.addr.to_string(), ClientOptions::default()).await?,
+        ));
+    }
+    proto::datasets_client::DatasetsClient::new(clients[0].channel().clone())
+        .add(proto::DatasetAddRequest {
+            name: "bench".into(),
+            source: format!(
+                "http://127.0.0.1:{}/{}/datasets/bench/",
+                proxy.port,
+                azurite::ACCOUNT
+            ),
+            concurrency: 0,
+        })
+        .await?;
+    let m = Arc::new(fetch_manifest(&clients[0], "bench", "").await?);
+    for c in &clients[1..] {
+        fetch_manifest(c, "bench", &m.version).await?;
+    }
+    println!(
+        "churn: {n} nodes, one job of {n} ranks (a rank per node) reading {} shards x {} MiB over 2 epochs; {churned} node(s) restarted one by one in the middle of epoch 0",
+        m.shards.len(),
+        a.shard_mib
+    );
+
+    // One data-parallel job: rank i on node i; the steps done so far, all ranks.
+    let spec = PlanSpec::new(m.shards.len() as u32, 7, n as u32);
+    let steps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let before = proxy.seen();
+    let start = Instant::now();
+    let ranks = clients.iter().enumerate().map(|(i, c)| {
+        let (c, m, steps) = (c.clone(), m.clone(), steps.clone());
+        async move {
+            let mut loader = Loader::start(
+                c,
+                m.clone(),
+                spec.rank(i as u32),
+                Position::default(),
+                2,
+                LoaderConfig {
+                    window_items: a.window,
+                    window_bytes: (a.window as u64 + 1) * shard_len,
+                    job_id: 1,
+                    range_size: PAGE,
+                    ..LoaderConfig::default()
+                },
+                None,
+            )
+            .await?;
+            let mut bytes = 0u64;
+            for _ in 0..2 * spec.steps_per_epoch() {
+                bytes += loader
+                    .next()
+                    .await
+                    .context("plan ended early")??
+                    .bytes
+                    .len() as u64;
+                steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(bytes)
+        }
+    });
+    let epoch_steps = spec.steps_per_epoch() * n as u64;
+    let away = nodes.split_off(n - churned);
+    let churner = async {
+        // The middle of epoch 0: the last nodes restart one after another, each
+        // away for a second (SIGTERM's path: draining, out, closed; then started
+        // again on the same directory, as itself).
+        while steps.load(std::sync::atomic::Ordering::Relaxed) < epoch_steps / 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut back = Vec::new();
+        for (j, r) in away.into_iter().enumerate() {
+            r.shutdown().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            back.push(
+                Server::start(config(n - churned + j))
+                    .await
+                    .context("restarting a node")?,
+            );
+        }
+        anyhow::Ok(back)
+    };
+    let (read, back) = futures::future::join(futures::future::try_join_all(ranks), churner).await;
+    nodes.extend(back?);
+    let restarted = churned;
+    let read: u64 = read?.into_iter().sum();
+    let took = start.elapsed();
+    anyhow::ensure!(
+        read == 2 * total,
+        "the job read {read} bytes, not {}",
+        2 * total
+    );
+    // Reads of the dataset's blobs; the rest are the nodes' own requests to
+    // their `obj` origin (a restarted node reads the shared dataset index).
+    let requests = proxy.requests().split_off(before);
+    let origin_reads = requests
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/datasets/"))
+        .count();
+    let other = requests.len() - origin_reads;
+    let runs = m.shards.len() as u64 * shard_len.div_ceil(RUN);
+    println!(
+        "\n| nodes | restarted in epoch 0 | origin reads of the dataset | runs of pages in the dataset | origin reads per run (goal ≤ 1.01) | other origin requests (index, container) | job, s |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    println!(
+        "| {n} | {restarted} | {origin_reads} | {runs} | {:.3} | {other} | {:.1} |",
+        origin_reads as f64 / runs as f64,
+        took.as_secs_f64()
+    );
+    for r in nodes {
+        r.shutdown().await?;
+    }
+    Ok(())
 }

@@ -34,6 +34,41 @@ pub struct ClusterSimArgs {
     /// Seed of the mixed weights and of the members that leave.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Nodes of the whole cluster, for the membership and egress models.
+    #[arg(long, default_value_t = 100_000)]
+    pub nodes: usize,
+    /// Cell sizes to model the membership traffic of (a node watches its cell;
+    /// the cluster's size is one cell watching everything).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub cells: Vec<usize>,
+    /// Restarts per node per day (upgrades, failures, preemptions): each is four
+    /// watch events (joining, active, draining, deleted).
+    #[arg(long, default_value_t = 1.0)]
+    pub restarts_per_node_day: f64,
+    /// Training GPUs reading the dataset at once (one job), for the egress model.
+    #[arg(long, default_value_t = 400_000)]
+    pub gpus: u64,
+    /// GPUs per node.
+    #[arg(long, default_value_t = 8)]
+    pub gpus_per_node: u64,
+    /// MB/s each GPU's input pipeline reads.
+    #[arg(long, default_value_t = 50.0)]
+    pub gpu_read_mbs: f64,
+    /// Dataset sizes, TB.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub dataset_tb: Vec<f64>,
+    /// One storage account's egress limit, Gbps.
+    #[arg(long, default_value_t = 200.0)]
+    pub account_gbps: f64,
+    /// Origin bytes per dataset byte under churn (measured with `strata-bench cluster --churn`).
+    #[arg(long, default_value_t = 1.01)]
+    pub churn_factor: f64,
+    /// Regions reading the dataset, for the federation table.
+    #[arg(long, default_value_t = 3)]
+    pub regions: usize,
+    /// Epochs of the training job, for the egress table.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: u32,
 }
 
 /// One row of the report.
@@ -87,6 +122,9 @@ pub fn run(a: &ClusterSimArgs) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    membership(a)?;
+    egress(a);
+    federation(a);
     println!(
         "\n(load: the largest member's exact share over its fair share, weight / total weight; moved: the\n fraction of keys that changed owner over the fair share of the member that joined (weight 1) or\n left, worst of {} changes: with N equal members, keys moved × N)",
         a.changes
@@ -274,4 +312,181 @@ fn alternatives(n: usize, keys: &[Vec<u8>]) -> Vec<String> {
         "| {n} | rendezvous (HRW) | 0 | {ns:.0} | 1 in expectation |"
     ));
     out
+}
+
+/// Membership traffic per node when each node watches only its cell: events and
+/// bytes it receives, and the CPU the real view code spends on them
+/// (`strata_server::cluster::apply_changes` and `View::new` over a cell of real
+/// member entries), against one cell of the whole cluster.
+fn membership(a: &ClusterSimArgs) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    use strata_server::cluster::etcd::{Change, Entry};
+    use strata_server::cluster::{MemberEntry, MemberState, View, apply_changes};
+
+    let per_s = a.restarts_per_node_day / 86_400.0;
+    println!(
+        "\nMembership traffic, {} nodes, {} restarts per node per day (4 watch events each), lease 10 s kept alive 3 times per lifetime:\n",
+        a.nodes, a.restarts_per_node_day
+    );
+    println!(
+        "| cell (members a node watches) | cells | events/s per node | watch bytes/s per node | view update µs (measured) | CPU per node, % of a core | etcd watch egress, all nodes, MB/s | keep-alives/s at etcd |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &cell in &a.cells {
+        let cell = cell.min(a.nodes).max(1);
+        let prefix = "/strata/prod/cells/c0042/members/";
+        let entry = |i: usize, state| MemberEntry {
+            version: 1,
+            id: format!("{:032x}", i as u128 * 0x9E37_79B9_7F4A_7C15),
+            incarnation: i as u64,
+            grpc: format!("10.{}.{}.{}:50051", i >> 16 & 255, i >> 8 & 255, i & 255),
+            data: Some(format!(
+                "10.{}.{}.{}:50052",
+                i >> 16 & 255,
+                i >> 8 & 255,
+                i & 255
+            )),
+            rdma: true,
+            cell: "c0042".into(),
+            zone: "eastus-1".into(),
+            weight: 1,
+            dram_bytes: 1 << 40,
+            nvme_bytes: 28 << 40,
+            state,
+        };
+        let mut members: BTreeMap<String, MemberEntry> = (0..cell)
+            .map(|i| {
+                let m = entry(i, MemberState::Active);
+                (m.id.clone(), m)
+            })
+            .collect();
+        // One restart of member 0, as the watch delivers it: four events.
+        let put = |state, rev| {
+            let m = entry(0, state);
+            Change::Put(Entry {
+                key: format!("{prefix}{}", m.id).into_bytes(),
+                value: serde_json::to_vec(&m).expect("an entry serializes"),
+                lease: 1,
+                mod_revision: rev,
+            })
+        };
+        let event_bytes = match put(MemberState::Active, 1) {
+            // The key and value, plus etcd's per-event framing (revision numbers,
+            // lease, version: about 40 bytes of protobuf).
+            Change::Put(e) => e.key.len() + e.value.len() + 40,
+            Change::Delete(_) => 0,
+        };
+        let rounds = if cell >= 100_000 { 3 } else { 20 };
+        let mut times = Vec::with_capacity(rounds * 4);
+        let mut view = View::new(1, members.clone());
+        for r in 0..rounds as i64 {
+            let events = [
+                vec![Change::Delete(
+                    format!("{prefix}{}", entry(0, MemberState::Active).id).into_bytes(),
+                )],
+                vec![put(MemberState::Joining, 4 * r + 2)],
+                vec![put(MemberState::Active, 4 * r + 3)],
+                vec![put(MemberState::Draining, 4 * r + 4)],
+            ];
+            for ev in events {
+                let t = Instant::now();
+                let rev = apply_changes(&mut members, prefix, ev, view.revision);
+                view = View::new(rev, members.clone());
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        std::hint::black_box(&view);
+        times.sort_by(f64::total_cmp);
+        let update_us = times[times.len() / 2];
+        let events_per_node = cell as f64 * per_s * 4.0;
+        let bytes_per_node = events_per_node * event_bytes as f64;
+        let cpu = events_per_node * update_us / 1e6 * 100.0;
+        println!(
+            "| {cell} | {} | {:.3} | {:.0} | {:.0} | {:.3} | {:.1} | {:.0} |",
+            a.nodes.div_ceil(cell),
+            events_per_node,
+            bytes_per_node,
+            update_us,
+            cpu,
+            bytes_per_node * a.nodes as f64 / 1e6,
+            a.nodes as f64 * 3.0 / 10.0,
+        );
+    }
+    println!(
+        "\n(events/s per node: cell × restarts/s × 4; bytes: a real member entry's JSON and key, plus ~40 B of etcd framing; view update: the median time of the real code applying one event to a cell of real entries and rebuilding its placement)"
+    );
+    Ok(())
+}
+
+/// Origin egress of one training job's epoch, with and without the cluster,
+/// against one storage account's limit.
+fn egress(a: &ClusterSimArgs) {
+    let nodes = a.gpus / a.gpus_per_node.max(1);
+    let demand_gbs = a.gpus as f64 * a.gpu_read_mbs / 1e3;
+    let account_gbs = a.account_gbps / 8.0;
+    let cell = a.cells.first().copied().unwrap_or(1000).max(1) as u64;
+    let cells = nodes.div_ceil(cell);
+    println!(
+        "\nOrigin egress: one job of {} GPUs ({nodes} nodes, {} cells of {cell}), each GPU reading {} MB/s ({:.1} TB/s in all); one account serves {} Gbps ({account_gbs:.0} GB/s); churn factor {}:\n",
+        a.gpus,
+        cells,
+        a.gpu_read_mbs,
+        demand_gbs / 1e3,
+        a.account_gbps,
+        a.churn_factor
+    );
+    let e = a.epochs;
+    println!(
+        "| dataset TB | epoch at full speed, s | no cluster: origin TB per job ({e} epochs) | no cluster: accounts to keep up | a fill per cell (as built): origin TB per job | a fill per cluster (cross-cell, design): origin TB per job | per cluster ÷ no cluster | first epoch at one account's limit, h |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &tb in &a.dataset_tb {
+        let bytes_gb = tb * 1e3;
+        let epoch_s = bytes_gb / demand_gbs;
+        let none = tb * f64::from(e);
+        // A cell reads 1/cells of each reshuffled epoch; after `e` epochs it has
+        // asked for a page with probability 1 - (1 - 1/cells)^e, and each cell
+        // fills its own copy.
+        let seen = 1.0 - (1.0 - 1.0 / cells as f64).powi(e as i32);
+        let per_cell = tb * cells as f64 * seen * a.churn_factor;
+        let per_cluster = tb * a.churn_factor;
+        let fill_h = per_cluster * 1e3 / account_gbs / 3600.0;
+        println!(
+            "| {tb:.0} | {epoch_s:.1} | {none:.0} | {:.0} | {per_cell:.0} | {per_cluster:.1} | {:.3} | {fill_h:.1} |",
+            (demand_gbs / account_gbs).ceil(),
+            per_cluster / none,
+        );
+    }
+    println!(
+        "\n(no cluster: every node reads its share of each reshuffled epoch from the origin, as node-local caches miss under a new shuffle (CoorDL); a cell reads 1/{cells} of each epoch, so after {e} epochs it has filled {:.1}% of the dataset, and each cell fills its own; the cluster holds the dataset once its NVMe ({nodes} nodes × their disks) is larger than it)",
+        (1.0 - (1.0 - 1.0 / cells as f64).powi(e as i32)) * 100.0
+    );
+}
+
+/// Federation: regions reading one dataset whose account is in one of them.
+fn federation(a: &ClusterSimArgs) {
+    let account_gbs = a.account_gbps / 8.0;
+    println!(
+        "\nFederation: {} regions each running a cluster, all reading one dataset from an account in region 1 (docs/federation.md):\n",
+        a.regions
+    );
+    println!(
+        "| dataset TB | regions | account reads, TB: each cluster from the account | account reads, TB: federated (peer in the origin's region) | bytes crossing regions, TB (both) | fill time at the account's limit, h: each from the account | federated, h |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &tb in &a.dataset_tb {
+        for r in 1..=a.regions {
+            let alone = tb * r as f64 * a.churn_factor;
+            let fed = tb * a.churn_factor;
+            println!(
+                "| {tb:.0} | {r} | {alone:.1} | {fed:.1} | {:.1} | {:.1} | {:.1} |",
+                tb * (r - 1) as f64 * a.churn_factor,
+                alone * 1e3 / account_gbs / 3600.0,
+                fed * 1e3 / account_gbs / 3600.0,
+            );
+        }
+    }
+    println!(
+        "\n(federated: the account serves each page once for the federation; other regions fill from the origin region's cluster, limited by the inter-region link, not by the account)"
+    );
 }

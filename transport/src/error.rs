@@ -86,7 +86,9 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Timeout(_) => true,
             ClientError::Data { status, .. } => *status == crate::wire::Status::Unavailable,
-            ClientError::Status { status } => status.code() == tonic::Code::Unavailable,
+            ClientError::Status { status } => {
+                status.code() == tonic::Code::Unavailable || connection_lost(status)
+            }
             _ => false,
         }
     }
@@ -100,11 +102,22 @@ impl ClientError {
                 matches!(
                     status.code(),
                     tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-                )
+                ) || connection_lost(status)
             }
             _ => false,
         }
     }
+}
+
+/// Whether a gRPC status was made on this side because the connection broke or
+/// the server sent GOAWAY while going away, not sent by the server: tonic reports
+/// those as `Cancelled`, `Internal` or `Unknown` with the transport error as the
+/// status's source, which a status from the server never has.
+fn connection_lost(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    status
+        .source()
+        .is_some_and(|s| s.is::<tonic::transport::Error>())
 }
 
 /// Runs `call` until it succeeds, fails for good, or has been tried `attempts`

@@ -24,6 +24,7 @@ pub struct FaultProxy {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     seen: Arc<AtomicUsize>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
     max_in_flight: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -44,17 +45,18 @@ impl FaultProxy {
         let seen = Arc::new(AtomicUsize::new(0));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let max_in_flight = Arc::new(AtomicUsize::new(0));
-        let counters = (seen.clone(), in_flight, max_in_flight.clone());
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let counters = (seen.clone(), in_flight, max_in_flight.clone(), log.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, in_flight, max_in_flight) = counters.clone();
+                let (seen, in_flight, max_in_flight, log) = counters.clone();
                 tokio::spawn(async move {
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     max_in_flight.fetch_max(now, Ordering::SeqCst);
-                    let _ = serve(client, upstream, &seen, faults, hint).await;
+                    let _ = serve(client, upstream, &seen, &log, faults, hint).await;
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -62,6 +64,7 @@ impl FaultProxy {
         Self {
             port,
             seen,
+            log,
             max_in_flight,
             task,
         }
@@ -79,6 +82,12 @@ impl FaultProxy {
         self.seen.load(Ordering::SeqCst)
     }
 
+    /// Every request seen, in order: its request line and its `Range` header (or
+    /// `x-ms-range`), if any.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The most requests in flight at once.
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight.load(Ordering::SeqCst)
@@ -93,6 +102,7 @@ async fn serve(
     mut client: TcpStream,
     upstream: u16,
     seen: &AtomicUsize,
+    log: &std::sync::Mutex<Vec<String>>,
     faults: usize,
     hint: &str,
 ) -> std::io::Result<()> {
@@ -104,6 +114,19 @@ async fn serve(
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+    {
+        let head = String::from_utf8_lossy(&buf);
+        let mut lines = head.lines();
+        let mut entry = lines.next().unwrap_or_default().to_owned();
+        for l in lines {
+            let lower = l.to_ascii_lowercase();
+            if lower.starts_with("range:") || lower.starts_with("x-ms-range:") {
+                entry.push(' ');
+                entry.push_str(l.trim());
+            }
+        }
+        log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
     }
     if seen.fetch_add(1, Ordering::SeqCst) < faults {
         let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code>\
