@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, installing what the tests need on a fresh
 # Debian machine: apt packages (Node.js for Azurite, redis-server for the
-# benches, etcd-server for the cluster tests, python3-cbor2 and python3-xxhash
+# benches, etcd-server for the cluster tests, iproute2 for the partition test's
+# network namespace, python3-cbor2 and python3-xxhash
 # for the KV-key and placement vectors), Azurite (npm azurite@3.35.0, into
 # ./.tools) — the test harness starts Azurite and etcd itself on free ports.
 # Then fmt, clippy and `cargo test`, then the data path's frame decoder under
@@ -24,6 +25,7 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 [ -x /usr/bin/etcd ] || command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 /usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || need_apt+=(python3-cbor2)
 /usr/bin/python3 -c "import xxhash" >/dev/null 2>&1 || need_apt+=(python3-xxhash)
 if [ ${#need_apt[@]} -gt 0 ]; then

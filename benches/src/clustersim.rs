@@ -69,6 +69,18 @@ pub struct ClusterSimArgs {
     /// Epochs of the training job, for the egress table.
     #[arg(long, default_value_t = 10)]
     pub epochs: u32,
+    /// Dataset size for the grouping table, in TB.
+    #[arg(long, default_value_t = 10.0)]
+    pub group_dataset_tb: f64,
+    /// Shard sizes for the grouping table, in MiB (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "256,1024,4096")]
+    pub group_shard_mib: Vec<u64>,
+    /// Distinct prompt prefixes for the KV grouping table (Zipf popularity).
+    #[arg(long, default_value_t = 100_000)]
+    pub kv_prompts: usize,
+    /// Chunks per prompt prefix (a 4k-token prefix in chunks of 256 tokens).
+    #[arg(long, default_value_t = 16)]
+    pub kv_chunks: usize,
 }
 
 /// One row of the report.
@@ -122,6 +134,7 @@ pub fn run(a: &ClusterSimArgs) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    grouping(a)?;
     membership(a)?;
     egress(a);
     federation(a);
@@ -461,6 +474,133 @@ fn egress(a: &ClusterSimArgs) {
         "\n(no cluster: every node reads its share of each reshuffled epoch from the origin, as node-local caches miss under a new shuffle (CoorDL); a cell reads 1/{cells} of each epoch, so after {e} epochs it has filled {:.1}% of the dataset, and each cell fills its own; the cluster holds the dataset once its NVMe ({nodes} nodes × their disks) is larger than it)",
         (1.0 - (1.0 - 1.0 / cells as f64).powi(e as i32)) * 100.0
     );
+}
+
+/// Grouped or spread: the pages of a shard under their shard's owner (as built)
+/// or each run of pages under its own; the chunks of a KV chain under one owner
+/// or each under its own (as built). Exact loads, from the real placement.
+fn grouping(a: &ClusterSimArgs) -> anyhow::Result<()> {
+    const RUN: u64 = 16 << 20;
+    println!(
+        "\nGrouping, training: a dataset of {} TB in shards, read in runs of 16 MiB (the unit of an origin read and a peer read); bytes each member owns:\n",
+        a.group_dataset_tb
+    );
+    println!(
+        "| members | shard MiB | shards | placed by | members holding some | busiest member's bytes ÷ mean (its fills and reads bound a cold epoch) |"
+    );
+    println!("| ---: | ---: | ---: | --- | ---: | ---: |");
+    let total = (a.group_dataset_tb * 1e12) as u64;
+    for &n in a.members.iter().filter(|&&n| n >= 1000) {
+        let p = Placement::new(members(n, "uniform", 7))?;
+        let index = member_index(&p);
+        for &mib in &a.group_shard_mib {
+            let shard = mib << 20;
+            let shards = total.div_ceil(shard);
+            let runs = shard.div_ceil(RUN);
+            for grouped in [true, false] {
+                let mut bytes = vec![0u64; n];
+                for s in 0..shards {
+                    let key = Key::new("shard", "", format!("big@1/train-{s:07}.tar"))?;
+                    if grouped {
+                        let o = p.owner(key.as_bytes()).expect("members");
+                        bytes[index[o.id.as_str()]] += shard;
+                    } else {
+                        for r in 0..runs {
+                            let page = key.page(1, r as u32);
+                            let o = p.owner(page.as_bytes()).expect("members");
+                            bytes[index[o.id.as_str()]] += RUN.min(shard - r * RUN);
+                        }
+                    }
+                }
+                let holding = bytes.iter().filter(|&&b| b > 0).count();
+                let max = *bytes.iter().max().unwrap_or(&0) as f64;
+                let mean = bytes.iter().sum::<u64>() as f64 / n as f64;
+                println!(
+                    "| {n} | {mib} | {shards} | {} | {holding} | {:.2} |",
+                    if grouped {
+                        "shard (grouped, as built)"
+                    } else {
+                        "run of pages (spread)"
+                    },
+                    max / mean,
+                );
+            }
+        }
+    }
+
+    // KV: prompt prefixes of Zipf(s) popularity; each load reads every chunk of
+    // its prefix. Load per member: the share of chunk reads it answers.
+    println!(
+        "\nGrouping, KV: {} prompt prefixes of {} chunks, popularity Zipf(s); each load reads every chunk of its prefix (match_prefix, then the reads):\n",
+        a.kv_prompts, a.kv_chunks
+    );
+    println!(
+        "| members | Zipf s | placed by | owners asked per prefix (mean) | busiest member's chunk reads ÷ mean |"
+    );
+    println!("| ---: | ---: | --- | ---: | ---: |");
+    for &n in a.members.iter().filter(|&&n| (1000..=10_000).contains(&n)) {
+        let p = Placement::new(members(n, "uniform", 11))?;
+        let index = member_index(&p);
+        // The owner of every chunk of every prefix, once.
+        let mut chunk_owner = Vec::with_capacity(a.kv_prompts * a.kv_chunks);
+        let mut fanout = 0usize;
+        for i in 0..a.kv_prompts {
+            let mut seen = std::collections::HashSet::new();
+            for c in 0..a.kv_chunks {
+                let key = Key::new("kv", "m", format!("chain/{i:08}/{c:03}"))?;
+                let o = index[p.owner(key.as_bytes()).expect("members").id.as_str()];
+                seen.insert(o);
+                chunk_owner.push(o);
+            }
+            fanout += seen.len();
+        }
+        for zipf in [0.8f64, 1.0, 1.2] {
+            let weight: Vec<f64> = (0..a.kv_prompts)
+                .map(|i| 1.0 / ((i + 1) as f64).powf(zipf))
+                .collect();
+            let sum: f64 = weight.iter().sum();
+            for grouped in [true, false] {
+                let mut load = vec![0f64; n];
+                for (i, w) in weight.iter().enumerate() {
+                    let w = w / sum;
+                    if grouped {
+                        // The chain's owner: that of its first chunk.
+                        load[chunk_owner[i * a.kv_chunks]] += w * a.kv_chunks as f64;
+                    } else {
+                        for c in 0..a.kv_chunks {
+                            load[chunk_owner[i * a.kv_chunks + c]] += w;
+                        }
+                    }
+                }
+                let max = load.iter().copied().fold(0.0, f64::max);
+                let mean = load.iter().sum::<f64>() / n as f64;
+                println!(
+                    "| {n} | {zipf} | {} | {:.1} | {:.1} |",
+                    if grouped {
+                        "chain (grouped)"
+                    } else {
+                        "chunk (spread, as built)"
+                    },
+                    if grouped {
+                        1.0
+                    } else {
+                        fanout as f64 / a.kv_prompts as f64
+                    },
+                    max / mean,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each member's position in the placement's list, by id.
+fn member_index(p: &Placement) -> std::collections::HashMap<&str, usize> {
+    p.members()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.as_str(), i))
+        .collect()
 }
 
 /// Federation: regions reading one dataset whose account is in one of them.

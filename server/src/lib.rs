@@ -167,6 +167,20 @@ impl Server {
             None
         };
         if let Some(c) = &cluster {
+            // Out of the cluster for longer than the lease, other nodes may have
+            // replaced values of the writable namespaces: forget them before
+            // coming back (as at start, above).
+            let forget = store.clone();
+            c.before_rejoin(Arc::new(move || {
+                let store = forget.clone();
+                Box::pin(async move {
+                    for (ns, n) in store.forget_writable_now().await {
+                        if n > 0 {
+                            tracing::warn!(namespace = %ns, entries = n, "cluster node back after its lease lapsed: copies of a writable namespace dropped");
+                        }
+                    }
+                })
+            }));
             let peers = cluster::peer::Peers::new(c.clone());
             let copies = |ns: &str| c.config().replication(ns).copies;
             // What this node does not own it fills from the owner.

@@ -127,8 +127,8 @@ pub fn sample(body: &str, name: &str) -> u64 {
 
 /// A `strata-server` process (the binary under test, `bin`), started with its
 /// listeners on 127.0.0.1 port 0 and its data under `dir`, its log (standard
-/// output and error) appended to `log`. `args` and `env` add to or override
-/// those (later flags win). Killed when dropped.
+/// output and error) appended to `log`. `args` and `env` add to those. Killed
+/// when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
     child: std::process::Child,
@@ -141,10 +141,23 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts it and waits for its "listening" line.
     pub fn start(bin: &Path, dir: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", bin, dir, log, args, env)
+    }
+
+    /// As [`Self::start`], its listeners on `ip` (an address of this machine).
+    pub fn start_on(
+        ip: &str,
+        bin: &Path,
+        dir: &Path,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::BufRead;
+        let listen = format!("{ip}:0");
         let mut child = std::process::Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--data-listen", "127.0.0.1:0"])
+            .args(["--listen", &listen, "--metrics-listen", &listen])
+            .args(["--data-listen", &listen])
             .arg("--data-dir")
             .arg(dir)
             .args(args)
@@ -251,24 +264,31 @@ impl Drop for ServerProcess {
 #[derive(Debug)]
 pub struct EtcdProcess {
     child: std::process::Child,
-    /// Its client URL (`http://127.0.0.1:PORT`).
+    /// Its client URL (`http://127.0.0.1:PORT`, or the address it was started on).
     pub url: String,
     _dir: tempfile::TempDir,
 }
 
 impl EtcdProcess {
-    /// Starts it and waits until it answers (10 s at most).
+    /// Starts it and waits until it answers (30 s at most: a loaded machine
+    /// starting several at once).
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// As [`Self::start`], listening on `ip` (an address of this machine, such as
+    /// one end of a test's veth pair).
+    pub async fn start_on(ip: &str) -> Self {
         let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
+            std::net::TcpListener::bind((ip, 0))
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port()
         };
         let (client, peer) = (free(), free());
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let url = format!("http://{ip}:{client}");
+        let peer_url = format!("http://{ip}:{peer}");
         let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -298,7 +318,7 @@ impl EtcdProcess {
             url,
             _dir: dir,
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if crate::cluster::etcd::Etcd::connect(
                 std::slice::from_ref(&me.url),
@@ -311,7 +331,7 @@ impl EtcdProcess {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "etcd did not answer at {} within 10 s",
+                "etcd did not answer at {} within 30 s",
                 me.url
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

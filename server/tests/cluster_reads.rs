@@ -65,8 +65,21 @@ token = "{sas}"
 }
 
 fn start(dir: &Path, config: &Path, etcd: &EtcdProcess) -> ServerProcess {
-    ServerProcess::start(
-        Path::new(BIN),
+    start_configured(Path::new(BIN), "127.0.0.1", dir, config, etcd)
+}
+
+/// A node of the test's cluster (a lease of 2 s), its listeners on `ip` (and
+/// advertising it), started through `bin` with `config`.
+fn start_configured(
+    bin: &Path,
+    ip: &str,
+    dir: &Path,
+    config: &Path,
+    etcd: &EtcdProcess,
+) -> ServerProcess {
+    ServerProcess::start_on(
+        ip,
+        bin,
         dir,
         &dir.join("server.log"),
         &[
@@ -77,7 +90,7 @@ fn start(dir: &Path, config: &Path, etcd: &EtcdProcess) -> ServerProcess {
             "--cluster",
             "reads",
             "--advertise",
-            "127.0.0.1",
+            ip,
         ],
         &[("STRATA__CLUSTER__LEASE_TTL_S", "2")],
     )
@@ -689,20 +702,7 @@ async fn a_node_killed_in_the_middle_of_a_two_epoch_run_costs_only_its_own_pages
         ..
     } = f;
     // Which shards the victim owns.
-    let view = clients[0].members().await.unwrap();
-    let placement = Placement::new(
-        view.members
-            .iter()
-            .map(|x| Member::new(x.id.clone(), x.weight)),
-    )
-    .unwrap();
-    let victim_id = view
-        .members
-        .iter()
-        .find(|x| x.grpc.rsplit(':').next() == nodes[1].grpc.rsplit(':').next())
-        .unwrap()
-        .id
-        .clone();
+    let (placement, victim_id) = placement_and_id(&clients[0], &nodes[1]).await;
     let owned = (0..SHARDS)
         .filter(|&i| placement.owner(m.shard_key(i).as_bytes()).unwrap().id == victim_id)
         .count();
@@ -832,32 +832,7 @@ async fn a_rolling_restart_under_load_fails_no_call() {
 
 /// A node whose origin is a directory shared by every node of the test.
 fn start_shared(dir: &Path, origin: &Path, etcd: &EtcdProcess) -> ServerProcess {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("strata.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dram]\ncapacity = \"64MiB\"\n\n[nvme]\ncapacity = \"128MiB\"\n\n[origin]\nkind = \"localdir\"\ndir = \"{}\"\n",
-            origin.display()
-        ),
-    )
-    .unwrap();
-    ServerProcess::start(
-        Path::new(BIN),
-        dir,
-        &dir.join("server.log"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--etcd",
-            &etcd.url,
-            "--cluster",
-            "stale",
-            "--advertise",
-            "127.0.0.1",
-        ],
-        &[("STRATA__CLUSTER__LEASE_TTL_S", "2")],
-    )
+    start_on(Path::new(BIN), "127.0.0.1", dir, origin, etcd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -888,29 +863,8 @@ async fn a_node_back_with_stale_nvme_never_serves_an_old_value() {
     let client = Client::connect(&nodes[0].grpc, ClientOptions::default())
         .await
         .unwrap();
-    // Values owned by nodes 1 and 2 (node 0 stays up: the client's node).
-    let view = client.members().await.unwrap();
-    let placement = Placement::new(
-        view.members
-            .iter()
-            .map(|x| Member::new(x.id.clone(), x.weight)),
-    )
-    .unwrap();
-    let id_of = |n: &ServerProcess| {
-        view.members
-            .iter()
-            .find(|x| x.grpc.rsplit(':').next() == n.grpc.rsplit(':').next())
-            .unwrap()
-            .id
-            .clone()
-    };
-    let victim = id_of(&nodes[1]);
-    let keys: Vec<Key> = (0..200)
-        .map(|i| Key::new("obj", "t", format!("doc/{i:03}")).unwrap())
-        .filter(|k| placement.owner(k.as_bytes()).unwrap().id == victim)
-        .take(8)
-        .collect();
-    assert_eq!(keys.len(), 8);
+    // Values owned by node 1 (node 0 stays up: the client's node).
+    let keys = owned_keys(&client, &nodes[1], "doc").await;
     for (i, k) in keys.iter().enumerate() {
         client.put(k, pattern(i as u64, 300_000)).await.unwrap();
     }
@@ -934,16 +888,52 @@ async fn a_node_back_with_stale_nvme_never_serves_an_old_value() {
         all_active(&nodes, 3)
     })
     .await;
+    assert_rewritten(&client, &keys, 500, 200_000, "while the owner was away").await;
+    drop(nodes);
+}
+
+/// The placement over the members `client` sees, and `node`'s id among them.
+async fn placement_and_id(client: &Client, node: &ServerProcess) -> (Placement, String) {
+    let view = client.members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    let id = view
+        .members
+        .iter()
+        .find(|x| x.grpc == node.grpc)
+        .unwrap_or_else(|| panic!("{} in the member list", node.grpc))
+        .id
+        .clone();
+    (placement, id)
+}
+
+/// Eight `obj` keys named `prefix/NNN` that `node` owns.
+async fn owned_keys(client: &Client, node: &ServerProcess, prefix: &str) -> Vec<Key> {
+    let (placement, id) = placement_and_id(client, node).await;
+    let keys: Vec<Key> = (0..300)
+        .map(|i| Key::new("obj", "t", format!("{prefix}/{i:03}")).unwrap())
+        .filter(|k| placement.owner(k.as_bytes()).unwrap().id == id)
+        .take(8)
+        .collect();
+    assert_eq!(keys.len(), 8);
+    keys
+}
+
+/// Every key reads as rewritten (`pattern(seed + i, len)`), never as an old copy.
+async fn assert_rewritten(client: &Client, keys: &[Key], seed: u64, len: usize, when: &str) {
     client.refresh_routes().await.unwrap();
     for (i, k) in keys.iter().enumerate() {
         let v = client.get(k).await.unwrap().expect("the value");
         assert!(
-            v == pattern(500 + i as u64, 200_000),
-            "{}: the value written while the owner was away, never its old copy",
+            v == pattern(seed + i as u64, len),
+            "{}: the value written {when}, never an old copy",
             k.display_path()
         );
     }
-    drop(nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1002,7 +992,8 @@ async fn a_node_that_joins_gets_its_new_keys_from_their_previous_owners() {
     assert_eq!(
         f.proxy.seen() - before,
         0,
-        "no shard read from the origin twice while the membership changed"
+        "no shard read from the origin twice while the membership changed: {:?}",
+        &f.proxy.requests()[before..]
     );
     let node = &f.nodes[n];
     assert_eq!(
@@ -1194,5 +1185,243 @@ async fn replicated_values_live_on_their_owners_and_outlive_one() {
     for n in [0, 2] {
         assert!(each[n].contains(&more).await.unwrap().iter().all(|p| *p));
     }
+    drop(nodes);
+}
+
+/// A network namespace joined to this one by a veth pair, on a /24 of its own:
+/// `host` is this side's address, `inner` the namespace's. Made by the test and
+/// removed when dropped; nothing leaves this machine.
+struct Netns {
+    name: String,
+    veth: String,
+    inner_veth: String,
+    host: String,
+    inner: String,
+}
+
+impl Netns {
+    fn new() -> Self {
+        let pid = std::process::id();
+        let net = format!("10.213.{}", pid % 250 + 1);
+        let me = Self {
+            name: format!("strata-pt-{pid}"),
+            veth: format!("spt{}h", pid % 100_000),
+            inner_veth: format!("spt{}n", pid % 100_000),
+            host: format!("{net}.1"),
+            inner: format!("{net}.2"),
+        };
+        // Leftovers of an earlier run that had this pid.
+        drop(me.clean());
+        run(&["ip", "netns", "add", &me.name]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &me.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &me.inner_veth,
+            "netns",
+            &me.name,
+        ]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", me.host),
+            "dev",
+            &me.veth,
+        ]);
+        run(&["ip", "link", "set", &me.veth, "up"]);
+        me.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", me.inner),
+            "dev",
+            &me.inner_veth,
+        ]);
+        me.exec(&["ip", "link", "set", &me.inner_veth, "up"]);
+        me.exec(&["ip", "link", "set", "lo", "up"]);
+        me
+    }
+
+    fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
+    /// Cuts the namespace off: its side of the pair goes down, so what it sends
+    /// fails at once and what is sent to it is lost (connections time out).
+    fn cut(&self) {
+        self.exec(&["ip", "link", "set", &self.inner_veth, "down"]);
+    }
+
+    fn heal(&self) {
+        self.exec(&["ip", "link", "set", &self.inner_veth, "up"]);
+    }
+
+    /// A script that runs `bin` inside the namespace (`exec`s, so the process
+    /// the test holds is the server itself).
+    fn wrapper(&self, dir: &Path, bin: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("in-netns.sh");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\nexec ip netns exec {} {bin} \"$@\"\n", self.name),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn clean(&self) -> std::io::Result<()> {
+        let quiet = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+        };
+        quiet(&["link", "del", &self.veth])?;
+        quiet(&["netns", "del", &self.name])?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        drop(self.clean());
+    }
+}
+
+fn run(args: &[&str]) {
+    let status = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e} (scripts/test.sh installs iproute2)"));
+    assert!(status.success(), "{args:?} failed: {status}");
+}
+
+/// A node on `ip` (its listeners and what it advertises), its origin a directory
+/// shared by every node of the test, started through `bin`.
+fn start_on(bin: &Path, ip: &str, dir: &Path, origin: &Path, etcd: &EtcdProcess) -> ServerProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("strata.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dram]\ncapacity = \"64MiB\"\n\n[nvme]\ncapacity = \"128MiB\"\n\n[origin]\nkind = \"localdir\"\ndir = \"{}\"\n",
+            origin.display()
+        ),
+    )
+    .unwrap();
+    start_configured(bin, ip, dir, &config, etcd)
+}
+
+/// A scrape that may fail (a node behind a partition): `None` then.
+async fn try_scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(1), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_by_a_partition_never_serves_a_value_replaced_meanwhile() {
+    let ns = Netns::new();
+    let etcd = EtcdProcess::start_on(&ns.host).await;
+    let root = tempfile::tempdir().unwrap();
+    let origin = root.path().join("origin");
+    let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
+    let inside = ns.wrapper(root.path(), BIN);
+    // Nodes 0 and 1 on this side; node 2 inside the namespace.
+    let nodes = [
+        start_on(Path::new(BIN), &ns.host, &dirs[0], &origin, &etcd),
+        start_on(Path::new(BIN), &ns.host, &dirs[1], &origin, &etcd),
+        start_on(&inside, &ns.inner, &dirs[2], &origin, &etcd),
+    ];
+    let active = |which: &[usize], n: u64| {
+        let addrs: Vec<_> = which.iter().map(|&i| nodes[i].metrics).collect();
+        async move {
+            for a in addrs {
+                match try_scrape(a).await {
+                    Some(m) if sample(&m, "strata_cluster_members{state=\"active\"}") == n => {}
+                    _ => return false,
+                }
+            }
+            true
+        }
+    };
+    until("three active", Duration::from_secs(15), || {
+        active(&[0, 1, 2], 3)
+    })
+    .await;
+
+    let mut opts = ClientOptions {
+        timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(1),
+        ..ClientOptions::default()
+    };
+    // The namespace shares this machine's /dev/shm: TCP, which the partition cuts.
+    opts.data.carrier = CarrierChoice::Tcp;
+    let client = Client::connect(&nodes[0].grpc, opts).await.unwrap();
+    let keys = owned_keys(&client, &nodes[2], "part").await;
+    for (i, k) in keys.iter().enumerate() {
+        client.put(k, pattern(i as u64, 100_000)).await.unwrap();
+    }
+    // Read once, so the owner holds each in DRAM.
+    for (i, k) in keys.iter().enumerate() {
+        assert!(client.get(k).await.unwrap().unwrap() == pattern(i as u64, 100_000));
+    }
+
+    ns.cut();
+    until(
+        "node 2 out, seen from this side",
+        Duration::from_secs(20),
+        || active(&[0, 1], 2),
+    )
+    .await;
+    client.refresh_routes().await.unwrap();
+    // Replaced while node 2 is cut off: through the next owner, to the origin.
+    for (i, k) in keys.iter().enumerate() {
+        client
+            .put(k, pattern(700 + i as u64, 90_000))
+            .await
+            .unwrap_or_else(|e| panic!("put {} during the partition: {e}", k.display_path()));
+        assert!(client.get(k).await.unwrap().unwrap() == pattern(700 + i as u64, 90_000));
+    }
+
+    ns.heal();
+    until(
+        "node 2 back, its lease renewed",
+        Duration::from_secs(30),
+        || {
+            let m = nodes[2].metrics;
+            async move {
+                try_scrape(m)
+                    .await
+                    .is_some_and(|m| sample(&m, "strata_cluster_rejoins_total") >= 1)
+            }
+        },
+    )
+    .await;
+    until("three active again", Duration::from_secs(20), || {
+        active(&[0, 1, 2], 3)
+    })
+    .await;
+    assert_rewritten(&client, &keys, 700, 90_000, "during the partition").await;
     drop(nodes);
 }

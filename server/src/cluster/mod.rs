@@ -305,7 +305,23 @@ pub struct Cluster {
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     rejoins: std::sync::atomic::AtomicU64,
     peer_stats: peer::PeerStats,
+    before_rejoin: parking_lot::Mutex<Option<HookSlot>>,
 }
+
+/// A [`RejoinHook`], shown by its presence in `Debug`.
+#[derive(Clone)]
+struct HookSlot(RejoinHook);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RejoinHook")
+    }
+}
+
+/// What a node does before it registers again after its lease lapsed (see
+/// [`Cluster::before_rejoin`]).
+pub type RejoinHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 /// The node's id, from `<data_dir>/node-id`, made on the first start.
 pub fn node_id(data_dir: &Path) -> std::io::Result<String> {
@@ -380,11 +396,20 @@ impl Cluster {
             tasks: parking_lot::Mutex::new(Vec::new()),
             rejoins: std::sync::atomic::AtomicU64::new(0),
             peer_stats: peer::PeerStats::default(),
+            before_rejoin: parking_lot::Mutex::new(None),
         });
         let keep = tokio::spawn(me.clone().keep_alive_loop());
         let watch = tokio::spawn(me.clone().watch_loop(tx, revision));
         me.tasks.lock().extend([keep, watch]);
         Ok(me)
+    }
+
+    /// Runs `hook` each time this node's lease has lapsed (it was out of the
+    /// cluster: cut off, or stalled, for longer than the lease), before it
+    /// registers again, so before any other member sends it a request again: the
+    /// server forgets there the copies other nodes may have replaced meanwhile.
+    pub fn before_rejoin(&self, hook: RejoinHook) {
+        *self.before_rejoin.lock() = Some(HookSlot(hook));
     }
 
     /// The current view of the cell.
@@ -485,6 +510,10 @@ impl Cluster {
             };
             if lost {
                 tracing::warn!("membership lease expired; registering again");
+                let hook = self.before_rejoin.lock().clone();
+                if let Some(HookSlot(hook)) = hook {
+                    hook().await;
+                }
                 let entry = self.entry();
                 match register(&self.etcd, &self.key, &entry, ttl).await {
                     Ok(l) => {

@@ -129,6 +129,18 @@ impl DramTier {
         })
     }
 
+    /// The keys of namespace `ns` held now, those waiting for demotion included.
+    pub fn keys_of(&self, ns: &str) -> Vec<Key> {
+        let inner = self.inner.lock();
+        inner
+            .map
+            .keys()
+            .chain(inner.demoting.map.keys())
+            .filter(|k| k.namespace() == ns)
+            .cloned()
+            .collect()
+    }
+
     /// Sends entries evicted from now on to `tx`, but for those `leaves_as_is`
     /// picks (no copy, no queue: nothing to write below). The queue has no bound of
     /// its own: what waits in it is bounded by [`Self::demotion_room`], which

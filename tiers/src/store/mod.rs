@@ -284,12 +284,44 @@ impl TieredStore {
         let Some(nvme) = &self.inner.nvme else {
             return Vec::new();
         };
+        self.writable_names()
+            .into_iter()
+            .map(|ns| {
+                let n = nvme.forget_namespace(&ns);
+                (ns, n)
+            })
+            .collect()
+    }
+
+    /// As [`Self::forget_writable`], on a store that is serving: the DRAM copies
+    /// go too (pins included, as [`Self::evict`]). For a cluster node whose
+    /// membership lapsed (cut off for longer than its lease) and that is about to
+    /// register again. Returns how many entries went, per namespace.
+    pub async fn forget_writable_now(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for ns in self.writable_names() {
+            let mut n = 0;
+            for k in self.inner.dram.keys_of(&ns) {
+                if self.inner.remove_cached(&k).await {
+                    n += 1;
+                }
+            }
+            if let Some(nvme) = &self.inner.nvme {
+                n += nvme.forget_namespace(&ns);
+            }
+            out.push((ns, n));
+        }
+        out
+    }
+
+    /// The namespaces whose origin takes writes (see [`Self::forget_writable`]).
+    fn writable_names(&self) -> Vec<String> {
         let own = self.inner.ns_origins.read();
         self.inner
             .namespaces
             .iter()
             .filter(|p| p.origin == OriginKind::Origin && !own.contains_key(&p.name))
-            .map(|p| (p.name.clone(), nvme.forget_namespace(&p.name)))
+            .map(|p| p.name.clone())
             .collect()
     }
 
