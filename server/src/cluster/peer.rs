@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use strata_proto::placement::Placement;
 use strata_tiers::{BoxFuture, ByteRange, Key, NamespaceOrigin, Result, TierStats};
 use strata_transport::data::{CarrierChoice, DataClient, DataEndpoint, DataOptions};
 
@@ -81,7 +82,7 @@ const HISTORY: usize = 4;
 /// An earlier placement, and when it was replaced.
 struct Past {
     until: std::time::Instant,
-    placement: Arc<strata_proto::placement::Placement>,
+    placement: Arc<Placement>,
 }
 
 /// How long a peer read may take, connecting included, before this node reads
@@ -134,42 +135,57 @@ impl Peers {
         let me = cluster.entry().id;
         let history: Arc<Mutex<std::collections::VecDeque<Past>>> = Arc::default();
         // A node that (re)joins starts empty: the keys it owns were owned, before
-        // it came, under the list without it.
-        let view = cluster.view();
-        if view.placement.members().iter().any(|m| m.id == me)
-            && let Ok(before) = strata_proto::placement::Placement::new(
-                view.placement
-                    .members()
-                    .iter()
-                    .filter(|m| m.id != me)
-                    .cloned(),
+        // it came, under the list without it. The view is read here, before the
+        // task below starts, so a change that makes this node active between the
+        // two is seen as a change.
+        let (without, has_me) = {
+            let (a, b) = (me.clone(), me.clone());
+            (
+                move |p: &Placement| {
+                    Placement::new(p.members().iter().filter(|m| m.id != a).cloned())
+                        .ok()
+                        .map(Arc::new)
+                },
+                move |p: &Placement| p.members().iter().any(|m| m.id == b),
             )
+        };
+        let mut views = cluster.subscribe();
+        let mut current = views.borrow_and_update().placement.clone();
+        if has_me(&current)
+            && let Some(before) = without(&current)
         {
             history.lock().push_front(Past {
                 until: std::time::Instant::now(),
-                placement: Arc::new(before),
+                placement: before,
             });
         }
         // Remembers each placement replaced by a change of the active members.
-        let mut views = cluster.subscribe();
         let h = Arc::downgrade(&history);
         tokio::spawn(async move {
-            let mut current = views.borrow().placement.clone();
             while views.changed().await.is_ok() {
-                let next = views.borrow().placement.clone();
-                if next.members() == current.members() || current.members().is_empty() {
-                    current = next;
+                let next = views.borrow_and_update().placement.clone();
+                if next.members() == current.members() {
                     continue;
                 }
                 let Some(h) = h.upgrade() else {
                     return;
                 };
-                let mut h = h.lock();
-                h.push_front(Past {
-                    until: std::time::Instant::now(),
-                    placement: std::mem::replace(&mut current, next),
-                });
-                h.truncate(HISTORY);
+                // Before any list was known, the list this one replaced is taken
+                // to be this one without this node (which starts empty).
+                let past = if current.members().is_empty() {
+                    if has_me(&next) { without(&next) } else { None }
+                } else {
+                    Some(current.clone())
+                };
+                current = next;
+                if let Some(placement) = past {
+                    let mut h = h.lock();
+                    h.push_front(Past {
+                        until: std::time::Instant::now(),
+                        placement,
+                    });
+                    h.truncate(HISTORY);
+                }
             }
         });
         Arc::new(Self {
