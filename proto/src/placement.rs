@@ -128,6 +128,23 @@ pub struct Placement {
     shift: u32,
 }
 
+/// The bytes that place run `run` of a value read in runs (a `shard` page run:
+/// `store.origin_read_size` bytes at an offset that is a multiple of it, see
+/// `docs/cluster.md`): the key's own bytes for run 0, and for a later run the
+/// key's bytes followed by `#` and the run's number as 8 big-endian bytes. So
+/// a value no longer than one run is placed as its key, and the runs of a large
+/// one are spread over the members.
+pub fn run_key(key: &[u8], run: u64) -> std::borrow::Cow<'_, [u8]> {
+    if run == 0 {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut v = Vec::with_capacity(key.len() + 9);
+    v.extend_from_slice(key);
+    v.push(b'#');
+    v.extend_from_slice(&run.to_be_bytes());
+    std::borrow::Cow::Owned(v)
+}
+
 impl Placement {
     /// The ring of `members` (in any order). An empty list places nothing.
     pub fn new(members: impl IntoIterator<Item = Member>) -> Result<Self, PlacementError> {
@@ -296,6 +313,21 @@ mod tests {
 
     fn cluster(n: usize) -> Placement {
         Placement::new((0..n).map(|i| Member::new(format!("node-{i:06}"), 1))).unwrap()
+    }
+
+    #[test]
+    fn runs_of_a_value_are_spread_and_run_zero_is_the_key() {
+        assert_eq!(&*run_key(b"k", 0), b"k");
+        assert_eq!(&*run_key(b"k", 258), b"k#\0\0\0\0\0\0\x01\x02");
+        let p = cluster(10);
+        let owners: std::collections::HashSet<_> = (0..64)
+            .map(|r| p.owner(&run_key(b"shard/big", r)).unwrap().id.clone())
+            .collect();
+        assert!(
+            owners.len() >= 8,
+            "64 runs over 10 members reach {}",
+            owners.len()
+        );
     }
 
     #[test]

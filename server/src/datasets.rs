@@ -12,6 +12,7 @@ use crate::dataset::{Datasets, Manifest};
 use crate::oracle::{JobPlan, Oracle};
 use futures::{Stream, StreamExt as _};
 use parking_lot::Mutex;
+use strata_proto::placement::run_key;
 use strata_proto::v1 as pb;
 use strata_proto::v1::datasets_server::Datasets as DatasetsRpc;
 use strata_tiers::{Key, NextUse, Planned};
@@ -267,20 +268,36 @@ impl DatasetsRpc for DatasetService {
         let m = self.resolve(&r.name, &r.version).await?;
         let parallel = self.info(&m).await.concurrency.max(1) as usize;
         let store = self.datasets.store().clone();
-        // On a cluster node each owner warms its own shards: this node its
-        // share, and every other active member its share, asked at once (a
-        // member asked so warms only its share and asks nobody).
-        let (mine, others) = match &self.fanout {
-            None => ((0..m.shards.len()).collect::<Vec<_>>(), Vec::new()),
+        // On a cluster node each owner warms its own runs of pages (a shard's
+        // runs are placed one by one, `run_key`): this node its share, and every
+        // other active member its share, asked at once (a member asked so warms
+        // only its share and asks nobody). Progress counts runs; the node asked
+        // reports it scaled to shards.
+        let run = store.run_bytes().max(1);
+        let runs_of = |i: usize| m.shards[i].size.div_ceil(run).max(1);
+        let (mine, others): (Vec<(usize, Vec<u64>)>, Vec<MemberEntry>) = match &self.fanout {
+            None => (
+                (0..m.shards.len())
+                    .map(|i| (i, (0..runs_of(i)).collect()))
+                    .collect(),
+                Vec::new(),
+            ),
             Some(f) => {
                 let view = f.cluster().view();
                 let me = f.cluster().entry().id;
                 let mine = (0..m.shards.len())
-                    .filter(|&i| {
-                        view.placement
-                            .owner(m.shard_key(i).as_bytes())
-                            .is_none_or(|o| o.id == me)
+                    .map(|i| {
+                        let key = m.shard_key(i);
+                        let owned = (0..runs_of(i))
+                            .filter(|&r| {
+                                view.placement
+                                    .owner(&run_key(key.as_bytes(), r))
+                                    .is_none_or(|o| o.id == me)
+                            })
+                            .collect::<Vec<_>>();
+                        (i, owned)
                     })
+                    .filter(|(_, owned)| !owned.is_empty())
                     .collect();
                 let others = if owned_only {
                     Vec::new()
@@ -294,25 +311,45 @@ impl DatasetsRpc for DatasetService {
                 (mine, others)
             }
         };
-        let sizes = |idx: &[usize]| idx.iter().map(|&i| m.shards[i].size).sum::<u64>();
+        let run_len = |i: usize, r: u64| m.shards[i].size.saturating_sub(r * run).min(run);
+        let all_runs: u64 = (0..m.shards.len()).map(runs_of).sum();
+        // (runs, bytes) to warm.
         let total = if owned_only {
-            (mine.len() as u64, sizes(&mine))
+            (
+                mine.iter().map(|(_, o)| o.len() as u64).sum::<u64>(),
+                mine.iter()
+                    .flat_map(|(i, o)| o.iter().map(|&r| run_len(*i, r)))
+                    .sum::<u64>(),
+            )
         } else {
-            (m.shards.len() as u64, m.total_bytes())
+            (all_runs, m.total_bytes())
+        };
+        let shards = m.shards.len() as u64;
+        // What the caller is told: runs to a member that asked, shards otherwise.
+        let told = move |runs: u64| {
+            if owned_only {
+                runs
+            } else {
+                runs.saturating_mul(shards) / all_runs.max(1)
+            }
         };
         enum Event {
-            Local(strata_tiers::Result<Option<(u64, u64)>>),
+            Local(u64, strata_tiers::Result<Option<(u64, u64)>>),
             Remote(usize, String, Result<pb::PreloadProgress, Status>),
         }
         let local = {
             let m = m.clone();
             futures::stream::iter(mine)
-                .map(move |i| {
+                .map(move |(i, owned)| {
                     let (store, key) = (store.clone(), m.shard_key(i));
-                    async move { store.warm(&key).await }
+                    async move {
+                        let runs = owned.len() as u64;
+                        let warmed = store.warm_runs(&key, &|r| owned.contains(&r)).await;
+                        (runs, warmed)
+                    }
                 })
                 .buffer_unordered(parallel)
-                .map(Event::Local)
+                .map(|(runs, warmed)| Event::Local(runs, warmed))
                 .boxed()
         };
         let remotes = others.into_iter().enumerate().map(|(j, member)| {
@@ -342,18 +379,18 @@ impl DatasetsRpc for DatasetService {
             let mut last = Instant::now();
             let mut ended = false;
             let mut combined = pb::PreloadProgress {
-                shards_total: total.0,
+                shards_total: told(total.0),
                 bytes_total: total.1,
                 ..Default::default()
             };
             while let Some(ev) = events.next().await {
                 match ev {
-                    Event::Local(Ok(Some((len, fetched)))) => {
-                        here.shards_done += 1;
+                    Event::Local(runs, Ok(Some((len, fetched)))) => {
+                        here.shards_done += runs;
                         here.bytes_done += len;
                         here.bytes_cached += len - fetched.min(len);
                     }
-                    Event::Local(Ok(None)) => {
+                    Event::Local(_, Ok(None)) => {
                         let _ = tx
                             .send(Err(Status::not_found(
                                 "a shard of the manifest is gone from the origin",
@@ -361,7 +398,7 @@ impl DatasetsRpc for DatasetService {
                             .await;
                         return;
                     }
-                    Event::Local(Err(e)) => {
+                    Event::Local(_, Err(e)) => {
                         let _ = tx.send(Err(to_status(e))).await;
                         return;
                     }
@@ -382,10 +419,11 @@ impl DatasetsRpc for DatasetService {
                     }
                 }
                 let p = pb::PreloadProgress {
-                    shards_total: total.0,
+                    shards_total: told(total.0),
                     bytes_total: total.1,
-                    shards_done: here.shards_done
-                        + there.values().map(|p| p.shards_done).sum::<u64>(),
+                    shards_done: told(
+                        here.shards_done + there.values().map(|p| p.shards_done).sum::<u64>(),
+                    ),
                     bytes_done: here.bytes_done + there.values().map(|p| p.bytes_done).sum::<u64>(),
                     bytes_cached: here.bytes_cached
                         + there.values().map(|p| p.bytes_cached).sum::<u64>(),

@@ -183,14 +183,17 @@ impl Server {
             }));
             let peers = cluster::peer::Peers::new(c.clone());
             let copies = |ns: &str| c.config().replication(ns).copies;
-            // What this node does not own it fills from the owner.
+            // What this node does not own it fills from the owner, run by run.
             store.set_namespace_origin(
                 "shard",
-                Arc::new(cluster::peer::PeerOrigin::new(
-                    Some(datasets.shard_origin()),
-                    peers.clone(),
-                    copies("shard"),
-                )),
+                Arc::new(
+                    cluster::peer::PeerOrigin::new(
+                        Some(datasets.shard_origin()),
+                        peers.clone(),
+                        copies("shard"),
+                    )
+                    .with_runs(store.run_bytes()),
+                ),
             );
             // A namespace without an origin fills from the copies and earlier
             // owners that still hold a value.

@@ -31,8 +31,9 @@ use self::pattern::pattern;
 const BIN: &str = env!("CARGO_BIN_EXE_strata-server");
 
 /// A node's config file: a Blob origin through the proxy, 4 MiB pages read in runs
-/// of 16 MiB (so a 6 MiB shard is one origin read).
-fn write_config(dir: &Path, proxy: &FaultProxy, az: &Azurite) -> std::path::PathBuf {
+/// of 16 MiB (so a 6 MiB shard is one origin read), unless `extra` (more TOML)
+/// says otherwise.
+fn write_config(dir: &Path, proxy: &FaultProxy, az: &Azurite, extra: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = proxy.config(az, "origin");
     let toml = format!(
@@ -54,6 +55,8 @@ api_version = "{api}"
 [origin.blob.auth]
 kind = "sas"
 token = "{sas}"
+
+{extra}
 "#,
         endpoint = cfg.endpoint,
         api = cfg.api_version.clone().unwrap_or_default(),
@@ -152,6 +155,8 @@ struct Fixture {
     shards: Vec<Bytes>,
     m: strata_training_cache::manifest::Manifest,
     proxy: FaultProxy,
+    /// More of each node's config file.
+    extra: String,
     _etcd: EtcdProcess,
     _az: Azurite,
     _root: tempfile::TempDir,
@@ -159,6 +164,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// [`Self::start`] with `extra` in each node's config file.
+    async fn start_with(extra: &str) -> Self {
         let az = Azurite::start();
         let proxy = FaultProxy::start(az.port, 0, "").await;
         let etcd = EtcdProcess::start().await;
@@ -176,7 +186,7 @@ impl Fixture {
         let nodes: Vec<ServerProcess> = (0..3)
             .map(|i| {
                 let dir = root.path().join(format!("n{i}"));
-                let config = write_config(&dir, &proxy, &az);
+                let config = write_config(&dir, &proxy, &az, extra);
                 start(&dir, &config, &etcd)
             })
             .collect();
@@ -222,6 +232,7 @@ impl Fixture {
             shards,
             m,
             proxy,
+            extra: extra.to_owned(),
             _etcd: etcd,
             _az: az,
             _root: root,
@@ -236,7 +247,7 @@ impl Fixture {
             .map(|j| self._root.path().join(format!("n{i}-{j}")))
             .find(|d| !d.exists())
             .unwrap();
-        let config = write_config(&dir, &self.proxy, &self._az);
+        let config = write_config(&dir, &self.proxy, &self._az, &self.extra);
         self.nodes.push(start(&dir, &config, &self._etcd));
         i
     }
@@ -644,6 +655,105 @@ async fn a_preload_is_spread_over_the_owners_and_resumes() {
         assert!(f.clients[2].get(&keys[i]).await.unwrap().unwrap() == *v);
     }
     assert_eq!(f.proxy.seen() - before, SHARDS);
+}
+
+/// Pages of 1 MiB read in runs of 1 MiB: a 6 MiB shard is six runs.
+const SMALL_RUNS: &str = "[store]\npage_size = \"1MiB\"\norigin_read_size = \"1MiB\"\n";
+const RUNS: u64 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_of_a_shard_are_spread_over_their_owners() {
+    let f = Fixture::start_with(SMALL_RUNS).await;
+    let (ids, placement) = f.placement().await;
+    let keys: Vec<Key> = (0..SHARDS).map(|i| f.m.shard_key(i)).collect();
+    // Runs each node owns, by `run_key` (docs/cluster.md).
+    let mut owned = [0u64; 3];
+    for k in &keys {
+        for r in 0..RUNS {
+            let place = strata_proto::placement::run_key(k.as_bytes(), r);
+            owned[ids[&placement.owner(&place).unwrap().id]] += 1;
+        }
+    }
+    assert!(
+        owned.iter().all(|&n| n > 0),
+        "every node owns some of the 72 runs: {owned:?}"
+    );
+    let each = |name: &'static str| {
+        let nodes = &f.nodes;
+        async move {
+            let mut v = Vec::new();
+            for n in nodes {
+                v.push(counter(n, name).await);
+            }
+            v
+        }
+    };
+    let served = || each("strata_cluster_peer_requests_served_total");
+    let answered = || each("strata_cluster_peer_reads_total{outcome=\"answered\"}");
+
+    // A preload through node 1: each owner reads its own runs from the origin,
+    // once, and fills none from another (the node asked does not fill the others'
+    // runs). (A node that joined moments ago asks the runs' earlier owners first,
+    // who hold nothing here.)
+    let (before, answered0) = (f.proxy.seen(), answered().await);
+    let p = preload(&f.clients[1]).await;
+    assert_eq!(
+        (p.shards_done, p.shards_total, p.bytes_done, p.bytes_cached),
+        (SHARDS as u64, SHARDS as u64, p.bytes_total, 0),
+    );
+    // (Node 1 also reads the index of datasets to find the current version.)
+    let reads: Vec<String> = f.proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.contains("/training/"))
+        .cloned()
+        .collect();
+    let distinct: std::collections::HashSet<_> = reads.iter().collect();
+    assert_eq!(
+        (reads.len(), distinct.len()),
+        (SHARDS * RUNS as usize, SHARDS * RUNS as usize),
+        "each run read once from the origin: {reads:?}"
+    );
+    assert_eq!(
+        answered().await,
+        answered0,
+        "no run filled from another node"
+    );
+
+    // Every shard read through node 0 (a local namespace: its own copy): each run
+    // it does not own comes from that run's owner, and the origin is not read.
+    let (before, served0) = (f.proxy.seen(), served().await);
+    let asked = counter(
+        &f.nodes[0],
+        "strata_cluster_peer_reads_total{outcome=\"answered\"}",
+    )
+    .await;
+    for (i, v) in f.shards.iter().enumerate() {
+        assert!(f.clients[0].get(&keys[i]).await.unwrap().unwrap() == *v);
+    }
+    assert_eq!(
+        f.proxy.seen() - before,
+        0,
+        "{:?}",
+        &f.proxy.requests()[before..]
+    );
+    let served1 = served().await;
+    for n in 1..3 {
+        assert_eq!(
+            served1[n] - served0[n],
+            owned[n],
+            "node {n} served each run it owns"
+        );
+    }
+    assert_eq!(
+        counter(
+            &f.nodes[0],
+            "strata_cluster_peer_reads_total{outcome=\"answered\"}"
+        )
+        .await
+            - asked,
+        owned[1] + owned[2],
+        "node 0 asked the owner of each run it does not own"
+    );
 }
 
 /// One rank's loader over two epochs through `c`, checking every shard's bytes;

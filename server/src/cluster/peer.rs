@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use strata_proto::placement::Placement;
+use strata_proto::placement::{Placement, run_key};
 use strata_tiers::{BoxFuture, ByteRange, Key, NamespaceOrigin, Result, TierStats};
 use strata_transport::data::{CarrierChoice, DataClient, DataEndpoint, DataOptions};
 
@@ -208,12 +208,13 @@ impl Peers {
     /// Whom to ask for `key`, in order: its owner when that is another member,
     /// its other `copies - 1` owners (replicas), then its owners under earlier
     /// member lists (within [`NEIGHBOUR_WINDOW`]) that are still members, this
-    /// node left out. The bool says whether the first is the owner.
-    fn holders(&self, key: &Key, copies: usize) -> (Vec<MemberEntry>, bool) {
+    /// node left out. `place`: the bytes placed (the key's, or one of its runs',
+    /// [`Placement`]'s `run_key`). The bool says whether the first is the owner.
+    fn holders(&self, place: &[u8], copies: usize) -> (Vec<MemberEntry>, bool) {
         let view = self.cluster.view();
         let owners: Vec<String> = view
             .placement
-            .owners(key.as_bytes(), copies.max(1))
+            .owners(place, copies.max(1))
             .into_iter()
             .map(|m| m.id.clone())
             .collect();
@@ -224,7 +225,7 @@ impl Peers {
             if past.until.elapsed() > NEIGHBOUR_WINDOW {
                 break;
             }
-            if let Some(m) = past.placement.owner(key.as_bytes())
+            if let Some(m) = past.placement.owner(place)
                 && m.id != self.me
                 && !ids.contains(&m.id)
             {
@@ -341,18 +342,19 @@ impl Peers {
         .await
     }
 
-    /// Asks the holders of `key` ([`Self::holders`]) in turn for `range`; the
+    /// Asks the holders of `key` ([`Self::holders`] of `place`) in turn for `range`; the
     /// first answer, or `None` when no one holds it. `fills`: the owner fills what
     /// it misses from its origin (the `shard` namespace); otherwise every member
     /// is asked for what it holds only.
     async fn ask_holders(
         &self,
         key: &Key,
+        place: &[u8],
         range: Option<ByteRange>,
         copies: usize,
         fills: bool,
     ) -> Option<(u64, Bytes)> {
-        let (holders, first_is_owner) = self.holders(key, copies);
+        let (holders, first_is_owner) = self.holders(place, copies);
         let stats = self.cluster.peer_stats();
         for (i, m) in holders.iter().enumerate() {
             let is_owner = i == 0 && first_is_owner;
@@ -387,6 +389,8 @@ pub struct PeerOrigin {
     inner: Option<Arc<dyn NamespaceOrigin>>,
     peers: Arc<Peers>,
     copies: usize,
+    /// Bytes per run of pages when each run is placed on its own (`shard`).
+    run_bytes: Option<u64>,
     stats: Arc<TierStats>,
 }
 
@@ -396,6 +400,7 @@ impl std::fmt::Debug for PeerOrigin {
             .field("inner", &self.inner)
             .field("peers", &self.peers)
             .field("copies", &self.copies)
+            .field("run_bytes", &self.run_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -408,8 +413,16 @@ impl PeerOrigin {
             inner,
             peers,
             copies,
+            run_bytes: None,
             stats: Arc::default(),
         }
+    }
+
+    /// Places each run of `run_bytes` of a value on its own
+    /// ([`run_key`]): the owner of run `r` fills bytes `r * run_bytes ..`.
+    pub fn with_runs(mut self, run_bytes: u64) -> Self {
+        self.run_bytes = Some(run_bytes);
+        self
     }
 }
 
@@ -576,7 +589,7 @@ impl NamespaceOrigin for PeerOrigin {
                     });
                     Ok(self
                         .peers
-                        .ask_holders(key, nothing, self.copies, false)
+                        .ask_holders(key, key.as_bytes(), nothing, self.copies, false)
                         .await
                         .map(|(total, _)| total))
                 }
@@ -597,7 +610,17 @@ impl NamespaceOrigin for PeerOrigin {
                 };
             }
             let fills = self.inner.is_some();
-            if let Some((_, bytes)) = self.peers.ask_holders(key, range, self.copies, fills).await {
+            // A run of a value with an origin is placed on its own (the store
+            // asks for one aligned run at a time); anything else by its key.
+            let place = match (self.run_bytes, range) {
+                (Some(run), Some(r)) if fills => run_key(key.as_bytes(), r.offset / run.max(1)),
+                _ => std::borrow::Cow::Borrowed(key.as_bytes()),
+            };
+            if let Some((_, bytes)) = self
+                .peers
+                .ask_holders(key, &place, range, self.copies, fills)
+                .await
+            {
                 return Ok(Some(bytes));
             }
             match &self.inner {

@@ -374,6 +374,22 @@ impl TieredStore {
     /// cache tier holds (a preload, resumable: what is cached is skipped). Returns
     /// `(value length, bytes read from the origin)`, or `None` if there is no value.
     pub async fn warm(&self, key: &Key) -> Result<Option<(u64, u64)>> {
+        self.warm_runs(key, &|_| true).await
+    }
+
+    /// Bytes per run of pages: the unit of an origin read, and of placement for a
+    /// cluster's `shard` pages (run `r` holds bytes `r * run_bytes ..`).
+    pub fn run_bytes(&self) -> u64 {
+        u64::from(self.inner.run_pages) * u64::from(self.inner.page_size)
+    }
+
+    /// [`Self::warm`] for the runs of pages ([`Self::run_bytes`]) that `keep`
+    /// selects by number: `(bytes of those runs, bytes read from the origin)`.
+    pub async fn warm_runs(
+        &self,
+        key: &Key,
+        keep: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Option<(u64, u64)>> {
         let policy = self.policy(key)?.clone();
         let was_cached = self.inner.cached_head(key).await.is_some();
         let Some(entry) = self.inner.lookup(key, &policy, false).await? else {
@@ -381,14 +397,26 @@ impl TieredStore {
         };
         let head = &entry.head;
         if head.inline.is_some() {
+            if !keep(0) {
+                return Ok(Some((0, 0)));
+            }
             let fetched = if was_cached { 0 } else { head.total_len };
             return Ok(Some((head.total_len, fetched)));
         }
+        let ps = u64::from(head.page_size);
+        let run_of = |index: u32| u64::from(index) * ps / self.run_bytes().max(1);
+        let kept: Vec<u32> = (0..head.page_count())
+            .filter(|&i| keep(run_of(i)))
+            .collect();
+        let len = kept
+            .iter()
+            .map(|&i| (head.total_len - u64::from(i) * ps).min(ps))
+            .sum();
         // Presence only: reading the bytes back from NVMe to skip them would double
         // a resumed preload's I/O. Checked before any read: reading one missing
         // page fills the rest of its run, which were fetched all the same.
         let mut missing = Vec::new();
-        for index in 0..head.page_count() {
+        for index in kept {
             if !self.inner.cached(&key.page(head.generation, index)).await {
                 missing.push(index);
             }
@@ -397,7 +425,7 @@ impl TieredStore {
         for index in missing {
             fetched += self.inner.read_page(&entry, index, &policy).await?.len() as u64;
         }
-        Ok(Some((head.total_len, fetched)))
+        Ok(Some((len, fetched)))
     }
 
     /// Reads `range` of a value (all of it by default). Small reads are zero-copy
