@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use clap::Args;
 use strata_proto::Key;
-use strata_proto::placement::{Member, POINTS_PER_WEIGHT, PROBES, Placement};
+use strata_proto::placement::{Member, POINTS_PER_WEIGHT, PROBES, Placement, run_key};
 use strata_training_cache::plan::SplitMix64;
 
 /// Arguments of `strata-bench cluster-sim`.
@@ -476,8 +476,8 @@ fn egress(a: &ClusterSimArgs) {
     );
 }
 
-/// Grouped or spread: the pages of a shard under their shard's owner (as built)
-/// or each run of pages under its own; the chunks of a KV chain under one owner
+/// Grouped or spread: the pages of a shard under their shard's owner or each
+/// run of pages under its own (as built, `run_key`); the chunks of a KV chain under one owner
 /// or each under its own (as built). Exact loads, from the real placement.
 fn grouping(a: &ClusterSimArgs) -> anyhow::Result<()> {
     const RUN: u64 = 16 << 20;
@@ -506,8 +506,7 @@ fn grouping(a: &ClusterSimArgs) -> anyhow::Result<()> {
                         bytes[index[o.id.as_str()]] += shard;
                     } else {
                         for r in 0..runs {
-                            let page = key.page(1, r as u32);
-                            let o = p.owner(page.as_bytes()).expect("members");
+                            let o = p.owner(&run_key(key.as_bytes(), r)).expect("members");
                             bytes[index[o.id.as_str()]] += RUN.min(shard - r * RUN);
                         }
                     }
@@ -518,9 +517,9 @@ fn grouping(a: &ClusterSimArgs) -> anyhow::Result<()> {
                 println!(
                     "| {n} | {mib} | {shards} | {} | {holding} | {:.2} |",
                     if grouped {
-                        "shard (grouped, as built)"
+                        "shard (grouped)"
                     } else {
-                        "run of pages (spread)"
+                        "run of pages (spread, as built)"
                     },
                     max / mean,
                 );
