@@ -350,8 +350,19 @@ async fn run_async(a: &ClusterArgs) -> anyhow::Result<()> {
 /// Medians (µs) of a peer read, a local DRAM hit and a raw TCP round trip of one
 /// page.
 async fn peer_read(nodes: &[Running], rounds: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let owner = &nodes[1];
     let key = Key::new("kv", "bench", "peer-read")?;
+    // Its owner (a node that does not own a `kv` key sends it on, keeping none).
+    let id = |r: &Running| r.cluster.as_ref().map(|c| c.entry().id);
+    let owner_id = nodes[0].cluster.as_ref().and_then(|c| {
+        c.view()
+            .placement
+            .owner(key.as_bytes())
+            .map(|m| m.id.clone())
+    });
+    let owner = nodes
+        .iter()
+        .find(|r| id(r) == owner_id)
+        .context("the key's owner is one of the nodes")?;
     let value = Bytes::from(crate::pattern(PAGE as usize, 9));
     let direct = ClientOptions {
         route: false,

@@ -196,9 +196,12 @@ impl Server {
                 ),
             );
             // A namespace without an origin fills from the copies and earlier
-            // owners that still hold a value.
+            // owners that still hold a value, and its puts at a node that does
+            // not own the key go on to the owners.
+            let mut forward = Vec::new();
             for p in store.namespaces().iter() {
                 if p.origin == strata_tiers::OriginKind::None {
+                    forward.push(p.name.clone());
                     store.set_namespace_origin(
                         &p.name,
                         Arc::new(cluster::peer::PeerOrigin::new(
@@ -209,7 +212,7 @@ impl Server {
                     );
                 }
             }
-            ops.set_replicas(Arc::new(cluster::peer::Replicator::new(peers)));
+            ops.set_replicas(Arc::new(cluster::peer::Replicator::new(peers, forward)));
         }
         let svc = CacheService::new(
             ops.clone(),

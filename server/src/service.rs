@@ -200,16 +200,62 @@ impl Cache for CacheService {
         let mut timer = self.ops.timer("get", &opts);
         let req = request.into_inner();
         let key = key(req.key.as_ref())?;
+        let range = ByteRange {
+            offset: req.offset,
+            length: req.length,
+        };
+        if self.ops.forwards(&key, &opts) {
+            // A key this node does not keep: the owner's bytes, in one piece.
+            let Some((total, start, slices)) = self
+                .ops
+                .fetch_from_owners(&key, range, &opts)
+                .await
+                .map_err(to_status)?
+            else {
+                timer.succeed();
+                return Err(Status::not_found(format!(
+                    "{} is not held by its owners",
+                    key.display_path()
+                )));
+            };
+            let end = start + slices.iter().map(|s| s.len() as u64).sum::<u64>();
+            let mut info = Some(pb::ValueInfo {
+                total_length: total,
+                offset: start,
+                length: end - start,
+                tier: "peer".to_owned(),
+            });
+            let (mut msgs, mut at) = (Vec::new(), start);
+            for s in &slices {
+                let next = at + s.len() as u64;
+                msgs.extend(page_chunks(
+                    s,
+                    at,
+                    at,
+                    next,
+                    self.chunk_size as u64,
+                    &mut info,
+                ));
+                at = next;
+            }
+            if let Some(info) = info {
+                msgs.push(pb::GetResponse {
+                    info: Some(info),
+                    chunk: Bytes::new(),
+                });
+            }
+            self.metrics.bytes_out(end - start);
+            timer.succeed();
+            return Ok(Response::new(Box::pin(tokio_stream::iter(
+                msgs.into_iter().map(Ok),
+            ))));
+        }
         let Some(entry) = self.ops.lookup(&key, &opts).await.map_err(to_status)? else {
             timer.succeed(); // a miss is an answer
             return Err(Status::not_found(format!(
                 "{} is not cached and not in its origin",
                 key.display_path()
             )));
-        };
-        let range = ByteRange {
-            offset: req.offset,
-            length: req.length,
         };
         let (start, end) = range.resolve(entry.len()).map_err(to_status)?;
         let info = pb::ValueInfo {

@@ -1233,7 +1233,8 @@ async fn replicated_values_live_on_their_owners_and_outlive_one() {
     };
     assert_eq!(total, KEYS as u64, "one copy sent per put");
 
-    // A node that owns neither copy reads the value from a copy (and keeps it).
+    // A node that owns neither copy reads the value from a copy, and keeps none
+    // (it would outlive the owners' next write).
     let (k, i, outsider) = keys
         .iter()
         .enumerate()
@@ -1244,7 +1245,7 @@ async fn replicated_values_live_on_their_owners_and_outlive_one() {
         .unwrap();
     assert!(each[outsider].get(k).await.unwrap().unwrap() == value(i));
     assert!(
-        each[outsider]
+        !each[outsider]
             .contains(std::slice::from_ref(k))
             .await
             .unwrap()[0]
@@ -1534,4 +1535,92 @@ async fn a_node_cut_off_by_a_partition_never_serves_a_value_replaced_meanwhile()
     .await;
     assert_rewritten(&client, &keys, 700, 90_000, "during the partition").await;
     drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_reaches_a_node_not_owning_its_key_goes_on_to_the_owner() {
+    const KEYS: usize = 30;
+    let etcd = EtcdProcess::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes: Vec<ServerProcess> = (0..3)
+        .map(|i| start_replicated(&root.path().join(format!("n{i}")), &etcd, 1, 1))
+        .collect();
+    for n in &nodes {
+        until(
+            "every node's view of three",
+            Duration::from_secs(10),
+            || async { counter(n, "strata_cluster_members{state=\"active\"}").await == 3 },
+        )
+        .await;
+    }
+    let grpc: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
+    // Clients that send every key to the node they connected to, as a client
+    // whose member list is stale does for a while.
+    let direct = ClientOptions {
+        route: false,
+        ..ClientOptions::default()
+    };
+    let mut each = Vec::new();
+    for g in &grpc {
+        each.push(Client::connect(g, direct.clone()).await.unwrap());
+    }
+    let view = each[0].members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    let owner = |k: &Key| {
+        let id = &placement.owner(k.as_bytes()).unwrap().id;
+        let g = &view.members.iter().find(|m| &m.id == id).unwrap().grpc;
+        grpc.iter()
+            .position(|n| n.rsplit(':').next() == g.rsplit(':').next())
+            .unwrap()
+    };
+    let keys: Vec<Key> = (0..KEYS)
+        .map(|i| Key::new("kv", "t", format!("stale/chunk-{i:04}")).unwrap())
+        .collect();
+    let value = |i: usize, v: usize| pattern((i * 10 + v) as u64, 20_000 + 100 * i);
+
+    // Each put through a node that does not own its key (and a second version
+    // through the other one): the owner holds the last, the others nothing.
+    for (i, k) in keys.iter().enumerate() {
+        let o = owner(k);
+        each[(o + 1) % 3].put(k, value(i, 1)).await.unwrap();
+        each[(o + 2) % 3].put(k, value(i, 2)).await.unwrap();
+    }
+    for (n, c) in each.iter().enumerate() {
+        for (k, present) in keys.iter().zip(c.contains(&keys).await.unwrap()) {
+            assert_eq!(present, owner(k) == n, "{} on node {n}", k.display_path());
+        }
+    }
+    let routed = Client::connect(&grpc[0], ClientOptions::default())
+        .await
+        .unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        assert!(routed.get(k).await.unwrap().unwrap() == value(i, 2));
+        // A non-owner asked reads the owner's copy, and keeps none: a third
+        // version put through the owner is what it reads next.
+        let o = owner(k);
+        assert!(each[(o + 1) % 3].get(k).await.unwrap().unwrap() == value(i, 2));
+        each[o].put(k, value(i, 3)).await.unwrap();
+        assert!(each[(o + 1) % 3].get(k).await.unwrap().unwrap() == value(i, 3));
+    }
+
+    // A delete through a non-owner deletes the owner's copy.
+    for k in &keys {
+        assert!(each[(owner(k) + 1) % 3].delete(k).await.unwrap());
+    }
+    for c in &each {
+        assert!(c.contains(&keys).await.unwrap().iter().all(|p| !p));
+    }
+
+    // The owner of a key killed: until its lease runs out it is still a member,
+    // and the next node in line keeps the puts it cannot send on.
+    let k = keys.iter().find(|k| owner(k) == 2).unwrap();
+    let mut nodes = nodes;
+    nodes.pop().unwrap().kill();
+    routed.put(k, value(0, 4)).await.unwrap();
+    assert!(routed.get(k).await.unwrap().unwrap() == value(0, 4));
 }

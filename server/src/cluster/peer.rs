@@ -428,27 +428,51 @@ impl PeerOrigin {
 
 /// A cluster node's writes of a replicated namespace: each put committed here is
 /// sent to the key's other owners, and answered once enough copies committed
-/// (`docs/cluster.md`, replicas).
+/// (`docs/cluster.md`, replicas). A put of a namespace without an origin that
+/// reaches a node that does not own the key (a client whose member list is
+/// stale) is sent on to the owners the same way, and not kept here.
 #[derive(Debug)]
 pub struct Replicator {
     peers: Arc<Peers>,
+    /// Namespaces whose puts and deletes at a node that does not own the key go
+    /// on to its owners (those without an origin: nothing else would bring the
+    /// value to them).
+    forward: std::collections::HashSet<String>,
 }
 
 impl Replicator {
-    /// Replicates through `peers`, as the cluster's `replicas` settings say.
-    pub fn new(peers: Arc<Peers>) -> Self {
-        Self { peers }
+    /// Replicates through `peers`, as the cluster's `replicas` settings say, and
+    /// forwards the puts of `forward`'s namespaces that reach a non-owner.
+    pub fn new(peers: Arc<Peers>, forward: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            peers,
+            forward: forward.into_iter().collect(),
+        }
+    }
+
+    /// Whether this node is one of `key`'s `copies` owners (or there are none).
+    fn owns(&self, key: &Key) -> bool {
+        let copies = self
+            .peers
+            .cluster
+            .config()
+            .replication(key.namespace())
+            .copies;
+        let view = self.peers.cluster.view();
+        let owners = view.placement.owners(key.as_bytes(), copies.max(1));
+        owners.is_empty() || owners.iter().any(|m| m.id == self.peers.me)
     }
 
     /// The members other than this node that keep a copy of `key`, and how many
-    /// of them must commit it before a put is answered.
+    /// of them must commit it before a put is answered (at least one when this
+    /// node keeps none).
     fn targets(&self, key: &Key) -> (Vec<MemberEntry>, usize) {
         let r = self.peers.cluster.config().replication(key.namespace());
-        if r.copies <= 1 {
+        if !crate::ops::Replicate::replicates(self, key) {
             return (Vec::new(), 0);
         }
         let view = self.peers.cluster.view();
-        let owners = view.placement.owners(key.as_bytes(), r.copies);
+        let owners = view.placement.owners(key.as_bytes(), r.copies.max(1));
         // Fewer members than copies: every member keeps one.
         let acks = r.acks().min(owners.len());
         let here = owners.iter().any(|m| m.id == self.peers.me);
@@ -462,7 +486,12 @@ impl Replicator {
                     .cloned()
             })
             .collect();
-        (others, acks.saturating_sub(usize::from(here)))
+        let need = if here {
+            acks.saturating_sub(1)
+        } else {
+            acks.max(1)
+        };
+        (others, need)
     }
 }
 
@@ -474,6 +503,25 @@ impl crate::ops::Replicate for Replicator {
             .replication(key.namespace())
             .copies
             > 1
+            || !self.keeps(key)
+    }
+
+    fn keeps(&self, key: &Key) -> bool {
+        !self.forward.contains(key.namespace()) || self.owns(key)
+    }
+
+    fn stands_in(&self, key: &Key) -> bool {
+        let copies = self
+            .peers
+            .cluster
+            .config()
+            .replication(key.namespace())
+            .copies;
+        let view = self.peers.cluster.view();
+        view.placement
+            .owners(key.as_bytes(), copies.max(1) + 1)
+            .iter()
+            .any(|m| m.id == self.peers.me)
     }
 
     fn put(&self, key: &Key, value: Bytes, pin: bool) -> BoxFuture<'static, Result<()>> {
@@ -544,7 +592,22 @@ impl crate::ops::Replicate for Replicator {
         })
     }
 
-    fn delete(&self, key: &Key) -> BoxFuture<'static, ()> {
+    fn fetch(
+        &self,
+        key: &Key,
+        range: ByteRange,
+    ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>>> {
+        let peers = self.peers.clone();
+        let key = key.clone();
+        let copies = peers.cluster.config().replication(key.namespace()).copies;
+        Box::pin(async move {
+            Ok(peers
+                .ask_holders(&key, key.as_bytes(), Some(range), copies, false)
+                .await)
+        })
+    }
+
+    fn delete(&self, key: &Key) -> BoxFuture<'static, bool> {
         let (targets, _) = self.targets(key);
         let peers = self.peers.clone();
         let key = key.clone();
@@ -557,12 +620,16 @@ impl crate::ops::Replicate for Replicator {
                             c.delete(&key).await.map_err(|e| e.to_string())
                         })
                         .await;
-                    if let Err(e) = r {
+                    r.unwrap_or_else(|e| {
                         tracing::warn!(member = %m.id, error = %e, "deleting a copy failed");
-                    }
+                        false
+                    })
                 }
             });
-            futures::future::join_all(calls).await;
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .any(|found| found)
         })
     }
 }

@@ -17,7 +17,8 @@ impl Ops {
             }
             let found = self.store.delete(key).await?;
             if let Some(r) = self.replicator(key, opts) {
-                r.delete(key).await;
+                // (A node that does not keep the key answers for its owners.)
+                return Ok(r.delete(key).await || found);
             }
             Ok(found)
         })

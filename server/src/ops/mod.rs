@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strata_tiers::{BoxFuture, Error, Key, TieredStore};
+use strata_tiers::{BoxFuture, ByteRange, Error, Key, TieredStore};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -153,8 +153,18 @@ impl Options {
 /// Copies of values on other cluster members (`crate::cluster::peer::Replicator`):
 /// what a put or a delete committed here also does elsewhere.
 pub trait Replicate: Send + Sync + std::fmt::Debug {
-    /// Whether `key`'s namespace keeps copies on other members.
+    /// Whether a put or delete of `key` goes to other members: its namespace
+    /// keeps copies there, or this node does not keep it ([`Self::keeps`]).
     fn replicates(&self, key: &Key) -> bool;
+
+    /// Whether this node keeps its own copy of `key` once it is put: `false` on
+    /// a node that does not own a key of a namespace forwarded to its owners.
+    fn keeps(&self, key: &Key) -> bool;
+
+    /// Whether this node, which does not keep `key`, is next in line for it: the
+    /// owner once one of its owners is gone. When none of the owners can be
+    /// reached, it keeps a put itself (the owner may be dead, not yet out).
+    fn stands_in(&self, key: &Key) -> bool;
 
     /// Sends `value`, committed here under `key`, to the key's other owners;
     /// `Ok` once as many committed as the namespace's `acks` asks.
@@ -165,8 +175,18 @@ pub trait Replicate: Send + Sync + std::fmt::Debug {
         pin: bool,
     ) -> BoxFuture<'static, Result<(), Error>>;
 
-    /// Deletes the key's other copies (their failures are logged).
-    fn delete(&self, key: &Key) -> BoxFuture<'static, ()>;
+    /// Deletes the key's other copies (their failures are logged); whether any
+    /// of them held it.
+    fn delete(&self, key: &Key) -> BoxFuture<'static, bool>;
+
+    /// Reads `range` of `key` from the members that hold it (for a key this
+    /// node does not keep): the value's length and the bytes, `None` if no one
+    /// holds it.
+    fn fetch(
+        &self,
+        key: &Key,
+        range: ByteRange,
+    ) -> BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, Error>>;
 }
 
 /// The operations of one server over its store.
@@ -238,6 +258,47 @@ impl Ops {
         self.replicas
             .get()
             .filter(|r| !opts.from_peer && r.replicates(key))
+    }
+
+    /// Whether a client's reads of `key` here are answered from its owners: a
+    /// key of a namespace forwarded to its owners that this node does not own
+    /// (the client's member list is stale). Such a node keeps no copy, so it
+    /// can never serve one older than the owner's.
+    pub fn forwards(&self, key: &Key, opts: &Options) -> bool {
+        !opts.from_peer && self.replicas.get().is_some_and(|r| !r.keeps(key))
+    }
+
+    /// Reads `range` of `key` from the members that hold it ([`Self::forwards`]),
+    /// keeping nothing here: `(value length, offset of the first byte, bytes)`,
+    /// `None` if no one holds it. A copy this node kept while standing in for
+    /// owners it could not reach ([`Replicate::stands_in`]) is read when they
+    /// hold none. Not recorded (the caller records the read).
+    pub async fn fetch_from_owners(
+        &self,
+        key: &Key,
+        range: ByteRange,
+        opts: &Options,
+    ) -> Result<Option<(u64, u64, Vec<bytes::Bytes>)>, Error> {
+        let Some(r) = self.replicas.get().cloned() else {
+            return Ok(None);
+        };
+        let got = self.run_step("get", opts, r.fetch(key, range)).await?;
+        let Some((total, bytes)) = got else {
+            return self.store.get_cached(key, Some(range)).await;
+        };
+        let (start, end) = range.resolve(total)?;
+        if bytes.len() as u64 != end - start {
+            return Err(Error::Shared {
+                message: format!(
+                    "{} from its owner: {} bytes answered for a range of {}",
+                    key.display_path(),
+                    bytes.len(),
+                    end - start
+                ),
+                kind: strata_tiers::ErrorKind::Unavailable,
+            });
+        }
+        Ok(Some((total, start, vec![bytes])))
     }
 
     /// The store (for what is not a request: the arena's descriptor, statistics).

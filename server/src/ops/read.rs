@@ -29,6 +29,14 @@ impl Ops {
     /// Reads `range` of `key`. A miss is `NotFound`.
     pub async fn get(&self, key: &Key, range: ByteRange, opts: &Options) -> Result<Read, Error> {
         self.run("get", opts, async {
+            if self.forwards(key, opts) {
+                return match self.fetch_from_owners(key, range, opts).await? {
+                    Some((total, start, slices)) => Ok(self.answer(total, start, slices, opts)),
+                    None => Err(Error::NotFound {
+                        key: format!("{} (not held by its owners)", key.display_path()),
+                    }),
+                };
+            }
             if opts.cached_only {
                 return match self.store.get_cached(key, Some(range)).await? {
                     Some((total, start, slices)) => Ok(self.answer(total, start, slices, opts)),
@@ -61,7 +69,14 @@ impl Ops {
     ) -> Result<Vec<Result<Read, Error>>, Error> {
         self.run("mget", opts, async {
             Self::check_batch(ranges.len())?;
-            let heads = join_all(ranges.iter().map(|(k, _)| self.store.lookup(k))).await;
+            // (Keys this node answers from their owners are read there, below.)
+            let heads = join_all(ranges.iter().map(|(k, _)| async move {
+                if self.forwards(k, opts) {
+                    return Ok(None);
+                }
+                self.store.lookup(k).await
+            }))
+            .await;
             let mut left = max_inline;
             let too_large = |len: u64, left: u64| Error::TooLarge {
                 what: "a batch answer".into(),
@@ -71,7 +86,11 @@ impl Ops {
                 setting: "data.max_frame_data",
             };
             let reads = join_all(ranges.iter().zip(heads).map(|((key, r), head)| {
+                let forwarded = self.forwards(key, opts);
                 let admitted = match head {
+                    _ if forwarded => Err(Error::NotFound {
+                        key: key.display_path(),
+                    }),
                     Ok(Some(e)) => match r.resolve(e.len()) {
                         Ok((start, end)) if end - start > left => Err(too_large(end - start, left)),
                         Ok((start, end)) => {
@@ -86,6 +105,14 @@ impl Ops {
                     Err(e) => Err(e),
                 };
                 async move {
+                    if forwarded {
+                        return match self.fetch_from_owners(key, *r, opts).await? {
+                            Some(read) => Ok(read),
+                            None => Err(Error::NotFound {
+                                key: format!("{} (not held by its owners)", key.display_path()),
+                            }),
+                        };
+                    }
                     // (A value replaced since its lookup is read anew, and its
                     // length checked again below.)
                     match self.store.slices_of(admitted?, Some(*r)).await? {

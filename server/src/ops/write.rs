@@ -177,7 +177,28 @@ impl Ops {
                         detail: "deleted or evicted before its copies were sent".into(),
                     });
                 };
-                r.put(&key, value, pin).await?;
+                let sent = r.put(&key, value, pin).await;
+                if !r.keeps(&key) {
+                    match sent {
+                        // Sent on to its owners (the client's member list is
+                        // stale): a copy here would outlive their next write.
+                        Ok(()) => {
+                            me.store.evict(&key).await?;
+                            return Ok(receipt);
+                        }
+                        // No owner answers, and this node is next in line: it
+                        // keeps the value, as the owner it is about to become.
+                        Err(e) if r.stands_in(&key) => {
+                            tracing::warn!(key = %key.display_path(), error = %e, "the key's owners cannot be reached: kept here, next in line");
+                        }
+                        Err(e) => {
+                            me.store.evict(&key).await?;
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    sent?;
+                }
             }
             if pin {
                 me.store.pin(&key).await?;

@@ -143,8 +143,13 @@ impl Azurite {
             };
             let started = Instant::now();
             loop {
+                // Its own word, not a connect: another test's process may have
+                // taken the port first (Azurite then exits).
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                if std::fs::read_to_string(&log_path)
+                    .is_ok_and(|l| l.contains("successfully listens"))
+                    && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                {
                     return azurite;
                 }
                 if let Ok(Some(_)) = azurite.child.try_wait() {
