@@ -383,7 +383,16 @@ impl DatasetsRpc for DatasetService {
                 bytes_total: total.1,
                 ..Default::default()
             };
-            while let Some(ev) = events.next().await {
+            loop {
+                // A client that goes away stops the preload at once, here and
+                // (their streams dropped) on the members asked.
+                let ev = tokio::select! {
+                    ev = events.next() => ev,
+                    () = tx.closed() => return,
+                };
+                let Some(ev) = ev else {
+                    break;
+                };
                 match ev {
                     Event::Local(runs, Ok(Some((len, fetched)))) => {
                         here.shards_done += runs;

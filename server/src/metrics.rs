@@ -358,6 +358,22 @@ fn describe() {
         "Peer reads answered by a key's owner under an earlier member list (get from neighbour)"
     );
     describe_counter!(
+        "strata_cluster_peer_asks_total",
+        "Peer reads this node sent (to a key's owner, its copies, or its earlier owners)"
+    );
+    describe_counter!(
+        "strata_cluster_replica_writes_total",
+        "Copies of puts (or puts sent on to a key's owners) sent to other members, by outcome: committed or failed"
+    );
+    describe_counter!(
+        "strata_cluster_ownership_changes_total",
+        "Changes of the cell's active member list seen by this node (each moves some keys to other owners)"
+    );
+    describe_gauge!(
+        "strata_cluster_owned_share",
+        "This node's share of the key space in its current view: its weight over the active members' (0 when it is not active)"
+    );
+    describe_counter!(
         "strata_cluster_peer_requests_served_total",
         "Requests from other members filling their caches, answered by this node"
     );
@@ -424,6 +440,19 @@ fn record_cluster(c: &crate::cluster::Cluster) {
     }
     gauge!("strata_cluster_view_revision").set(view.revision as f64);
     counter!("strata_cluster_rejoins_total").absolute(c.rejoins());
+    let me = c.entry().id;
+    let members = view.placement.members();
+    let total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
+    let mine: u64 = members
+        .iter()
+        .filter(|m| m.id == me)
+        .map(|m| u64::from(m.weight))
+        .sum();
+    gauge!("strata_cluster_owned_share").set(if total == 0 {
+        0.0
+    } else {
+        mine as f64 / total as f64
+    });
     let p = c.peer_stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     counter!("strata_cluster_peer_reads_total", "outcome" => "answered")
@@ -433,6 +462,7 @@ fn record_cluster(c: &crate::cluster::Cluster) {
     counter!("strata_cluster_origin_reads_avoided_total").absolute(load(&p.answered));
     counter!("strata_cluster_neighbour_reads_total").absolute(load(&p.from_neighbour));
     counter!("strata_cluster_peer_asks_total").absolute(load(&p.asked));
+    counter!("strata_cluster_ownership_changes_total").absolute(load(&p.ownership_changes));
     counter!("strata_cluster_replica_writes_total", "outcome" => "committed")
         .absolute(load(&p.replicated));
     counter!("strata_cluster_replica_writes_total", "outcome" => "failed")

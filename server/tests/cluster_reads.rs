@@ -164,11 +164,12 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Self {
-        Self::start_with("").await
+        Self::start_with("", 0).await
     }
 
-    /// [`Self::start`] with `extra` in each node's config file.
-    async fn start_with(extra: &str) -> Self {
+    /// [`Self::start`] with `extra` in each node's config file, and the dataset
+    /// added with origin reads `concurrency` at a time (0: the default).
+    async fn start_with(extra: &str, concurrency: u32) -> Self {
         let az = Azurite::start();
         let proxy = FaultProxy::start(az.port, 0, "").await;
         let etcd = EtcdProcess::start().await;
@@ -217,7 +218,7 @@ impl Fixture {
             .add(proto::DatasetAddRequest {
                 name: "ds".into(),
                 source,
-                concurrency: 0,
+                concurrency,
             })
             .await
             .unwrap();
@@ -663,7 +664,7 @@ const RUNS: u64 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runs_of_a_shard_are_spread_over_their_owners() {
-    let f = Fixture::start_with(SMALL_RUNS).await;
+    let f = Fixture::start_with(SMALL_RUNS, 0).await;
     let (ids, placement) = f.placement().await;
     let keys: Vec<Key> = (0..SHARDS).map(|i| f.m.shard_key(i)).collect();
     // Runs each node owns, by `run_key` (docs/cluster.md).
@@ -753,6 +754,68 @@ async fn the_runs_of_a_shard_are_spread_over_their_owners() {
             - asked,
         owned[1] + owned[2],
         "node 0 asked the owner of each run it does not own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preload_stopped_midway_resumes_reading_no_run_twice() {
+    // Runs of 1 MiB read one at a time per node from a slow origin: a preload
+    // that takes a few seconds.
+    let f = Fixture::start_with(SMALL_RUNS, 1).await;
+    let all = SHARDS * RUNS as usize;
+    let training = || {
+        f.proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains("/training/"))
+            .collect::<Vec<_>>()
+    };
+    let before = training().len();
+    f.proxy.set_delay(Duration::from_millis(50));
+    let stream = proto::datasets_client::DatasetsClient::new(f.clients[1].channel().clone())
+        .preload(proto::PreloadRequest {
+            name: "ds".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    until(
+        "a sixth of the runs read",
+        Duration::from_secs(30),
+        || async { training().len() - before >= all / 6 },
+    )
+    .await;
+    // Its client gone, every member stops (a read in flight may still end).
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cut = training().len() - before;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(training().len() - before, cut, "the members stopped");
+    assert!(
+        cut < all,
+        "the preload was stopped midway ({cut} of {all} runs read)"
+    );
+
+    // Run again: it warms the rest, and what was read is not read again (but a
+    // read cut in flight, at most one per node).
+    f.proxy.set_delay(Duration::ZERO);
+    let p = preload(&f.clients[1]).await;
+    assert_eq!(
+        (p.shards_done, p.bytes_done),
+        (SHARDS as u64, p.bytes_total)
+    );
+    assert!(
+        p.bytes_cached > 0 && p.bytes_cached < p.bytes_total,
+        "the second run found part of it cached: {p:?}"
+    );
+    let reads = &training()[before..];
+    let distinct: std::collections::HashSet<_> = reads.iter().collect();
+    assert_eq!(distinct.len(), all, "every run read");
+    assert!(
+        reads.len() <= all + 3,
+        "{} reads of {all} runs: only a read cut in flight is read again",
+        reads.len()
     );
 }
 
@@ -1059,6 +1122,8 @@ async fn a_node_that_joins_gets_its_new_keys_from_their_previous_owners() {
         "each shard read once, by its owner"
     );
 
+    let changes = counter(&f.nodes[0], "strata_cluster_ownership_changes_total").await;
+
     // A fourth node joins: it owns some shards now, and holds none. (Its id is
     // random: one that owns none of the 12, a 3% chance, is replaced by another.)
     let mut tries = 0;
@@ -1087,6 +1152,16 @@ async fn a_node_that_joins_gets_its_new_keys_from_their_previous_owners() {
             .await;
         }
     };
+
+    assert!(
+        counter(&f.nodes[0], "strata_cluster_ownership_changes_total").await > changes,
+        "node 0 counted the change of owners"
+    );
+    let share = scrape(f.nodes[n].metrics).await;
+    assert!(
+        share.contains("strata_cluster_owned_share 0.25"),
+        "the fourth of four members of weight 1 owns a quarter of the keys"
+    );
 
     // Read through the new node: its own shards come from their previous owners,
     // the others from their owners; the origin is not read again.

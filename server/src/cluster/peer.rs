@@ -70,6 +70,9 @@ pub struct PeerStats {
     pub replicated: AtomicU64,
     /// Copies of a put that another member did not commit.
     pub replica_failed: AtomicU64,
+    /// Changes of the active member list this node has seen (each moves some
+    /// keys to other owners).
+    pub ownership_changes: AtomicU64,
 }
 
 /// How long the owners under an earlier member list are asked for a key (a
@@ -161,6 +164,7 @@ impl Peers {
         }
         // Remembers each placement replaced by a change of the active members.
         let h = Arc::downgrade(&history);
+        let counted = cluster.clone();
         tokio::spawn(async move {
             while views.changed().await.is_ok() {
                 let next = views.borrow_and_update().placement.clone();
@@ -179,6 +183,10 @@ impl Peers {
                 };
                 current = next;
                 if let Some(placement) = past {
+                    counted
+                        .peer_stats()
+                        .ownership_changes
+                        .fetch_add(1, Ordering::Relaxed);
                     let mut h = h.lock();
                     h.push_front(Past {
                         until: std::time::Instant::now(),

@@ -8,7 +8,7 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use strata_tiers::BlobConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +26,8 @@ pub struct FaultProxy {
     seen: Arc<AtomicUsize>,
     log: Arc<std::sync::Mutex<Vec<String>>>,
     max_in_flight: Arc<AtomicUsize>,
+    /// Milliseconds each request waits before it is forwarded.
+    delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,17 +48,25 @@ impl FaultProxy {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let counters = (seen.clone(), in_flight, max_in_flight.clone(), log.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let counters = (
+            seen.clone(),
+            in_flight,
+            max_in_flight.clone(),
+            log.clone(),
+            delay_ms.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, in_flight, max_in_flight, log) = counters.clone();
+                let (seen, in_flight, max_in_flight, log, delay_ms) = counters.clone();
                 tokio::spawn(async move {
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     max_in_flight.fetch_max(now, Ordering::SeqCst);
-                    let _ = serve(client, upstream, &seen, &log, faults, hint).await;
+                    let delay = std::time::Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+                    let _ = serve(client, upstream, &seen, &log, faults, hint, delay).await;
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -66,8 +76,16 @@ impl FaultProxy {
             seen,
             log,
             max_in_flight,
+            delay_ms,
             task,
         }
+    }
+
+    /// Makes each request from now on wait `delay` before it is forwarded (a slow
+    /// origin).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The emulator's tier configuration, pointed at the proxy.
@@ -105,6 +123,7 @@ async fn serve(
     log: &std::sync::Mutex<Vec<String>>,
     faults: usize,
     hint: &str,
+    delay: std::time::Duration,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -139,6 +158,7 @@ async fn serve(
         client.write_all(rsp.as_bytes()).await?;
         return client.shutdown().await;
     }
+    tokio::time::sleep(delay).await;
     let line_end = find(&buf, b"\r\n").unwrap_or(0) + 2;
     let mut out = buf[..line_end].to_vec();
     out.extend_from_slice(b"Connection: close\r\n");
