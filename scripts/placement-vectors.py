@@ -77,6 +77,11 @@ CLUSTERS = [
 ]
 
 
+def run_key(key, run):
+    """The bytes that place run `run` of a value read in runs (docs/cluster.md)."""
+    return key if run == 0 else key + b"#" + run.to_bytes(8, "big")
+
+
 def vectors():
     out = {
         "mix_0": mix(0),
@@ -95,24 +100,39 @@ def vectors():
                 "probe_0": probes(key)[0],
                 "owners_3": owners(members, key, 3),
             })
+    # The runs of a shard (16 MiB each by default), each placed on its own.
+    out["runs"] = []
+    path, hexkey = KEYS[3]
+    for c in (1, 2):
+        for run in range(6):
+            place = run_key(bytes.fromhex(hexkey), run)
+            out["runs"].append({
+                "cluster": c,
+                "key": path,
+                "run": run,
+                "place_hex": place.hex(),
+                "owner": owners(CLUSTERS[c], place, 1)[0],
+            })
     return out
 
 
 def main():
     want = vectors()
     if "--write" in sys.argv:
-        head = {k: v for k, v in want.items() if k not in ("clusters", "cases")}
+        head = {k: v for k, v in want.items() if k not in ("clusters", "cases", "runs")}
         clusters = ",\n  ".join(json.dumps(c) for c in want["clusters"])
         cases = ",\n  ".join(json.dumps(c) for c in want["cases"])
+        runs = ",\n  ".join(json.dumps(c) for c in want["runs"])
         text = (json.dumps(head)[:-1] + f',\n "clusters": [\n  {clusters}\n ],'
-                + f'\n "cases": [\n  {cases}\n ]\n}}\n')
+                + f'\n "cases": [\n  {cases}\n ],'
+                + f'\n "runs": [\n  {runs}\n ]\n}}\n')
         FILE.write_text(text)
         print(f"wrote {FILE}")
         return
     have = json.loads(FILE.read_text())
     if have != want:
         sys.exit(f"{FILE} disagrees with the Python implementation")
-    print(f"placement vectors: {len(want['cases'])} cases match")
+    print(f"placement vectors: {len(want['cases'])} cases and {len(want['runs'])} runs match")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use strata_proto::Key;
-use strata_proto::placement::{Member, Placement, mix, point, probes};
+use strata_proto::placement::{Member, Placement, mix, point, probes, run_key};
 
 fn vectors() -> Value {
     let text = std::fs::read_to_string(concat!(
@@ -64,5 +64,38 @@ fn owners_match_the_vectors() {
             .collect();
         assert_eq!(got, want, "{} in cluster {}", c["key"], c["cluster"]);
         assert_eq!(p.owner(&key).unwrap().id, want[0]);
+    }
+}
+
+#[test]
+fn runs_are_placed_as_the_vectors_say() {
+    let v = vectors();
+    let runs = v["runs"].as_array().unwrap();
+    assert!(runs.len() >= 12);
+    for r in runs {
+        let key = Key::parse_path(r["key"].as_str().unwrap()).unwrap();
+        let place = run_key(key.as_bytes(), r["run"].as_u64().unwrap());
+        assert_eq!(
+            &*place,
+            &hex(r["place_hex"].as_str().unwrap())[..],
+            "run {} of {}",
+            r["run"],
+            r["key"]
+        );
+        let c = &v["clusters"][r["cluster"].as_u64().unwrap() as usize];
+        let p = Placement::new(
+            c.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Member::new(m[0].as_str().unwrap(), m[1].as_u64().unwrap() as u32)),
+        )
+        .unwrap();
+        assert_eq!(
+            p.owner(&place).unwrap().id,
+            r["owner"].as_str().unwrap(),
+            "run {} in cluster {}",
+            r["run"],
+            r["cluster"]
+        );
     }
 }
