@@ -384,7 +384,11 @@ async fn join_cluster(
         rdma,
         cell: config.cluster.cell.clone(),
         zone: config.cluster.zone.clone(),
-        weight: config.cluster.weight,
+        weight: config.cluster.weight_for(if config.nvme.enabled {
+            config.nvme.capacity
+        } else {
+            config.dram.capacity
+        }),
         dram_bytes: config.dram.capacity,
         nvme_bytes: if config.nvme.enabled {
             config.nvme.capacity

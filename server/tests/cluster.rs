@@ -59,7 +59,10 @@ fn start(dir: &Path, etcd: &EtcdProcess, cluster: &str) -> ServerProcess {
             "--nvme-capacity",
             "256MiB",
         ],
-        &[("STRATA__CLUSTER__LEASE_TTL_S", TTL_S)],
+        &[
+            ("STRATA__CLUSTER__LEASE_TTL_S", TTL_S),
+            ("STRATA__CLUSTER__WEIGHT_UNIT", "64MiB"),
+        ],
     )
 }
 
@@ -97,6 +100,8 @@ async fn nodes_join_see_each_other_leave_on_sigterm_and_drop_out_when_killed() {
         m.iter()
             .all(|e| e.data.is_some() && e.dram_bytes == 32 << 20)
     );
+    // Weights by capacity: 256 MiB of NVMe at 64 MiB per unit.
+    assert!(m.iter().all(|e| e.weight == 4), "{m:?}");
     // Every node's view has all three.
     for n in nodes.iter().flatten() {
         until("a node's view of three", Duration::from_secs(5), || async {

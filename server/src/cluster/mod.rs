@@ -50,8 +50,14 @@ pub struct ClusterConfig {
     /// Seconds a node stays a member without a keep-alive. Default: 10.
     pub lease_ttl_s: u64,
     /// The node's placement weight (points on the ring, 1 to 1024): its share
-    /// of the keys against the others'. Default: 1.
-    pub weight: u32,
+    /// of the keys against the others'. Default: from `weight_unit` when that
+    /// is set, else 1.
+    pub weight: Option<u32>,
+    /// Capacity per unit of weight, one figure for the whole cluster (for
+    /// example `1TiB`): a node's weight is then its capacity (NVMe when on,
+    /// else DRAM) over it, rounded, 1 to 1024. Never relative to the other
+    /// members (that would move keys whenever one joined). Default: none.
+    pub weight_unit: Option<strata_tiers::ByteSize>,
     /// Copies kept of each namespace's values, by namespace name
     /// (`[cluster.replicas.kv] copies = 2`). A namespace not named keeps one
     /// copy, on its owner. Default: none named.
@@ -99,7 +105,8 @@ impl Default for ClusterConfig {
             cell: "default".into(),
             zone: String::new(),
             lease_ttl_s: 10,
-            weight: 1,
+            weight: None,
+            weight_unit: None,
             replicas: BTreeMap::new(),
         }
     }
@@ -134,12 +141,16 @@ impl ClusterConfig {
         if !(2..=300).contains(&self.lease_ttl_s) {
             return Err("cluster.lease_ttl_s: must be between 2 and 300 seconds".into());
         }
-        if !(1..=strata_proto::placement::MAX_WEIGHT).contains(&self.weight) {
+        if let Some(w) = self.weight
+            && !(1..=strata_proto::placement::MAX_WEIGHT).contains(&w)
+        {
             return Err(format!(
-                "cluster.weight: {} is not between 1 and {}",
-                self.weight,
+                "cluster.weight: {w} is not between 1 and {}",
                 strata_proto::placement::MAX_WEIGHT
             ));
+        }
+        if self.weight_unit.is_some_and(|u| u.0 == 0) {
+            return Err("cluster.weight_unit: must be more than 0 bytes".into());
         }
         for (ns, r) in &self.replicas {
             if !(1..=MAX_COPIES).contains(&r.copies) {
@@ -157,6 +168,20 @@ impl ClusterConfig {
             }
         }
         Ok(())
+    }
+
+    /// This node's weight for a node of `capacity` bytes (NVMe when on, else
+    /// DRAM): `weight` if set, else `capacity / weight_unit` rounded and kept
+    /// within 1 to 1024, else 1.
+    pub fn weight_for(&self, capacity: u64) -> u32 {
+        if let Some(w) = self.weight {
+            return w;
+        }
+        let Some(unit) = self.weight_unit.filter(|u| u.0 > 0) else {
+            return 1;
+        };
+        let w = (u128::from(capacity) + u128::from(unit.0) / 2) / u128::from(unit.0);
+        w.clamp(1, u128::from(strata_proto::placement::MAX_WEIGHT)) as u32
     }
 
     /// How many copies the cluster keeps of `namespace`'s values.
@@ -631,6 +656,25 @@ mod tests {
     }
 
     #[test]
+    fn weights_follow_capacity_by_a_fixed_unit() {
+        const TIB: u64 = 1 << 40;
+        let by_tib = ClusterConfig {
+            weight_unit: Some(strata_tiers::ByteSize(TIB)),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(ClusterConfig::default().weight_for(8 * TIB), 1);
+        assert_eq!(by_tib.weight_for(8 * TIB), 8);
+        assert_eq!(by_tib.weight_for(3 * TIB + TIB / 2), 4, "rounded");
+        assert_eq!(by_tib.weight_for(TIB / 4), 1, "at least 1");
+        assert_eq!(by_tib.weight_for(u64::MAX), 1024, "at most 1024");
+        let fixed = ClusterConfig {
+            weight: Some(3),
+            ..by_tib
+        };
+        assert_eq!(fixed.weight_for(8 * TIB), 3, "an explicit weight wins");
+    }
+
+    #[test]
     fn bad_settings_are_refused_by_name() {
         let ok = ClusterConfig::default();
         assert!(ok.validate().is_ok());
@@ -650,10 +694,19 @@ mod tests {
                 .starts_with("cluster.lease_ttl_s")
         );
         let bad = ClusterConfig {
-            weight: 0,
+            weight: Some(0),
             ..ClusterConfig::default()
         };
         assert!(bad.validate().unwrap_err().starts_with("cluster.weight"));
+        let bad = ClusterConfig {
+            weight_unit: Some(strata_tiers::ByteSize(0)),
+            ..ClusterConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .starts_with("cluster.weight_unit")
+        );
         for (copies, acks, field) in [
             (0, None, "copies"),
             (9, None, "copies"),
