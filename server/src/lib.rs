@@ -125,6 +125,9 @@ impl Server {
         let metrics_addr = metrics_listener.local_addr()?;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
+        // The data path closes after the gRPC side: a cluster node that leaves
+        // keeps answering its peers for a moment first (`hand_off`).
+        let data_shutdown = CancellationToken::new();
 
         let ops = ops::Ops::new(
             store.clone(),
@@ -135,7 +138,7 @@ impl Server {
         );
         let data = DataServer::new(ops.clone(), config.data.clone());
         // Shared-memory and RDMA reads both hold leases; they expire whichever is on.
-        tokio::spawn(data.clone().expire_leases(shutdown.clone()));
+        tokio::spawn(data.clone().expire_leases(data_shutdown.clone()));
         let data_addr = if config.data.listen.is_empty() {
             None
         } else {
@@ -143,14 +146,14 @@ impl Server {
                 .await
                 .with_context(|| format!("binding data.listen {}", config.data.listen))?;
             let a = l.local_addr()?;
-            tokio::spawn(data.clone().serve_tcp(l, shutdown.clone()));
+            tokio::spawn(data.clone().serve_tcp(l, data_shutdown.clone()));
             Some(a)
         };
         let shm_socket = if config.data.shm {
             let path = config.shm_socket();
             let l = DataServer::bind_unix(&path)
                 .with_context(|| format!("binding data.shm_socket {}", path.display()))?;
-            tokio::spawn(data.clone().serve_unix(l, shutdown.clone()));
+            tokio::spawn(data.clone().serve_unix(l, data_shutdown.clone()));
             Some(path)
         } else {
             None
@@ -306,13 +309,18 @@ impl Server {
                 )
                 .serve_with_incoming_shutdown(incoming, {
                     let token = token.clone();
+                    let data_shutdown = data_shutdown.clone();
+                    let ops = data_for_close.ops().clone();
                     async move {
                         token.cancelled().await;
                         // Out of the cluster first, so that clients and peers go to
-                        // the next owners while this node drains.
+                        // the next owners while this node drains; then the next
+                        // owners fetch what they ask for from here, not the origin.
                         if let Some(c) = &cluster_for_leave {
                             c.leave().await;
+                            hand_off(&ops, HAND_OFF_MAX).await;
                         }
+                        data_shutdown.cancel();
                         health_reporter
                             .set_not_serving::<CacheServer<CacheService>>()
                             .await;
@@ -325,6 +333,7 @@ impl Server {
                     tracing::warn!(?grace, "in-flight requests did not drain in time; closing anyway");
                 }
             }
+            data_shutdown.cancel();
             let _ = metrics_task.await;
             // Data connections finish what they have in flight (COMMITs writing
             // their values) before the tiers close under them.
@@ -362,6 +371,28 @@ impl Server {
             task,
         })
     }
+}
+
+/// The longest a cluster node that left keeps answering its peers ([`hand_off`]).
+const HAND_OFF_MAX: Duration = Duration::from_secs(10);
+
+/// After this node left its cluster, keeps the data path open while the members
+/// that now own its keys ask it for them (get from neighbour), so that what it
+/// held is not read from the origin again: until no member has asked for a
+/// second, or `max` passed.
+async fn hand_off(ops: &ops::Ops, max: Duration) {
+    const QUIET: Duration = Duration::from_secs(1);
+    let start = std::time::Instant::now();
+    let mut last = ops.peer_requests();
+    while start.elapsed() < max {
+        tokio::time::sleep(QUIET).await;
+        let now = ops.peer_requests();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    tracing::info!(?max, "members still ask this node for keys; closing anyway");
 }
 
 /// Joins the cluster of `config.cluster`, advertising the bound addresses, and

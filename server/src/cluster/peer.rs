@@ -117,9 +117,13 @@ pub struct Peers {
     clients: Mutex<HashMap<String, Peer>>,
     options: DataOptions,
     /// Members whose last call failed, until when they are not asked.
-    down: Mutex<HashMap<String, std::time::Instant>>,
+    /// (By incarnation: a member that restarted is asked again at once.)
+    down: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// Earlier placements, newest first.
     history: Arc<Mutex<std::collections::VecDeque<Past>>>,
+    /// The entries of members that left the cell (within [`NEIGHBOUR_WINDOW`]),
+    /// by id, and when they left: earlier owners still asked.
+    gone: Arc<Mutex<HashMap<String, (MemberEntry, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -153,7 +157,9 @@ impl Peers {
             )
         };
         let mut views = cluster.subscribe();
-        let mut current = views.borrow_and_update().placement.clone();
+        let first = views.borrow_and_update().clone();
+        let mut current = first.placement.clone();
+        let mut members = first.members.clone();
         if has_me(&current)
             && let Some(before) = without(&current)
         {
@@ -162,18 +168,36 @@ impl Peers {
                 placement: before,
             });
         }
-        // Remembers each placement replaced by a change of the active members.
+        // Remembers each placement replaced by a change of the active members,
+        // and the entries of members that left (to reach them while they still
+        // answer: a member that leaves hands off its keys, `hand_off`).
         let h = Arc::downgrade(&history);
+        let gone: Arc<Mutex<HashMap<String, (MemberEntry, std::time::Instant)>>> = Arc::default();
+        let g = Arc::downgrade(&gone);
         let counted = cluster.clone();
         tokio::spawn(async move {
             while views.changed().await.is_ok() {
-                let next = views.borrow_and_update().placement.clone();
+                let view = views.borrow_and_update().clone();
+                let (Some(h), Some(g)) = (h.upgrade(), g.upgrade()) else {
+                    return;
+                };
+                {
+                    let mut g = g.lock();
+                    let now = std::time::Instant::now();
+                    for (id, e) in &members {
+                        if !view.members.contains_key(id) {
+                            g.insert(id.clone(), (e.clone(), now));
+                        }
+                    }
+                    g.retain(|id, (_, at)| {
+                        !view.members.contains_key(id) && at.elapsed() <= NEIGHBOUR_WINDOW
+                    });
+                }
+                members = view.members.clone();
+                let next = view.placement.clone();
                 if next.members() == current.members() {
                     continue;
                 }
-                let Some(h) = h.upgrade() else {
-                    return;
-                };
                 // Before any list was known, the list this one replaced is taken
                 // to be this one without this node (which starts empty).
                 let past = if current.members().is_empty() {
@@ -198,6 +222,7 @@ impl Peers {
         });
         Arc::new(Self {
             history,
+            gone,
             down: Mutex::new(HashMap::new()),
             me,
             cluster,
@@ -240,10 +265,18 @@ impl Peers {
                 ids.push(m.id.clone());
             }
         }
-        let members = ids
-            .iter()
-            .filter_map(|id| view.members.get(id).filter(|m| m.data.is_some()).cloned())
-            .collect::<Vec<_>>();
+        let members = {
+            let gone = self.gone.lock();
+            ids.iter()
+                .filter_map(|id| {
+                    view.members
+                        .get(id)
+                        .or_else(|| gone.get(id).map(|(e, _)| e))
+                        .filter(|m| m.data.is_some())
+                        .cloned()
+                })
+                .collect::<Vec<_>>()
+        };
         let first_is_owner = asks_owner && members.first().map(|m| &m.id) == owner.as_ref();
         (members, first_is_owner)
     }
@@ -291,7 +324,8 @@ impl Peers {
         F: FnOnce(DataClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
-        if let Some(until) = self.down.lock().get(&member.id)
+        if let Some((incarnation, until)) = self.down.lock().get(&member.id)
+            && *incarnation == member.incarnation
             && std::time::Instant::now() < *until
         {
             return Err("it failed moments ago".into());
@@ -308,9 +342,10 @@ impl Peers {
         });
         if r.as_ref().is_err_and(|e| e != NOT_HELD) {
             // Until it answers again, this member costs one timeout, not one per call.
-            self.down
-                .lock()
-                .insert(member.id.clone(), std::time::Instant::now() + PEER_BACKOFF);
+            self.down.lock().insert(
+                member.id.clone(),
+                (member.incarnation, std::time::Instant::now() + PEER_BACKOFF),
+            );
         }
         r
     }
@@ -382,6 +417,41 @@ impl Peers {
                 Err(e) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(key = %key.display_path(), member = %m.id, error = %e, "peer read failed; asking the next holder");
+                }
+            }
+        }
+        None
+    }
+
+    /// Asks `key`'s owners under earlier member lists (within
+    /// [`NEIGHBOUR_WINDOW`]; not its owner now, not this node) for what they
+    /// hold of `range`: the first answer, or `None`. What a node asked by a
+    /// peer to fill a key tries before its origin (it does not forward the
+    /// request, and an ask for what is held goes no further either), so that
+    /// a member that just left or lost a key hands it over.
+    async fn ask_earlier_owners(
+        &self,
+        key: &Key,
+        place: &[u8],
+        range: Option<ByteRange>,
+    ) -> Option<(u64, Bytes)> {
+        let (holders, first_is_owner) = self.holders(place, 1);
+        let stats = self.cluster.peer_stats();
+        for m in holders.iter().skip(usize::from(first_is_owner)) {
+            stats.asked.fetch_add(1, Ordering::Relaxed);
+            match self.ask(m, key, range, true).await {
+                Ok((total, bytes)) => {
+                    stats.answered.fetch_add(1, Ordering::Relaxed);
+                    stats.from_neighbour.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    return Some((total, bytes));
+                }
+                Err(e) if e == NOT_HELD => {
+                    stats.not_held.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(key = %key.display_path(), member = %m.id, error = %e, "asking an earlier owner failed; reading the origin");
                 }
             }
         }
@@ -678,12 +748,6 @@ impl NamespaceOrigin for PeerOrigin {
         range: Option<ByteRange>,
     ) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move {
-            if crate::ops::from_peer() {
-                return match &self.inner {
-                    Some(o) => o.get(key, range).await,
-                    None => Ok(None),
-                };
-            }
             let fills = self.inner.is_some();
             // A run of a value with an origin is placed on its own (the store
             // asks for one aligned run at a time); anything else by its key.
@@ -691,6 +755,17 @@ impl NamespaceOrigin for PeerOrigin {
                 (Some(run), Some(r)) if fills => run_key(key.as_bytes(), r.offset / run.max(1)),
                 _ => std::borrow::Cow::Borrowed(key.as_bytes()),
             };
+            if crate::ops::from_peer() {
+                let Some(o) = &self.inner else {
+                    return Ok(None);
+                };
+                // Asked by a peer to fill: what an earlier owner still holds,
+                // else the origin (never another forward).
+                if let Some((_, bytes)) = self.peers.ask_earlier_owners(key, &place, range).await {
+                    return Ok(Some(bytes));
+                }
+                return o.get(key, range).await;
+            }
             if let Some((_, bytes)) = self
                 .peers
                 .ask_holders(key, &place, range, self.copies, fills)
