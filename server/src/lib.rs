@@ -199,12 +199,14 @@ impl Server {
                 ),
             );
             // A namespace without an origin fills from the copies and earlier
-            // owners that still hold a value, and its puts at a node that does
-            // not own the key go on to the owners.
+            // owners that still hold a value; the puts of a namespace clients
+            // write, at a node that does not own the key, go on to the owners.
             let mut forward = Vec::new();
             for p in store.namespaces().iter() {
-                if p.origin == strata_tiers::OriginKind::None {
+                if p.write != strata_tiers::WritePolicy::ReadOnly {
                     forward.push(p.name.clone());
+                }
+                if p.origin == strata_tiers::OriginKind::None {
                     store.set_namespace_origin(
                         &p.name,
                         Arc::new(cluster::peer::PeerOrigin::new(

@@ -204,20 +204,26 @@ impl Cache for CacheService {
             offset: req.offset,
             length: req.length,
         };
-        if self.ops.forwards(&key, &opts) {
+        let fetched = if self.ops.forwards(&key, &opts) {
             // A key this node does not keep: the owner's bytes, in one piece.
-            let Some((total, start, slices)) = self
+            let got = self
                 .ops
                 .fetch_from_owners(&key, range, &opts)
                 .await
-                .map_err(to_status)?
-            else {
+                .map_err(to_status)?;
+            if got.is_none() && !self.ops.has_origin(&key) {
                 timer.succeed();
                 return Err(Status::not_found(format!(
                     "{} is not held by its owners",
                     key.display_path()
                 )));
-            };
+            }
+            // (None with an origin: the owners cannot be reached; read below.)
+            got
+        } else {
+            None
+        };
+        if let Some((total, start, slices)) = fetched {
             let end = start + slices.iter().map(|s| s.len() as u64).sum::<u64>();
             let mut info = Some(pb::ValueInfo {
                 total_length: total,

@@ -1699,3 +1699,50 @@ async fn a_put_that_reaches_a_node_not_owning_its_key_goes_on_to_the_owner() {
     routed.put(k, value(0, 4)).await.unwrap();
     assert!(routed.get(k).await.unwrap().unwrap() == value(0, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_obj_put_through_a_node_not_owning_its_key_replaces_the_owners_copy() {
+    let f = Fixture::start().await;
+    let (ids, placement) = f.placement().await;
+    let direct = ClientOptions {
+        route: false,
+        ..ClientOptions::default()
+    };
+    let mut each = Vec::new();
+    for n in &f.nodes {
+        each.push(Client::connect(&n.grpc, direct.clone()).await.unwrap());
+    }
+    let owner = |k: &Key| ids[&placement.owner(k.as_bytes()).unwrap().id];
+    let keys: Vec<Key> = (0..12)
+        .map(|i| Key::new("obj", "t", format!("docs/doc-{i:02}")).unwrap())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        let (v1, v2) = (
+            pattern(i as u64, 3_000 + i),
+            pattern(100 + i as u64, 5_000 + i),
+        );
+        let o = owner(k);
+        each[o].put(k, v1.clone()).await.unwrap();
+        assert!(each[o].get(k).await.unwrap().unwrap() == v1);
+        // A client with a stale member list writes through another node: the
+        // owner's cached copy is replaced, not left behind.
+        each[(o + 1) % 3].put(k, v2.clone()).await.unwrap();
+        assert!(
+            each[o].get(k).await.unwrap().unwrap() == v2,
+            "{} read old from its owner",
+            k.display_path()
+        );
+        assert!(each[(o + 2) % 3].get(k).await.unwrap().unwrap() == v2);
+    }
+    // Only the owners hold a copy.
+    for (n, c) in each.iter().enumerate() {
+        for (k, present) in keys.iter().zip(c.contains(&keys).await.unwrap()) {
+            assert_eq!(present, owner(k) == n, "{} on node {n}", k.display_path());
+        }
+    }
+    // A delete through a non-owner: gone from the owner and the origin.
+    for k in &keys {
+        assert!(each[(owner(k) + 1) % 3].delete(k).await.unwrap());
+        assert!(each[owner(k)].get(k).await.unwrap().is_none());
+    }
+}

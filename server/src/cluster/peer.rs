@@ -506,15 +506,15 @@ impl PeerOrigin {
 
 /// A cluster node's writes of a replicated namespace: each put committed here is
 /// sent to the key's other owners, and answered once enough copies committed
-/// (`docs/cluster.md`, replicas). A put of a namespace without an origin that
+/// (`docs/cluster.md`, replicas). A put of a namespace clients write that
 /// reaches a node that does not own the key (a client whose member list is
 /// stale) is sent on to the owners the same way, and not kept here.
 #[derive(Debug)]
 pub struct Replicator {
     peers: Arc<Peers>,
     /// Namespaces whose puts and deletes at a node that does not own the key go
-    /// on to its owners (those without an origin: nothing else would bring the
-    /// value to them).
+    /// on to its owners (those clients write: a copy kept elsewhere would
+    /// outlive the owners' next write).
     forward: std::collections::HashSet<String>,
 }
 
@@ -674,13 +674,14 @@ impl crate::ops::Replicate for Replicator {
         &self,
         key: &Key,
         range: ByteRange,
+        fills: bool,
     ) -> BoxFuture<'static, Result<Option<(u64, Bytes)>>> {
         let peers = self.peers.clone();
         let key = key.clone();
         let copies = peers.cluster.config().replication(key.namespace()).copies;
         Box::pin(async move {
             Ok(peers
-                .ask_holders(&key, key.as_bytes(), Some(range), copies, false)
+                .ask_holders(&key, key.as_bytes(), Some(range), copies, fills)
                 .await)
         })
     }

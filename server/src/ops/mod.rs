@@ -181,11 +181,12 @@ pub trait Replicate: Send + Sync + std::fmt::Debug {
 
     /// Reads `range` of `key` from the members that hold it (for a key this
     /// node does not keep): the value's length and the bytes, `None` if no one
-    /// holds it.
+    /// holds it. `fills`: the owner fills a miss from its origin.
     fn fetch(
         &self,
         key: &Key,
         range: ByteRange,
+        fills: bool,
     ) -> BoxFuture<'static, Result<Option<(u64, bytes::Bytes)>, Error>>;
 }
 
@@ -268,11 +269,20 @@ impl Ops {
         !opts.from_peer && self.replicas.get().is_some_and(|r| !r.keeps(key))
     }
 
+    /// Whether `key`'s namespace has an origin (a read this node cannot get
+    /// from the owners can still go there).
+    pub fn has_origin(&self, key: &Key) -> bool {
+        self.store
+            .policy(key)
+            .is_ok_and(|p| p.origin != strata_tiers::OriginKind::None)
+    }
+
     /// Reads `range` of `key` from the members that hold it ([`Self::forwards`]),
     /// keeping nothing here: `(value length, offset of the first byte, bytes)`,
-    /// `None` if no one holds it. A copy this node kept while standing in for
-    /// owners it could not reach ([`Replicate::stands_in`]) is read when they
-    /// hold none. Not recorded (the caller records the read).
+    /// `None` if no one holds it (the owner fills from the origin first, when
+    /// there is one). A copy this node kept while standing in for owners it
+    /// could not reach ([`Replicate::stands_in`]) is read when they hold none.
+    /// Not recorded (the caller records the read).
     pub async fn fetch_from_owners(
         &self,
         key: &Key,
@@ -282,7 +292,10 @@ impl Ops {
         let Some(r) = self.replicas.get().cloned() else {
             return Ok(None);
         };
-        let got = self.run_step("get", opts, r.fetch(key, range)).await?;
+        let fills = self.has_origin(key);
+        let got = self
+            .run_step("get", opts, r.fetch(key, range, fills))
+            .await?;
         let Some((total, bytes)) = got else {
             return self.store.get_cached(key, Some(range)).await;
         };

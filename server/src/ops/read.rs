@@ -30,12 +30,18 @@ impl Ops {
     pub async fn get(&self, key: &Key, range: ByteRange, opts: &Options) -> Result<Read, Error> {
         self.run("get", opts, async {
             if self.forwards(key, opts) {
-                return match self.fetch_from_owners(key, range, opts).await? {
-                    Some((total, start, slices)) => Ok(self.answer(total, start, slices, opts)),
-                    None => Err(Error::NotFound {
+                if let Some((total, start, slices)) =
+                    self.fetch_from_owners(key, range, opts).await?
+                {
+                    return Ok(self.answer(total, start, slices, opts));
+                }
+                if !self.has_origin(key) {
+                    return Err(Error::NotFound {
                         key: format!("{} (not held by its owners)", key.display_path()),
-                    }),
-                };
+                    });
+                }
+                // The owners cannot be reached: read the origin here, as the
+                // next owner in line would.
             }
             if opts.cached_only {
                 return match self.store.get_cached(key, Some(range)).await? {
@@ -106,10 +112,18 @@ impl Ops {
                 };
                 async move {
                     if forwarded {
-                        return match self.fetch_from_owners(key, *r, opts).await? {
-                            Some(read) => Ok(read),
-                            None => Err(Error::NotFound {
+                        if let Some(read) = self.fetch_from_owners(key, *r, opts).await? {
+                            return Ok(read);
+                        }
+                        if !self.has_origin(key) {
+                            return Err(Error::NotFound {
                                 key: format!("{} (not held by its owners)", key.display_path()),
+                            });
+                        }
+                        return match self.store.get_slices(key, Some(*r)).await? {
+                            Some((e, start, slices)) => Ok((e.len(), start, slices)),
+                            None => Err(Error::NotFound {
+                                key: key.display_path(),
                             }),
                         };
                     }
