@@ -285,6 +285,8 @@ impl Server {
             .map(|c| cluster::plans::PlanFanout::new(c.clone()));
         let cluster_for_leave = cluster.clone();
         let task = tokio::spawn(async move {
+            // However the task ends (a gRPC error included), the data path closes.
+            let _data_closes = data_shutdown.clone().drop_guard();
             // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
             // stream must set it, or Nagle holds each response's trailing frames until
             // the client's delayed ACK (~40 ms per small Get).
@@ -319,6 +321,7 @@ impl Server {
                         // the next owners while this node drains; then the next
                         // owners fetch what they ask for from here, not the origin.
                         if let Some(c) = &cluster_for_leave {
+                            ops.leaving();
                             c.leave().await;
                             hand_off(&ops, HAND_OFF_MAX).await;
                         }

@@ -94,12 +94,47 @@ struct Past {
 /// timeout, not a stalled epoch.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an owner asked by a peer to fill a key spends asking the key's
+/// earlier owners before it reads its origin (the peer waits for the answer
+/// within [`PEER_TIMEOUT`]).
+const EARLIER_OWNERS_BUDGET: Duration = Duration::from_secs(2);
+
 /// How long a member whose peer read failed is not asked again (its reads go to
 /// the next holder or the origin meanwhile).
 const PEER_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Why a member did not answer: it does not hold the key (not a failure).
-const NOT_HELD: &str = "it does not hold the key";
+/// Why a peer call gave no value.
+#[derive(Debug)]
+enum PeerError {
+    /// The member does not hold the key (not a failure).
+    NotHeld,
+    /// It could not be reached, or broke the protocol (refused, broken, timed
+    /// out, an answer that does not fit): it is not asked again for
+    /// [`PEER_BACKOFF`].
+    Down(String),
+    /// It answered with an error of the request's own (a range past the end,
+    /// no room for a copy): it is up, and asked again.
+    Refused(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::NotHeld => f.write_str("it does not hold the key"),
+            PeerError::Down(m) | PeerError::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<strata_transport::ClientError> for PeerError {
+    fn from(e: strata_transport::ClientError) -> Self {
+        if e.is_unreachable() {
+            PeerError::Down(e.to_string())
+        } else {
+            PeerError::Refused(e.to_string())
+        }
+    }
+}
 
 /// One member's data client, for the incarnation it was made for.
 struct Peer {
@@ -283,7 +318,7 @@ impl Peers {
 
     /// A data client of `member`, made on first use and again when the member
     /// restarted or moved.
-    async fn client(&self, member: &MemberEntry) -> Result<DataClient, String> {
+    async fn client(&self, member: &MemberEntry) -> Result<DataClient, PeerError> {
         let addr = member.data.clone().unwrap_or_default();
         let cell = {
             let mut clients = self.clients.lock();
@@ -312,23 +347,23 @@ impl Peers {
                 )
             })
             .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            .map_err(|e| PeerError::Down(format!("connecting to {addr}: {e}")))?;
         Ok(client.clone())
     }
 
     /// Runs `call` on `member`'s client within [`PEER_TIMEOUT`] (connecting
-    /// included), unless the member failed moments ago; a failure (other than
-    /// [`NOT_HELD`]) keeps the member out of the next calls for [`PEER_BACKOFF`].
-    async fn call<T, F, Fut>(&self, member: &MemberEntry, call: F) -> Result<T, String>
+    /// included), unless the member failed moments ago; a member that is down
+    /// ([`PeerError::Down`]) is kept out of the next calls for [`PEER_BACKOFF`].
+    async fn call<T, F, Fut>(&self, member: &MemberEntry, call: F) -> Result<T, PeerError>
     where
         F: FnOnce(DataClient) -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, PeerError>>,
     {
         if let Some((incarnation, until)) = self.down.lock().get(&member.id)
             && *incarnation == member.incarnation
             && std::time::Instant::now() < *until
         {
-            return Err("it failed moments ago".into());
+            return Err(PeerError::Down("it failed moments ago".into()));
         }
         let r = tokio::time::timeout(PEER_TIMEOUT, async {
             let client = self.client(member).await?;
@@ -336,11 +371,11 @@ impl Peers {
         })
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
+            Err(PeerError::Down(format!(
                 "no answer within {PEER_TIMEOUT:?}, connecting included"
-            ))
+            )))
         });
-        if r.as_ref().is_err_and(|e| e != NOT_HELD) {
+        if matches!(r, Err(PeerError::Down(_))) {
             // Until it answers again, this member costs one timeout, not one per call.
             self.down.lock().insert(
                 member.id.clone(),
@@ -358,27 +393,26 @@ impl Peers {
         key: &Key,
         range: Option<ByteRange>,
         cached_only: bool,
-    ) -> Result<(u64, Bytes), String> {
+    ) -> Result<(u64, Bytes), PeerError> {
         let (offset, length) = range.map_or((0, None), |r| (r.offset, r.length));
         self.call(member, |client| async move {
             let read = if cached_only {
                 client.get_cached(key, offset, length).await
             } else {
                 client.get_range(key, offset, length).await
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             let Some((total, bytes)) = read else {
-                return Err(NOT_HELD.into());
+                return Err(PeerError::NotHeld);
             };
             let want = match length {
                 Some(l) => l.min(total.saturating_sub(offset)),
                 None => total.saturating_sub(offset),
             };
             if bytes.len() as u64 != want {
-                return Err(format!(
+                return Err(PeerError::Down(format!(
                     "it answered {} bytes, {want} were asked for",
                     bytes.len()
-                ));
+                )));
             }
             Ok((total, bytes))
         })
@@ -411,7 +445,7 @@ impl Peers {
                     stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     return Some((total, bytes));
                 }
-                Err(e) if e == NOT_HELD && !(is_owner && fills) => {
+                Err(PeerError::NotHeld) if !(is_owner && fills) => {
                     stats.not_held.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -446,7 +480,7 @@ impl Peers {
                     stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     return Some((total, bytes));
                 }
-                Err(e) if e == NOT_HELD => {
+                Err(PeerError::NotHeld) => {
                     stats.not_held.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -615,16 +649,14 @@ impl crate::ops::Replicate for Replicator {
                     async move {
                         let r = peers
                             .call(&m, |c| async move {
-                                c.put_with(&key, &value, pin)
-                                    .await
-                                    .map_err(|e| e.to_string())
+                                c.put_with(&key, &value, pin).await.map_err(PeerError::from)
                             })
                             .await;
                         (m.id, r)
                     }
                 })
                 .collect();
-            let (mut ok, mut errors) = (0, Vec::new());
+            let (mut ok, mut errors, mut refused) = (0, Vec::new(), false);
             while ok < need {
                 let Some((id, r)) = futures::StreamExt::next(&mut calls).await else {
                     break;
@@ -636,6 +668,7 @@ impl crate::ops::Replicate for Replicator {
                     }
                     Err(e) => {
                         stats.replica_failed.fetch_add(1, Ordering::Relaxed);
+                        refused |= matches!(e, PeerError::Refused(_));
                         errors.push(format!("{id}: {e}"));
                     }
                 }
@@ -663,7 +696,14 @@ impl crate::ops::Replicate for Replicator {
                         key.display_path(),
                         errors.join("; ")
                     ),
-                    kind: strata_tiers::ErrorKind::Unavailable,
+                    // Unavailable only when no member that failed could be
+                    // reached (the node next in line may then stand in); an
+                    // owner that refused the copy (no room) asks for a retry.
+                    kind: if refused {
+                        strata_tiers::ErrorKind::Exhausted
+                    } else {
+                        strata_tiers::ErrorKind::Unavailable
+                    },
                 });
             }
             Ok(())
@@ -696,7 +736,7 @@ impl crate::ops::Replicate for Replicator {
                 async move {
                     let r = peers
                         .call(&m, |c| async move {
-                            c.delete(&key).await.map_err(|e| e.to_string())
+                            c.delete(&key).await.map_err(PeerError::from)
                         })
                         .await;
                     r.unwrap_or_else(|e| {
@@ -762,7 +802,13 @@ impl NamespaceOrigin for PeerOrigin {
                 };
                 // Asked by a peer to fill: what an earlier owner still holds,
                 // else the origin (never another forward).
-                if let Some((_, bytes)) = self.peers.ask_earlier_owners(key, &place, range).await {
+                // (Within a short budget: the peer that asked waits for this.)
+                if let Ok(Some((_, bytes))) = tokio::time::timeout(
+                    EARLIER_OWNERS_BUDGET,
+                    self.peers.ask_earlier_owners(key, &place, range),
+                )
+                .await
+                {
                     return Ok(Some(bytes));
                 }
                 return o.get(key, range).await;

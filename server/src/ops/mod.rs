@@ -208,6 +208,9 @@ pub struct Ops {
     peer_requests: std::sync::atomic::AtomicU64,
     /// Copies on other members, on a cluster node ([`Ops::set_replicas`]).
     replicas: std::sync::OnceLock<Arc<dyn Replicate>>,
+    /// Set once a cluster node left its cluster ([`Ops::leaving`]): it takes
+    /// no more writes.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 tokio::task_local! {
@@ -244,6 +247,7 @@ impl Ops {
             metrics,
             peer_requests: std::sync::atomic::AtomicU64::new(0),
             replicas: std::sync::OnceLock::new(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -259,6 +263,16 @@ impl Ops {
         self.replicas
             .get()
             .filter(|r| !opts.from_peer && r.replicates(key))
+    }
+
+    /// This node is leaving its cluster (it still answers reads while its keys'
+    /// next owners ask for them): from now on every upload, a peer's included,
+    /// is refused `ShuttingDown`, so a write goes to a node that stays (a client
+    /// to the next owner, a member sending one on stands in) instead of one
+    /// about to close.
+    pub fn leaving(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether a client's reads of `key` here are answered from its owners: a

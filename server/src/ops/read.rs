@@ -75,13 +75,20 @@ impl Ops {
     ) -> Result<Vec<Result<Read, Error>>, Error> {
         self.run("mget", opts, async {
             Self::check_batch(ranges.len())?;
-            // (Keys this node answers from their owners are read there, below.)
-            let heads = join_all(ranges.iter().map(|(k, _)| async move {
-                if self.forwards(k, opts) {
-                    return Ok(None);
-                }
-                self.store.lookup(k).await
-            }))
+            // (Keys this node answers from their owners are read there, below;
+            // decided once per key, whatever the view does meanwhile.)
+            let forwarded: Vec<bool> = ranges.iter().map(|(k, _)| self.forwards(k, opts)).collect();
+            let heads = join_all(
+                ranges
+                    .iter()
+                    .zip(&forwarded)
+                    .map(|((k, _), &f)| async move {
+                        if f {
+                            return Ok(None);
+                        }
+                        self.store.lookup(k).await
+                    }),
+            )
             .await;
             let mut left = max_inline;
             let too_large = |len: u64, left: u64| Error::TooLarge {
@@ -91,52 +98,55 @@ impl Ops {
                 unit: "bytes",
                 setting: "data.max_frame_data",
             };
-            let reads = join_all(ranges.iter().zip(heads).map(|((key, r), head)| {
-                let forwarded = self.forwards(key, opts);
-                let admitted = match head {
-                    _ if forwarded => Err(Error::NotFound {
-                        key: key.display_path(),
-                    }),
-                    Ok(Some(e)) => match r.resolve(e.len()) {
-                        Ok((start, end)) if end - start > left => Err(too_large(end - start, left)),
-                        Ok((start, end)) => {
-                            left -= end - start;
-                            Ok(e)
-                        }
+            let reads = join_all(ranges.iter().zip(heads).zip(&forwarded).map(
+                |(((key, r), head), &forwarded)| {
+                    let admitted = match head {
+                        _ if forwarded => Err(Error::NotFound {
+                            key: key.display_path(),
+                        }),
+                        Ok(Some(e)) => match r.resolve(e.len()) {
+                            Ok((start, end)) if end - start > left => {
+                                Err(too_large(end - start, left))
+                            }
+                            Ok((start, end)) => {
+                                left -= end - start;
+                                Ok(e)
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Ok(None) => Err(Error::NotFound {
+                            key: key.display_path(),
+                        }),
                         Err(e) => Err(e),
-                    },
-                    Ok(None) => Err(Error::NotFound {
-                        key: key.display_path(),
-                    }),
-                    Err(e) => Err(e),
-                };
-                async move {
-                    if forwarded {
-                        if let Some(read) = self.fetch_from_owners(key, *r, opts).await? {
-                            return Ok(read);
+                    };
+                    async move {
+                        if forwarded {
+                            if let Some(read) = self.fetch_from_owners(key, *r, opts).await? {
+                                return Ok(read);
+                            }
+                            if !self.has_origin(key) {
+                                return Err(Error::NotFound {
+                                    key: format!("{} (not held by its owners)", key.display_path()),
+                                });
+                            }
+                            return match self.store.get_slices(key, Some(*r)).await? {
+                                Some((e, start, slices)) => Ok((e.len(), start, slices)),
+                                None => Err(Error::NotFound {
+                                    key: key.display_path(),
+                                }),
+                            };
                         }
-                        if !self.has_origin(key) {
-                            return Err(Error::NotFound {
-                                key: format!("{} (not held by its owners)", key.display_path()),
-                            });
-                        }
-                        return match self.store.get_slices(key, Some(*r)).await? {
+                        // (A value replaced since its lookup is read anew, and its
+                        // length checked again below.)
+                        match self.store.slices_of(admitted?, Some(*r)).await? {
                             Some((e, start, slices)) => Ok((e.len(), start, slices)),
                             None => Err(Error::NotFound {
                                 key: key.display_path(),
                             }),
-                        };
+                        }
                     }
-                    // (A value replaced since its lookup is read anew, and its
-                    // length checked again below.)
-                    match self.store.slices_of(admitted?, Some(*r)).await? {
-                        Some((e, start, slices)) => Ok((e.len(), start, slices)),
-                        None => Err(Error::NotFound {
-                            key: key.display_path(),
-                        }),
-                    }
-                }
-            }))
+                },
+            ))
             .await;
             let mut inline = 0u64;
             Ok(reads

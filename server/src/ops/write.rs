@@ -59,6 +59,9 @@ impl Ops {
         crc32c: Option<u32>,
         opts: &Options,
     ) -> Result<Upload, Error> {
+        if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
         let max = self.config.max_upload_bytes.0;
         if len > max {
             return Err(Error::TooLarge {
@@ -188,7 +191,10 @@ impl Ops {
                         }
                         // No owner answers, and this node is next in line: it
                         // keeps the value, as the owner it is about to become.
-                        Err(e) if r.stands_in(&key) => {
+                        Err(e)
+                            if e.kind() == strata_tiers::ErrorKind::Unavailable
+                                && r.stands_in(&key) =>
+                        {
                             tracing::warn!(key = %key.display_path(), error = %e, "the key's owners cannot be reached: kept here, next in line");
                         }
                         Err(e) => {
