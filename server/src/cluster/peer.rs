@@ -97,7 +97,7 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an owner asked by a peer to fill a key spends asking the key's
 /// earlier owners before it reads its origin (the peer waits for the answer
 /// within [`PEER_TIMEOUT`]).
-const EARLIER_OWNERS_BUDGET: Duration = Duration::from_secs(2);
+const EARLIER_OWNERS_BUDGET: Duration = Duration::from_secs(5);
 
 /// How long a member whose peer read failed is not asked again (its reads go to
 /// the next holder or the origin meanwhile).
