@@ -1220,6 +1220,27 @@ fn start_replicated(dir: &Path, etcd: &EtcdProcess, copies: usize, acks: usize) 
     )
 }
 
+/// A client per node that sends every key to that node (no routing), the
+/// members as the first one sees them, and their placement.
+async fn direct_clients(grpc: &[String]) -> (Vec<Client>, proto::MembersResponse, Placement) {
+    let direct = ClientOptions {
+        route: false,
+        ..ClientOptions::default()
+    };
+    let mut each = Vec::new();
+    for g in grpc {
+        each.push(Client::connect(g, direct.clone()).await.unwrap());
+    }
+    let view = each[0].members().await.unwrap();
+    let placement = Placement::new(
+        view.members
+            .iter()
+            .map(|x| Member::new(x.id.clone(), x.weight)),
+    )
+    .unwrap();
+    (each, view, placement)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_values_live_on_their_owners_and_outlive_one() {
     const KEYS: usize = 40;
@@ -1247,21 +1268,7 @@ async fn replicated_values_live_on_their_owners_and_outlive_one() {
     let routed = Client::connect(&grpc[0], ClientOptions::default())
         .await
         .unwrap();
-    let direct = ClientOptions {
-        route: false,
-        ..ClientOptions::default()
-    };
-    let mut each = Vec::new();
-    for g in &grpc {
-        each.push(Client::connect(g, direct.clone()).await.unwrap());
-    }
-    let view = each[0].members().await.unwrap();
-    let placement = Placement::new(
-        view.members
-            .iter()
-            .map(|x| Member::new(x.id.clone(), x.weight)),
-    )
-    .unwrap();
+    let (each, view, placement) = direct_clients(&grpc).await;
     let node_of = |id: &str| {
         let g = &view.members.iter().find(|m| m.id == id).unwrap().grpc;
         grpc.iter()
@@ -1631,21 +1638,7 @@ async fn a_put_that_reaches_a_node_not_owning_its_key_goes_on_to_the_owner() {
     let grpc: Vec<String> = nodes.iter().map(|n| n.grpc.clone()).collect();
     // Clients that send every key to the node they connected to, as a client
     // whose member list is stale does for a while.
-    let direct = ClientOptions {
-        route: false,
-        ..ClientOptions::default()
-    };
-    let mut each = Vec::new();
-    for g in &grpc {
-        each.push(Client::connect(g, direct.clone()).await.unwrap());
-    }
-    let view = each[0].members().await.unwrap();
-    let placement = Placement::new(
-        view.members
-            .iter()
-            .map(|x| Member::new(x.id.clone(), x.weight)),
-    )
-    .unwrap();
+    let (each, view, placement) = direct_clients(&grpc).await;
     let owner = |k: &Key| {
         let id = &placement.owner(k.as_bytes()).unwrap().id;
         let g = &view.members.iter().find(|m| &m.id == id).unwrap().grpc;

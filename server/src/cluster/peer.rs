@@ -562,8 +562,9 @@ impl Replicator {
         }
     }
 
-    /// Whether this node is one of `key`'s `copies` owners (or there are none).
-    fn owns(&self, key: &Key) -> bool {
+    /// Whether this node is among `key`'s first `copies + extra` owners (or there
+    /// are none).
+    fn among_owners(&self, key: &Key, extra: usize) -> bool {
         let copies = self
             .peers
             .cluster
@@ -571,7 +572,7 @@ impl Replicator {
             .replication(key.namespace())
             .copies;
         let view = self.peers.cluster.view();
-        let owners = view.placement.owners(key.as_bytes(), copies.max(1));
+        let owners = view.placement.owners(key.as_bytes(), copies.max(1) + extra);
         owners.is_empty() || owners.iter().any(|m| m.id == self.peers.me)
     }
 
@@ -619,21 +620,11 @@ impl crate::ops::Replicate for Replicator {
     }
 
     fn keeps(&self, key: &Key) -> bool {
-        !self.forward.contains(key.namespace()) || self.owns(key)
+        !self.forward.contains(key.namespace()) || self.among_owners(key, 0)
     }
 
     fn stands_in(&self, key: &Key) -> bool {
-        let copies = self
-            .peers
-            .cluster
-            .config()
-            .replication(key.namespace())
-            .copies;
-        let view = self.peers.cluster.view();
-        view.placement
-            .owners(key.as_bytes(), copies.max(1) + 1)
-            .iter()
-            .any(|m| m.id == self.peers.me)
+        self.among_owners(key, 1)
     }
 
     fn put(&self, key: &Key, value: Bytes, pin: bool) -> BoxFuture<'static, Result<()>> {
