@@ -128,7 +128,6 @@ mod tests {
             Error::ChecksumMismatch {
                 what: "w".into(),
                 expected: 1,
-                actual: 2,
             },
             Error::Incomplete {
                 expected: 2,

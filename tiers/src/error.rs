@@ -67,15 +67,15 @@ pub enum Error {
         /// The setting or constant that sets the limit.
         setting: &'static str,
     },
-    /// A value's bytes did not match their checksum.
-    #[error("checksum mismatch for {what}: expected {expected:#010x}, got {actual:#010x}")]
+    /// A value's bytes did not match their checksum. The checksum of what was
+    /// there is not told: over shared memory or RDMA it is a digest of bytes the
+    /// caller may not have written.
+    #[error("checksum mismatch for {what}: the bytes do not have the CRC-32C {expected:#010x}")]
     ChecksumMismatch {
         /// What was checked.
         what: String,
-        /// The expected CRC-32C.
+        /// The expected CRC-32C (the caller's, or the one stored with the value).
         expected: u32,
-        /// The computed CRC-32C.
-        actual: u32,
     },
     /// A two-phase put was committed with the wrong number of bytes.
     #[error("incomplete value: expected {expected} bytes, got {actual}")]

@@ -97,7 +97,9 @@ impl Arena {
         let capacity = capacity.div_ceil(ALLOC_UNIT).max(1) * ALLOC_UNIT;
         let name = c"strata-dram";
         // SAFETY: a valid NUL-terminated name and flags.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(Error::io(
                 "memfd_create for the DRAM arena",
@@ -113,6 +115,17 @@ impl Arena {
                 format!("sizing the DRAM arena to {capacity} bytes"),
                 err,
             ));
+        }
+        // The descriptor is handed to same-host clients: sealed at its size, so no
+        // client can shrink it under the server's mapping (a touch past a file's end
+        // is SIGBUS) nor grow it. The seals themselves are sealed.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fd is ours and open; F_ADD_SEALS takes an int.
+        if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: fd is ours and open.
+            unsafe { libc::close(fd) };
+            return Err(Error::io("sealing the DRAM arena's size", err));
         }
         // SAFETY: mapping a file we own, for its whole length; checked for MAP_FAILED.
         let ptr = unsafe {

@@ -175,6 +175,10 @@ impl Reservation {
                     detail: format!("no room to place {} bytes in shared memory", self.len),
                     retry_after: None,
                 })?;
+            // The writer can read what it is given (through its mapping, or a
+            // commit's outcome): never what the arena held before.
+            let mut buf = buf;
+            buf.as_mut_slice()[hl..].fill(0);
             extents.push((buf.offset() + hl as u64, page_len));
             self.pages.push(Record::Arena(buf));
             left -= page_len;
@@ -252,7 +256,6 @@ impl Reservation {
             return Err(Error::ChecksumMismatch {
                 what: self.key.display_path(),
                 expected,
-                actual: self.crc,
             });
         }
         let head = Head {

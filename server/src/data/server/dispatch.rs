@@ -189,8 +189,14 @@ impl DataServer {
                 }
                 None => ready(unknown(op, id, reservation)),
             },
+            // An aborted in-place reservation goes to quarantine like an expired
+            // one: the client aborts after a write it gave up on (an RDMA write
+            // that timed out), which may still land on the arena.
             Request::Abort { reservation } => match reservations.remove(&reservation) {
-                Some(_) => ready(Out::u64(op, id, 1)),
+                Some(o) => {
+                    self.retire(o.up);
+                    ready(Out::u64(op, id, 1))
+                }
                 None => ready(unknown(op, id, reservation)),
             },
             Request::Delete { key } => Some(Box::pin(async move {
