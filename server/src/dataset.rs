@@ -312,13 +312,7 @@ impl Datasets {
     /// Opens the registry: loads the stored index and the manifests of every
     /// recorded version, and becomes the `shard` namespace's origin.
     pub async fn open(store: TieredStore, origin: OriginSpec) -> Result<Arc<Self>> {
-        let index: Index = match store.get(&meta_key("index.json"), None).await? {
-            Some((_, b)) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
-                tier: "manifest",
-                reason: format!("dataset index: {e}"),
-            })?,
-            None => Index::default(),
-        };
+        let index = Self::read_index(&store).await?.unwrap_or_default();
         let me = Arc::new(Self {
             store: store.clone(),
             origin,
@@ -339,6 +333,45 @@ impl Datasets {
         *me.index.lock().await = index;
         store.set_namespace_origin("shard", me.shard_origin());
         Ok(me)
+    }
+
+    /// The stored index of datasets, `None` if there is none. One that does not
+    /// decode (damaged on disk, or written by something else) never stops the
+    /// server: its bytes are set aside under `datasets/index.json.corrupt-<ms>`,
+    /// the error is logged, and it is deleted, so the registry goes on with none
+    /// (add the datasets again: an unchanged listing gets back the same version,
+    /// and the shards cached under it). An origin that cannot be read is still an
+    /// error: going on with none then would overwrite a good index at the next add.
+    async fn read_index(store: &TieredStore) -> Result<Option<Index>> {
+        let key = meta_key("index.json");
+        let bytes = match store.get(&key, None).await {
+            Ok(Some((_, b))) => b,
+            Ok(None) => return Ok(None),
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(error = %e, "the stored dataset index is damaged: going on with none");
+                store.delete(&key).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match serde_json::from_slice::<Index>(&bytes) {
+            Ok(index) => Ok(Some(index)),
+            Err(e) => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let aside = meta_key(&format!("index.json.corrupt-{ms}"));
+                let kept = store.put(&aside, &bytes).await;
+                tracing::error!(
+                    error = %e,
+                    set_aside = %aside.display_path(),
+                    kept = kept.is_ok(),
+                    "the stored dataset index does not decode: set aside, going on with none"
+                );
+                store.delete(&key).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// The `shard` namespace's origin over this registry: manifest lookups and
@@ -530,15 +563,7 @@ impl Datasets {
     async fn shared_index(&self) -> Result<Option<Index>> {
         let key = meta_key("index.json");
         self.store.evict(&key).await?;
-        let Some((_, bytes)) = self.store.get(&key, None).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                tier: "manifest",
-                reason: format!("dataset index: {e}"),
-            })
+        Self::read_index(&self.store).await
     }
 
     /// [`Self::current`], and for a name this node does not know, the index as

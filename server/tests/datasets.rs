@@ -195,6 +195,67 @@ async fn local_datasets_version_by_listing_and_never_mix() {
     running.shutdown().await.unwrap();
 }
 
+/// The registry is the server's own state: a client cannot write, delete, pin or
+/// evict it (before, `strata put obj/_strata/datasets/index.json` with one byte
+/// stopped the server from ever starting again), over gRPC or the data path; and
+/// an index damaged anyway is set aside at start-up, which goes on with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_cannot_be_written_by_clients_and_a_damaged_one_does_not_stop_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Server::start(config(dir.path())).await.unwrap();
+    write_dir_shards(&dir.path().join("origin"), "ds", 3, |i| 500 + i);
+    let c = client(&running).await;
+    let version = add(&c, "ds", "ds").await.info.unwrap().version;
+    let index = Key::new("obj", "_strata", "datasets/index.json").unwrap();
+    let tcp = testing::client(
+        &running,
+        testing::options(Some(strata_transport::data::CarrierChoice::Tcp), 1),
+    )
+    .await;
+    for (via, client) in [("grpc", &c), ("tcp", &tcp)] {
+        let e = client
+            .put(&index, Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{via}: {e}");
+        let e = client.delete(&index).await.unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{via}: {e}");
+        // Reading it is allowed.
+        let body = client.get(&index).await.unwrap().expect("the index");
+        assert!(String::from_utf8_lossy(&body).contains(&version), "{via}");
+    }
+    let e = c.pin(&index).await.unwrap_err();
+    assert!(e.to_string().contains("reserved"), "pin: {e}");
+    let e = c.evict(&index).await.unwrap_err();
+    assert!(e.to_string().contains("reserved"), "evict: {e}");
+
+    // Damaged all the same (a disk, an older server, a hand in the origin): the
+    // next start sets it aside and starts with no datasets.
+    running.store.put(&index, b"x").await.unwrap();
+    drop((c, tcp));
+    running.shutdown().await.unwrap();
+    let running = Server::start(config(dir.path()))
+        .await
+        .expect("a damaged dataset index does not stop a start");
+    let c = client(&running).await;
+    let listed = rpc(&c)
+        .list(proto::DatasetListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.datasets.is_empty(), "{listed:?}");
+    let aside = running
+        .store
+        .list("obj", "_strata", b"datasets/index.json.corrupt-", 10)
+        .await
+        .unwrap();
+    assert_eq!(aside.len(), 1, "the damaged index is set aside: {aside:?}");
+    // The same listing gets back the same version.
+    let again = add(&c, "ds", "ds").await.info.unwrap();
+    assert_eq!(again.version, version);
+    running.shutdown().await.unwrap();
+}
+
 async fn blob_server(az: &Azurite, proxy: &FaultProxy, dir: &std::path::Path) -> Running {
     let mut c = config(dir);
     c.origin.kind = OriginKindConfig::Blob;

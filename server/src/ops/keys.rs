@@ -12,6 +12,7 @@ impl Ops {
     /// took the client's delete deleted it there.
     pub async fn delete(&self, key: &Key, opts: &Options) -> Result<bool, Error> {
         self.run("delete", opts, async {
+            Self::check_writable(key)?;
             if opts.from_peer {
                 return self.store.evict(key).await;
             }
@@ -45,17 +46,29 @@ impl Ops {
 
     /// Pins a value in DRAM (pins nest); `false` if it is absent.
     pub async fn pin(&self, key: &Key, opts: &Options) -> Result<bool, Error> {
-        self.run("pin", opts, self.store.pin(key)).await
+        self.run("pin", opts, async {
+            Self::check_writable(key)?;
+            self.store.pin(key).await
+        })
+        .await
     }
 
     /// Releases one pin; `false` if it was not pinned.
     pub async fn unpin(&self, key: &Key, opts: &Options) -> Result<bool, Error> {
-        self.run("unpin", opts, self.store.unpin(key)).await
+        self.run("unpin", opts, async {
+            Self::check_writable(key)?;
+            self.store.unpin(key).await
+        })
+        .await
     }
 
     /// Evicts a value from the cache tiers (not its origin).
     pub async fn evict(&self, key: &Key, opts: &Options) -> Result<bool, Error> {
-        self.run("evict", opts, self.store.evict(key)).await
+        self.run("evict", opts, async {
+            Self::check_writable(key)?;
+            self.store.evict(key).await
+        })
+        .await
     }
 
     /// Values of `namespace`/`tenant` whose body starts with `prefix`, sorted, at

@@ -265,6 +265,25 @@ impl Ops {
             .filter(|r| !opts.from_peer && r.replicates(key))
     }
 
+    /// Refuses a caller's write, delete, pin or eviction of the server's own
+    /// state: the tenant [`crate::dataset::META_TENANT`] (dataset manifests and
+    /// their index), which the server writes to its store directly. Reading it is
+    /// allowed (operators look at manifests).
+    pub fn check_writable(key: &Key) -> Result<(), Error> {
+        if key.tenant() == crate::dataset::META_TENANT {
+            return Err(Error::InvalidKey {
+                reason: format!(
+                    "the tenant {:?} of {} is reserved for the server's own state \
+                     (dataset manifests and their index): clients may read it, not \
+                     write, delete, pin or evict it",
+                    crate::dataset::META_TENANT,
+                    key.display_path()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// This node is leaving its cluster (it still answers reads while its keys'
     /// next owners ask for them): from now on every upload, a peer's included,
     /// is refused `ShuttingDown`, so a write goes to a node that stays (a client

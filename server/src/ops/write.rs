@@ -59,6 +59,7 @@ impl Ops {
         crc32c: Option<u32>,
         opts: &Options,
     ) -> Result<Upload, Error> {
+        Self::check_writable(key)?;
         if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
