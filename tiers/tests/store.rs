@@ -930,3 +930,69 @@ async fn overwrites_never_resurface_older_values() {
         Some(v) => assert!(v == new, "a replaced value came back: {}", describe(&v)),
     }
 }
+
+/// A value rewritten on the origin behind the cache's back (a dataset copied over,
+/// another writer of the bucket) is served at one version: its pages are bound to
+/// the version its head was read at, and a page read at another version drops the
+/// head and reads the whole value again. Before, a ranged read that cached the
+/// first run, then a rewrite, made the next whole read return the first run of the
+/// old value followed by the rest of the new one. Both ways a file is rewritten: in
+/// place, and replaced by a rename.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_rewritten_on_the_origin_is_never_served_as_a_mix_of_versions() {
+    for by_rename in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), 64 * MIB).await;
+        let k = key("obj", "rewritten");
+        let len = 3 * RUN; // three origin reads' worth
+        let old = pattern(1, len);
+        let new = pattern(2, len);
+        place_in_origin(dir.path(), &k, &old);
+        let (_, first) = store
+            .get(
+                &k,
+                Some(ByteRange {
+                    offset: 0,
+                    length: Some(10),
+                }),
+            )
+            .await
+            .expect("ranged get")
+            .expect("present");
+        assert_eq!(first[..], old[..10]);
+
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        if by_rename {
+            let path = origin_path(dir.path(), &k);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &new).expect("write");
+            std::fs::rename(&tmp, &path).expect("rename");
+        } else {
+            place_in_origin(dir.path(), &k, &new);
+        }
+        let whole = read(&store, &k).await.expect("present");
+        assert!(
+            whole[..] == new[..],
+            "by rename {by_rename}: read {} (old value {}, new value {}); first run new: {}, last run new: {}",
+            describe(&whole),
+            describe(&old),
+            describe(&new),
+            whole[..RUN] == new[..RUN],
+            whole[2 * RUN..] == new[2 * RUN..],
+        );
+        // And from now on, every range is of the new value.
+        let (_, part) = store
+            .get(
+                &k,
+                Some(ByteRange {
+                    offset: 5,
+                    length: Some(RUN as u64),
+                }),
+            )
+            .await
+            .expect("ranged get")
+            .expect("present");
+        assert_eq!(part[..], new[5..5 + RUN], "by rename {by_rename}");
+        store.close().await.expect("close");
+    }
+}

@@ -78,7 +78,8 @@ pub struct BlobItem {
 
 /// The outcome of one pass of a read.
 enum Read {
-    Value(Option<Bytes>),
+    /// The bytes (`None`: no such blob) and the ETag they were read at.
+    Value(Option<Bytes>, Option<Etag>),
     /// The blob changed (or vanished) between two ranged GETs.
     Changed,
 }
@@ -197,12 +198,53 @@ impl BlobTier {
             .read(name, range, Some(Etag::from(etag.to_owned())), deadline)
             .await?
         {
-            Read::Value(v) => Ok(v),
+            Read::Value(v, _) => Ok(v),
             Read::Changed => Err(Error::Changed {
                 target: self.core.target(name),
                 detail: format!("its ETag is no longer {etag}"),
             }),
         }
+    }
+
+    /// The length and ETag of `key`'s blob; `None` if there is none.
+    pub(crate) async fn stat(&self, key: &Key) -> Result<Option<(u64, Option<String>)>> {
+        self.check_open()?;
+        let name = self.blob_name(key)?;
+        Ok(self
+            .properties(
+                &self.core.container.blob_client(&name),
+                &self.core.target(&name),
+                None,
+            )
+            .await?
+            .map(|(len, etag)| (len, etag.map(|e| e.to_string()))))
+    }
+
+    /// As [`Tier::get`], with the ETag the bytes were read at (every chunk of
+    /// one read is pinned to the first one's).
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &Key,
+        opts: &GetOptions,
+    ) -> Result<Option<(Bytes, Option<String>)>> {
+        self.check_open()?;
+        let name = self.blob_name(key)?;
+        let range = opts.range.unwrap_or_default();
+        for _ in 0..MAX_READ_RESTARTS {
+            match self.read(&name, range, None, opts.deadline).await? {
+                Read::Value(v, etag) => return Ok(v.map(|v| (v, etag.map(|e| e.to_string())))),
+                Read::Changed => {
+                    tracing::debug!(blob = %name, "blob changed during a chunked read; restarting")
+                }
+            }
+        }
+        Err(Error::Blob {
+            op: "get",
+            target: self.core.target(&name),
+            status: Some(412),
+            retryable: true,
+            message: format!("the blob changed during {MAX_READ_RESTARTS} chunked reads in a row"),
+        })
     }
 
     /// Every blob whose name starts with `prefix` (verbatim, all pages), with its
@@ -395,7 +437,7 @@ impl BlobTier {
         {
             Ok(c) => c,
             Err(f) if pinned && f.kind == Kind::PreconditionFailed => return Ok(Read::Changed),
-            Err(f) if f.kind == Kind::NotFound => return Ok(Read::Value(None)),
+            Err(f) if f.kind == Kind::NotFound => return Ok(Read::Value(None, None)),
             // The range starts at or past the end: the size says which.
             Err(f) if f.kind == Kind::RangeNotSatisfiable => {
                 return self.read_nothing(&blob, &target, range, deadline).await;
@@ -413,7 +455,7 @@ impl BlobTier {
             ));
         }
         if first_end >= end {
-            return Ok(Read::Value(Some(first.bytes.freeze())));
+            return Ok(Read::Value(Some(first.bytes.freeze()), first.etag));
         }
         let ranges: Vec<(u64, u64)> = (first_end..end)
             .step_by(usize::try_from(chunk_size).unwrap_or(usize::MAX))
@@ -458,7 +500,7 @@ impl BlobTier {
             // retried attempt had to take a buffer of its own).
             out.unsplit(part);
         }
-        Ok(Read::Value(Some(out.freeze())))
+        Ok(Read::Value(Some(out.freeze()), first.etag.clone()))
     }
 
     /// A pinned read of `len` bytes at `offset` whose every chunk is requested at
@@ -495,7 +537,7 @@ impl BlobTier {
         let parts = match parts {
             Ok(p) => p,
             Err(f) if f.kind == Kind::PreconditionFailed => return Ok(Some(Read::Changed)),
-            Err(f) if f.kind == Kind::NotFound => return Ok(Some(Read::Value(None))),
+            Err(f) if f.kind == Kind::NotFound => return Ok(Some(Read::Value(None, None))),
             Err(f) if f.kind == Kind::RangeNotSatisfiable => return Ok(None),
             Err(f) => return Err(f.into()),
         };
@@ -515,7 +557,7 @@ impl BlobTier {
             }
             out.unsplit(c.bytes);
         }
-        Ok(Some(Read::Value(Some(out.freeze()))))
+        Ok(Some(Read::Value(Some(out.freeze()), Some(etag.clone()))))
     }
 
     /// A read that returns no bytes if the blob exists: an empty range, or one that
@@ -527,15 +569,13 @@ impl BlobTier {
         range: ByteRange,
         deadline: Option<Instant>,
     ) -> Result<Read> {
-        Ok(Read::Value(
-            match self.properties_size(blob, target, deadline).await? {
-                None => None,
-                Some(size) => {
-                    range.resolve(size)?;
-                    Some(Bytes::new())
-                }
-            },
-        ))
+        Ok(match self.properties(blob, target, deadline).await? {
+            None => Read::Value(None, None),
+            Some((size, etag)) => {
+                range.resolve(size)?;
+                Read::Value(Some(Bytes::new()), etag)
+            }
+        })
     }
 
     /// The blob's length from its properties; `None` if it does not exist.
@@ -545,6 +585,19 @@ impl BlobTier {
         target: &str,
         deadline: Option<Instant>,
     ) -> Result<Option<u64>> {
+        Ok(self
+            .properties(blob, target, deadline)
+            .await?
+            .map(|(len, _)| len))
+    }
+
+    /// The blob's length and ETag from its properties; `None` if it does not exist.
+    async fn properties(
+        &self,
+        blob: &BlobClient,
+        target: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(u64, Option<Etag>)>> {
         match self
             .core
             .call("size", target, deadline, || blob.get_properties(None))
@@ -558,7 +611,7 @@ impl BlobTier {
                     retryable: false,
                     message: format!("bad Content-Length: {e}"),
                 })?;
-                Ok(Some(len.unwrap_or(0)))
+                Ok(Some((len.unwrap_or(0), p.etag().ok().flatten())))
             }
             Err(f) if f.kind == Kind::NotFound => Ok(None),
             Err(f) => Err(f.into()),
@@ -628,24 +681,7 @@ impl Tier for BlobTier {
     }
 
     async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
-        self.check_open()?;
-        let name = self.blob_name(key)?;
-        let range = opts.range.unwrap_or_default();
-        for _ in 0..MAX_READ_RESTARTS {
-            match self.read(&name, range, None, opts.deadline).await? {
-                Read::Value(v) => return Ok(v),
-                Read::Changed => {
-                    tracing::debug!(blob = %name, "blob changed during a chunked read; restarting")
-                }
-            }
-        }
-        Err(Error::Blob {
-            op: "get",
-            target: self.core.target(&name),
-            status: Some(412),
-            retryable: true,
-            message: format!("the blob changed during {MAX_READ_RESTARTS} chunked reads in a row"),
-        })
+        Ok(self.get_versioned(key, opts).await?.map(|(v, _)| v))
     }
 
     async fn size(&self, key: &Key) -> Result<Option<u64>> {

@@ -124,6 +124,57 @@ fn not_found(e: &std::io::Error) -> bool {
     )
 }
 
+/// A file's version: inode, modification time (ns) and size. A file replaced by
+/// a rename (as this tier writes) gets another; one rewritten in place gets
+/// another mtime, but a reader may then see bytes of both (see `docs/guarantees.md`).
+fn file_version(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{mtime:x}-{:x}", meta.ino(), meta.len())
+}
+
+impl LocalDirTier {
+    /// The length and version of `key`'s file; `None` if there is none.
+    pub(crate) async fn stat(&self, key: &Key) -> Result<Option<(u64, Option<String>)>> {
+        let path = self.path_of(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some((m.len(), Some(file_version(&m))))),
+            Ok(_) => Ok(None),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(Error::io(format!("stat {}", path.display()), e)),
+        }
+    }
+
+    /// As [`Tier::get`], with the version of the file the bytes were read from
+    /// (taken from the open file, so a rename over it meanwhile does not count).
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &Key,
+        opts: &GetOptions,
+    ) -> Result<Option<(Bytes, Option<String>)>> {
+        let path = self.path_of(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        };
+        let io = |e| Error::io(format!("reading {}", path.display()), e);
+        let meta = file.metadata().await.map_err(io)?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let (start, end) = opts.range.unwrap_or_default().resolve(meta.len())?;
+        file.seek(SeekFrom::Start(start)).await.map_err(io)?;
+        let mut buf = vec![0u8; (end - start) as usize];
+        file.read_exact(&mut buf).await.map_err(io)?;
+        Ok(Some((Bytes::from(buf), Some(file_version(&meta)))))
+    }
+}
+
 impl Tier for LocalDirTier {
     fn name(&self) -> &'static str {
         "localdir"
@@ -150,22 +201,7 @@ impl Tier for LocalDirTier {
     }
 
     async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
-        let path = self.path_of(key)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
-        };
-        let io = |e| Error::io(format!("reading {}", path.display()), e);
-        let size = file.metadata().await.map_err(io)?.len();
-        if !file.metadata().await.map_err(io)?.is_file() {
-            return Ok(None);
-        }
-        let (start, end) = opts.range.unwrap_or_default().resolve(size)?;
-        file.seek(SeekFrom::Start(start)).await.map_err(io)?;
-        let mut buf = vec![0u8; (end - start) as usize];
-        file.read_exact(&mut buf).await.map_err(io)?;
-        Ok(Some(Bytes::from(buf)))
+        Ok(self.get_versioned(key, opts).await?.map(|(v, _)| v))
     }
 
     async fn size(&self, key: &Key) -> Result<Option<u64>> {

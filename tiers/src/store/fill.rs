@@ -16,13 +16,17 @@ impl Inner {
             return Ok(None);
         };
         let ostats = origin.stats().ns(key.namespace());
-        let Some(size) = origin.size(key).await? else {
+        let Some((size, version)) = origin.stat(key).await? else {
             Counters::inc(&ostats.misses);
             return Ok(None);
         };
-        let generation = rand::random::<u64>();
+        // The value's pages are bound to the version the head is read at: a page
+        // read later at another version is refused (`read_origin_pages`), and the
+        // whole value is read again, never a mix of two versions.
+        let generation_of =
+            |version: Option<&str>| version.map_or_else(rand::random::<u64>, Source::generation_of);
         let mut head = Head {
-            generation,
+            generation: generation_of(version.as_deref()),
             total_len: size,
             page_size: self.page_size,
             created_ms: now_ms(),
@@ -31,18 +35,21 @@ impl Inner {
         };
         let payload = if size <= u64::from(self.page_size) {
             Counters::inc(&ostats.origin_reads);
-            let Some(v) = origin.get(key, &GetOptions::default()).await? else {
+            let Some((v, version)) = origin.get_versioned(key, &GetOptions::default()).await?
+            else {
                 return Ok(None);
             };
-            if v.len() as u64 != size {
-                return Err(Error::Corrupt {
-                    tier: origin.name(),
-                    reason: format!(
-                        "origin value changed size while read ({size} then {})",
+            if v.len() as u64 > u64::from(self.page_size) {
+                return Err(Error::Changed {
+                    target: key.display_path(),
+                    detail: format!(
+                        "the origin's value grew from {size} to {} bytes while read",
                         v.len()
                     ),
                 });
             }
+            // (What was read is one version: the head says which.)
+            head.generation = generation_of(version.as_deref());
             head.value_crc = Some(crc32c::crc32c(&v));
             head.total_len = v.len() as u64;
             Some(v)
@@ -334,8 +341,8 @@ impl Inner {
         // the pages are read and stored, so that making room for them cannot
         // evict it.
         let _head = (!origin.immutable()).then(|| HeadPin::new(&self.dram, &entry.key));
-        let data = origin
-            .get(
+        let (data, version) = origin
+            .get_versioned(
                 &entry.key,
                 &GetOptions {
                     range: Some(range),
@@ -346,6 +353,20 @@ impl Inner {
             .ok_or_else(|| Error::NotFound {
                 key: entry.key.display_path(),
             })?;
+        // Bytes of another version than the head's (the origin's value was
+        // rewritten since the head was read, or the head is a put's, whose
+        // generation no origin version matches): never served as its pages.
+        // The caller drops the head and reads the value afresh.
+        if let Some(v) = version
+            && Source::generation_of(&v) != head.generation
+        {
+            return Err(Error::Changed {
+                target: entry.key.display_path(),
+                detail: format!(
+                    "pages {lo}..={hi} are at another version of the origin's value than its cached head"
+                ),
+            });
+        }
         if data.len() as u64 != len {
             if !origin.immutable() {
                 return Err(Error::Changed {

@@ -42,12 +42,19 @@ impl Origin {
         delegate!(self, t => t.stats())
     }
 
-    pub(crate) async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
-        delegate!(self, t => t.get(key, opts).await)
+    /// The value's length and version (an ETag; a local file's inode, mtime and
+    /// size); `None` if absent.
+    pub(crate) async fn stat(&self, key: &Key) -> Result<Option<(u64, Option<String>)>> {
+        delegate!(self, t => t.stat(key).await)
     }
 
-    pub(crate) async fn size(&self, key: &Key) -> Result<Option<u64>> {
-        delegate!(self, t => t.size(key).await)
+    /// A read with the version its bytes are of.
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &Key,
+        opts: &GetOptions,
+    ) -> Result<Option<(Bytes, Option<String>)>> {
+        delegate!(self, t => t.get_versioned(key, opts).await)
     }
 
     pub(crate) async fn put(&self, key: &Key, value: Bytes) -> Result<PutOutcome> {
@@ -125,11 +132,14 @@ impl Source<'_> {
         }
     }
 
-    pub(crate) async fn size(&self, key: &Key) -> Result<Option<u64>> {
-        match self {
-            Source::Tier(o) => o.size(key).await,
-            Source::Namespace(o) => o.size(key).await,
-        }
+    /// The generation of a value filled from the origin at `version`: the same
+    /// for every fill of one version (so its pages stay valid across a head's
+    /// eviction), another for another version, so a page read at another version
+    /// than its head's is told apart ([`Error::Changed`]). FNV-1a, 64 bits.
+    pub(crate) fn generation_of(version: &str) -> u64 {
+        version.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
     }
 
     /// See [`NamespaceOrigin::immutable`]; the configured origin takes writes.
@@ -140,10 +150,24 @@ impl Source<'_> {
         }
     }
 
-    pub(crate) async fn get(&self, key: &Key, opts: &GetOptions) -> Result<Option<Bytes>> {
+    /// The value's length and version; a namespace's own origin tells no version
+    /// (its reads are pinned to one already, see [`NamespaceOrigin::immutable`]).
+    pub(crate) async fn stat(&self, key: &Key) -> Result<Option<(u64, Option<String>)>> {
         match self {
-            Source::Tier(o) => o.get(key, opts).await,
-            Source::Namespace(o) => o.get(key, opts.range).await,
+            Source::Tier(o) => o.stat(key).await,
+            Source::Namespace(o) => Ok(o.size(key).await?.map(|n| (n, None))),
+        }
+    }
+
+    /// A read with the version its bytes are of (`None` from a namespace's origin).
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &Key,
+        opts: &GetOptions,
+    ) -> Result<Option<(Bytes, Option<String>)>> {
+        match self {
+            Source::Tier(o) => o.get_versioned(key, opts).await,
+            Source::Namespace(o) => Ok(o.get(key, opts.range).await?.map(|v| (v, None))),
         }
     }
 }
