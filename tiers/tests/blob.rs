@@ -623,3 +623,83 @@ async fn a_store_never_serves_a_mix_of_two_versions_of_a_rewritten_blob() {
     );
     store.close().await.expect("close");
 }
+
+/// A store over this tier, behind a proxy, with 64 KiB pages.
+async fn store_via(proxy: &FaultProxy, az: &Azurite, container: &str) -> strata_tiers::TieredStore {
+    use strata_tiers::{DramConfig, DramTier, Namespaces, Origin, StoreConfig, TieredStore};
+    let tier = BlobTier::open(proxy.config(az, container))
+        .await
+        .expect("request");
+    TieredStore::new(
+        &StoreConfig {
+            page_size: 64 << 10,
+            origin_read_size: 256 << 10,
+        },
+        Namespaces::default(),
+        DramTier::new(&DramConfig {
+            capacity: 64 << 20,
+            ..DramConfig::default()
+        })
+        .expect("DRAM tier"),
+        None,
+        Some(Origin::Blob(Box::new(tier))),
+    )
+    .expect("store")
+}
+
+/// A fill from a slow origin does not overwrite a write acknowledged while it
+/// was under way, nor bring back a value deleted meanwhile: the read that started
+/// first may answer the older value (it overlapped the write), every read after
+/// the write's acknowledgement answers the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fill_never_overwrites_a_newer_write_or_a_delete() {
+    let az = Azurite::start();
+    let proxy = FaultProxy::start(az.port, 0, "").await;
+    let store = store_via(&proxy, &az, "slowfill").await;
+    let writer = az.tier("slowfill").await;
+    for (i, then_delete) in [(0, false), (1, true), (2, false)] {
+        // Small (one page, cached whole with its head) and multi-page values.
+        let len = if i == 2 { 300 << 10 } else { 1000 };
+        let k = key(format!("slow-{i}"));
+        let old = pattern(len);
+        let new: Bytes = old.iter().map(|b| b ^ 0xa5).collect::<Vec<u8>>().into();
+        put(&writer, &k, old.clone()).await;
+
+        proxy.hold_gets(Duration::from_millis(1500));
+        let reader = {
+            let (store, k) = (store.clone(), k.clone());
+            tokio::spawn(async move { store.get(&k, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.hold_gets(Duration::ZERO);
+        if then_delete {
+            assert!(store.delete(&k).await.expect("delete"), "{i}: deleted");
+        } else {
+            store.put(&k, &new).await.expect("put");
+        }
+        let first = reader.await.expect("task").expect("the overlapping read");
+        if let Some((_, v)) = &first {
+            assert!(
+                *v == old || *v == new,
+                "{i}: the overlapping read is one version"
+            );
+        }
+        for round in 0..3 {
+            let got = store.get(&k, None).await.expect("get").map(|(_, v)| v);
+            if then_delete {
+                assert!(
+                    got.is_none(),
+                    "{i}, read {round}: a deleted value came back"
+                );
+            } else {
+                assert!(
+                    got.as_ref() == Some(&new),
+                    "{i}, read {round}: an acknowledged write was overwritten by an older fill ({:?} bytes, old: {})",
+                    got.as_ref().map(Bytes::len),
+                    got.as_ref() == Some(&old)
+                );
+            }
+        }
+    }
+    store.close().await.expect("close");
+}

@@ -34,6 +34,28 @@ impl Inner {
         &self.key_locks[(h.finish() as usize) % self.key_locks.len()]
     }
 
+    /// The stripe of [`Inner::changes`] that counts `key`'s writes and deletes.
+    pub(super) fn changes(&self, key: &Key) -> &tokio::sync::Mutex<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.changes[(h.finish() as usize) % self.changes.len()]
+    }
+
+    /// `key`'s change count now: what a fill or promotion notes before it reads.
+    pub(super) async fn change_count(&self, key: &Key) -> u64 {
+        *self.changes(key).lock().await
+    }
+
+    /// Removes `key` from the cache tiers as a delete does: its change count moves
+    /// first, so no fill under way stores what it read before. `true` if it was
+    /// cached.
+    pub(super) async fn remove_changed(&self, key: &Key) -> bool {
+        let mut count = self.changes(key).lock().await;
+        *count += 1;
+        self.remove_cached(key).await
+    }
+
     /// Marks `key` as being written through to the origin, before the origin
     /// changes: its older head leaves NVMe (journaled), and while the mark stays no
     /// older record of it is demoted there. A server killed while the origin

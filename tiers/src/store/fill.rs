@@ -16,6 +16,9 @@ impl Inner {
             return Ok(None);
         };
         let ostats = origin.stats().ns(key.namespace());
+        // Noted before the origin is read: a write or delete of the key from now
+        // on makes what is read here older than what was acknowledged.
+        let seen = self.change_count(key).await;
         let Some((size, version)) = origin.stat(key).await? else {
             Counters::inc(&ostats.misses);
             return Ok(None);
@@ -64,7 +67,10 @@ impl Inner {
                 // kept on NVMe only.
                 let mut rec = Record::Heap(vec![0u8; len]);
                 write_head_record(&mut rec, &head, payload.as_deref());
-                self.bypass(key, rec, policy).await;
+                let count = self.changes(key).lock().await;
+                if *count == seen {
+                    self.bypass(key, rec, policy).await;
+                }
                 head.inline = payload;
                 return Ok(Some(head));
             };
@@ -74,13 +80,28 @@ impl Inner {
             self.encode_head(&head, None, policy)?
         };
         head.inline = payload.or_else(|| (size == 0).then(Bytes::new));
+        // Stored only if no write or delete of the key was acknowledged since the
+        // read began, the count's stripe held while it is stored.
+        let count = self.changes(key).lock().await;
+        let unchanged = *count == seen;
         if head.inline.is_some() {
-            let _ = self.keep_fill(key, rec, policy).await;
+            // (Changed: served to this reader, which overlapped the write, and
+            // not kept.)
+            if unchanged {
+                let _ = self.keep_fill(key, rec, policy, Some(count)).await;
+            }
         } else {
             // A payload-less head must be cached: its pages are checked against
             // it (a missing head reads as a replaced value). Failing costs only a
-            // size request on retry.
+            // size request on retry. Written or deleted meanwhile: the reader,
+            // which overlapped that, gets what is cached now (the new value, or
+            // none).
+            if !unchanged {
+                drop(count);
+                return Ok(self.cached_head(key).await);
+            }
             let stored = self.store_record(key, rec, policy).await?;
+            drop(count);
             self.fill_nvme(key, stored, policy).await;
         }
         Ok(Some(head))
@@ -190,13 +211,19 @@ impl Inner {
     /// passes reads through instead of failing them (a failure would send the
     /// client back to retry, and the origin would be read twice). What could not
     /// be kept is counted in `dropped_writes`.
+    /// `count`, the key's change-count stripe when the caller holds it, is let go
+    /// once the record is stored (the NVMe copy checks on its own that the record
+    /// is still the key's).
     pub(super) async fn keep_fill(
         &self,
         key: &Key,
         rec: Record,
         policy: &NamespacePolicy,
+        count: Option<tokio::sync::MutexGuard<'_, u64>>,
     ) -> Option<Bytes> {
-        match self.store_record(key, rec, policy).await {
+        let stored = self.store_record(key, rec, policy).await;
+        drop(count);
+        match stored {
             Ok(stored) => {
                 self.fill_nvme(key, stored.clone(), policy).await;
                 stored
@@ -353,11 +380,13 @@ impl Inner {
             .ok_or_else(|| Error::NotFound {
                 key: entry.key.display_path(),
             })?;
-        // Bytes of another version than the head's (the origin's value was
-        // rewritten since the head was read, or the head is a put's, whose
-        // generation no origin version matches): never served as its pages.
-        // The caller drops the head and reads the value afresh.
-        if let Some(v) = version
+        // Bytes of another version than the head's, for a head filled from the
+        // origin (its generation is the version's hash; a put's head, which has
+        // a checksum of the whole value, is bound to no origin version): the
+        // origin's value was rewritten since the head was read. Never served as
+        // its pages: the caller drops the head and reads the value afresh.
+        if head.value_crc.is_none()
+            && let Some(v) = version
             && Source::generation_of(&v) != head.generation
         {
             return Err(Error::Changed {
@@ -421,7 +450,7 @@ impl Inner {
             self.bypass(&pk, rec, policy).await;
             None
         } else {
-            let stored = self.keep_fill(&pk, rec, policy).await?;
+            let stored = self.keep_fill(&pk, rec, policy, None).await?;
             Some(stored.slice(record::PAGE_HEADER_LEN..))
         }
     }

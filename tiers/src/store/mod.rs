@@ -155,6 +155,12 @@ pub(crate) struct Inner {
     /// while waiting for DRAM room), so that a demotion or fill of an older record
     /// cannot land on NVMe after a newer write dropped it from there.
     key_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Striped counts of writes and deletes, each bumped, its stripe locked, as
+    /// a put stores its head or a delete removes one. A fill from the origin (or
+    /// a promotion from NVMe) notes its key's count before it reads, and stores
+    /// what it read only if the count has not moved, the stripe locked while it
+    /// stores: what it read may be older than a write acknowledged meanwhile.
+    changes: Box<[tokio::sync::Mutex<u64>]>,
     /// Keys whose write-through to the origin is under way (with how many): their
     /// older records are not demoted to NVMe meanwhile (see [`Inner::writing_through`]).
     writing: parking_lot::Mutex<HashMap<Key, u32>>,
@@ -247,6 +253,7 @@ impl TieredStore {
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            changes: (0..KEY_LOCKS).map(|_| tokio::sync::Mutex::new(0)).collect(),
             writing: parking_lot::Mutex::default(),
         });
         // Without NVMe an evicted entry has nowhere to go: its memory returns as
@@ -659,14 +666,19 @@ impl TieredStore {
 
     /// Deletes a value from the cache tiers and, for namespaces whose writes reach
     /// the origin, from the origin too. `true` if it existed anywhere.
+    /// A fill from the origin under way stores nothing it read (it may be the
+    /// deleted value): the key's change count moves before each of the two
+    /// evictions, one before the origin's delete and one after (a fill that read
+    /// the origin between them).
     pub async fn delete(&self, key: &Key) -> Result<bool> {
         let policy = self.policy(key)?.clone();
-        let mut found = self.evict(key).await?;
+        let mut found = self.inner.remove_changed(key).await;
         if policy.origin == OriginKind::Origin
             && policy.write != crate::WritePolicy::ReadOnly
             && let Some(o) = &self.inner.origin
         {
             found |= o.delete(key).await?;
+            found |= self.inner.remove_changed(key).await;
         }
         Ok(found)
     }

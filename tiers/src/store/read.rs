@@ -88,6 +88,7 @@ impl Inner {
         }
         if let Some(nvme) = &self.nvme {
             let ns = nvme.stats().ns(key.namespace());
+            let seen = self.change_count(key).await;
             match nvme.get(key, &opts).await {
                 Ok(Some(rec)) => match record::decode_head(&rec, Payload::Verify) {
                     Ok(head) if Self::expired(policy, &head) => {
@@ -98,7 +99,7 @@ impl Inner {
                             Counters::inc(&ns.hits);
                         }
                         if policy.tiers.dram {
-                            self.promote(key, &rec);
+                            self.promote_head(key, &rec, seen);
                         }
                         return Ok(Some(Entry {
                             key: key.clone(),
@@ -142,6 +143,17 @@ impl Inner {
             head,
             tier,
         }))
+    }
+
+    /// [`Self::promote`] of a head read from NVMe, unless the key was written or
+    /// deleted since (its change count is no longer `seen`, or moving now): it
+    /// would put an older value over a newer one.
+    pub(super) fn promote_head(&self, key: &Key, rec: &Bytes, seen: u64) {
+        if let Ok(count) = self.changes(key).try_lock()
+            && *count == seen
+        {
+            self.promote(key, rec);
+        }
     }
 
     /// Copies a record into DRAM (best effort: a full DRAM just skips promotion).

@@ -310,6 +310,10 @@ impl Reservation {
                 .store_record(&self.key.page(self.generation, i as u32), rec, &self.policy)
                 .await?;
         }
+        // The head makes the value visible: the key's change count moves with it,
+        // so a fill from the origin under way does not store an older value over it.
+        let mut count = inner.changes(&self.key).lock().await;
+        *count += 1;
         inner
             .store_record(&self.key, head_rec, &self.policy)
             .await?;

@@ -28,6 +28,8 @@ pub struct FaultProxy {
     max_in_flight: Arc<AtomicUsize>,
     /// Milliseconds each request waits before it is forwarded.
     delay_ms: Arc<AtomicU64>,
+    /// Milliseconds a GET's answer is held back, read whole from upstream first.
+    hold_gets_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,24 +51,27 @@ impl FaultProxy {
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let hold_gets_ms = Arc::new(AtomicU64::new(0));
         let counters = (
             seen.clone(),
             in_flight,
             max_in_flight.clone(),
             log.clone(),
-            delay_ms.clone(),
+            (delay_ms.clone(), hold_gets_ms.clone()),
         );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, in_flight, max_in_flight, log, delay_ms) = counters.clone();
+                let (seen, in_flight, max_in_flight, log, (delay_ms, hold_ms)) = counters.clone();
                 tokio::spawn(async move {
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     max_in_flight.fetch_max(now, Ordering::SeqCst);
-                    let delay = std::time::Duration::from_millis(delay_ms.load(Ordering::SeqCst));
-                    let _ = serve(client, upstream, &seen, &log, faults, hint, delay).await;
+                    let ms =
+                        |a: &AtomicU64| std::time::Duration::from_millis(a.load(Ordering::SeqCst));
+                    let delays = (ms(&delay_ms), ms(&hold_ms));
+                    let _ = serve(client, upstream, &seen, &log, faults, hint, delays).await;
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -77,8 +82,17 @@ impl FaultProxy {
             log,
             max_in_flight,
             delay_ms,
+            hold_gets_ms,
             task,
         }
+    }
+
+    /// Makes each GET from now on be answered `hold` late: forwarded at once (so
+    /// it reads what the emulator holds now), its whole answer read, then held (a
+    /// slow origin read that other requests overtake).
+    pub fn hold_gets(&self, hold: std::time::Duration) {
+        self.hold_gets_ms
+            .store(hold.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Makes each request from now on wait `delay` before it is forwarded (a slow
@@ -123,7 +137,7 @@ async fn serve(
     log: &std::sync::Mutex<Vec<String>>,
     faults: usize,
     hint: &str,
-    delay: std::time::Duration,
+    (delay, hold): (std::time::Duration, std::time::Duration),
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -165,6 +179,14 @@ async fn serve(
     out.extend_from_slice(&buf[line_end..]);
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
     up.write_all(&out).await?;
+    if !hold.is_zero() && buf.starts_with(b"GET ") {
+        // (A GET has no body to upload.) Its whole answer, then the hold.
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer).await?;
+        tokio::time::sleep(hold).await;
+        client.write_all(&answer).await?;
+        return client.shutdown().await;
+    }
     // The exchange is over once the whole response (by its Content-Length) is
     // forwarded: the client may start its next request before it closes this
     // connection, so waiting for either side to close would count two requests
