@@ -70,6 +70,11 @@ pub struct ServerConfig {
     /// Log lines: `text` (coloured only when written to a terminal) or `json` (one
     /// object per line, for log collectors). Default: `text`.
     pub log_format: LogFormat,
+    /// gRPC connections open at once, at most: past it a new connection waits to
+    /// be accepted until one closes. Default: 4096.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (requests) per gRPC connection. Default: 256.
+    pub max_concurrent_streams: u32,
 }
 
 /// How `strata-server` writes its log.
@@ -91,6 +96,8 @@ impl Default for ServerConfig {
             get_chunk_size: ByteSize(1 << 20),
             shutdown_grace_secs: 30,
             log_format: LogFormat::Text,
+            max_connections: 4096,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -294,6 +301,16 @@ impl Config {
             .map_err(|e| ConfigError(format!("invalid config {e}")))?;
         if self.data.poll_us > 1_000_000 {
             return err("data.poll_us", "must be at most 1 s (1000000)".into());
+        }
+        if self.server.max_connections == 0 || self.server.max_concurrent_streams == 0 {
+            return err(
+                "server.max_connections",
+                "server.max_connections and server.max_concurrent_streams must be at least 1"
+                    .into(),
+            );
+        }
+        if self.requests.stall_timeout_ms == 0 {
+            return err("requests.stall_timeout_ms", "must be at least 1".into());
         }
         if self.requests.max_upload_bytes.0 < 1 << 20 {
             return err("requests.max_upload_bytes", "must be at least 1 MiB".into());

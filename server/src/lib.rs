@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod dataset;
 pub mod datasets;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod oracle;
@@ -72,6 +73,10 @@ pub struct Running {
 impl Server {
     /// Builds the tiers, binds both listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Running> {
+        match limits::raise_fd_limit() {
+            Ok(n) => tracing::debug!(open_files = n, "file descriptor limit"),
+            Err(e) => tracing::warn!(error = %e, "the file descriptor limit could not be read"),
+        }
         let store = build_store(&config).await?;
         let origin_spec = match config.origin.kind {
             config::OriginKindConfig::Localdir => OriginSpec::Dir(config.origin_dir()),
@@ -284,18 +289,24 @@ impl Server {
             .as_ref()
             .map(|c| cluster::plans::PlanFanout::new(c.clone()));
         let cluster_for_leave = cluster.clone();
+        let (max_connections, max_streams) = (
+            config.server.max_connections,
+            config.server.max_concurrent_streams,
+        );
         let task = tokio::spawn(async move {
             // However the task ends (a gRPC error included), the data path closes.
             let _data_closes = data_shutdown.clone().drop_guard();
             // `Server::tcp_nodelay` is ignored with `serve_with_incoming*`: the incoming
-            // stream must set it, or Nagle holds each response's trailing frames until
-            // the client's delayed ACK (~40 ms per small Get).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            // stream sets it. Connections are capped; a peer that vanished is found by
+            // HTTP/2 keepalive pings and its connection closed.
+            let incoming = limits::capped_incoming(listener, max_connections);
             let serve = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .initial_stream_window_size(16 << 20)
                 .initial_connection_window_size(64 << 20)
+                .max_concurrent_streams(max_streams)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)

@@ -139,7 +139,19 @@ impl Cache for CacheService {
         self.metrics.request("put");
         let mut opts = options(&request);
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        // Each message within the stall timeout: a client that sends its header
+        // and then nothing must not hold its share of the upload budget forever.
+        let stall = self.ops.stall_timeout();
+        let stalled = || {
+            Status::deadline_exceeded(format!(
+                "the put stream stalled: no message for {} ms (requests.stall_timeout_ms)",
+                stall.as_millis()
+            ))
+        };
+        let header = match tokio::time::timeout(stall, stream.message())
+            .await
+            .map_err(|_| stalled())??
+        {
             Some(pb::PutRequest {
                 msg: Some(pb::put_request::Msg::Header(h)),
             }) => h,
@@ -156,7 +168,10 @@ impl Cache for CacheService {
             .ops
             .begin_upload(&key, header.length, header.crc32c, &opts)
             .map_err(to_status)?;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = tokio::time::timeout(stall, stream.message())
+            .await
+            .map_err(|_| stalled())??
+        {
             match msg.msg {
                 Some(pb::put_request::Msg::Chunk(c)) => reservation.write(&c).map_err(to_status)?,
                 _ => {
@@ -300,6 +315,9 @@ impl Cache for CacheService {
         }
         let (tx, rx) = mpsc::channel(4);
         let ops = self.ops.clone();
+        // A client that stops taking the stream lets go of its pages after the
+        // stall timeout.
+        let stall = self.ops.stall_timeout();
         let bytes_out = self.metrics.clone();
         self.ops.clone().spawn(async move {
             let mut info = Some(info);
@@ -327,8 +345,13 @@ impl Cache for CacheService {
                 }
                 for msg in page_chunks(&slice, pos, pos, page_end, chunk, &mut info) {
                     bytes_out.bytes_out(msg.chunk.len() as u64);
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // the client went away
+                    match tx.send_timeout(Ok(msg), stall).await {
+                        Ok(()) => {}
+                        Err(mpsc::error::SendTimeoutError::Closed(_)) => return, // gone
+                        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                            tracing::debug!(key = ?entry.key, "get stream stalled; ended");
+                            return;
+                        }
                     }
                 }
                 pos = page_end;

@@ -63,12 +63,19 @@ pub struct Config {
     /// within their deadline; a single upload over it answers `TooLarge`.
     /// Default: 1 GiB.
     pub max_upload_bytes: ByteSize,
+    /// Milliseconds a gRPC stream may go without progress: a put whose next
+    /// message does not come, a get whose next message the client does not take.
+    /// Past it the stream ends (`DEADLINE_EXCEEDED`) and what it held (upload
+    /// budget, pages) comes back. (The data path drops a stalled connection after
+    /// a lease lifetime.) Default: 30000.
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_upload_bytes: ByteSize(1 << 30),
+            stall_timeout_ms: 30_000,
         }
     }
 }
@@ -345,6 +352,11 @@ impl Ops {
             });
         }
         Ok(Some((total, start, vec![bytes])))
+    }
+
+    /// How long a gRPC stream may go without progress ([`Config::stall_timeout_ms`]).
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.stall_timeout_ms)
     }
 
     /// The store (for what is not a request: the arena's descriptor, statistics).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::Key;
 use crate::error::{Error, Result};
@@ -124,6 +124,11 @@ fn not_found(e: &std::io::Error) -> bool {
     )
 }
 
+/// Makes a directory's entries durable (after a rename into it or a removal).
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
+}
+
 /// A file's version: inode, modification time (ns) and size. A file replaced by
 /// a rename (as this tier writes) gets another; one rewritten in place gets
 /// another mtime, but a reader may then see bytes of both (see `docs/guarantees.md`).
@@ -216,22 +221,49 @@ impl Tier for LocalDirTier {
 
     async fn put(&self, key: &Key, value: Bytes, _opts: &PutOptions) -> Result<PutOutcome> {
         let path = self.path_of(key)?;
-        if let Some(parent) = path.parent() {
+        if let Some(parent) = path.parent()
+            && !tokio::fs::try_exists(parent).await.unwrap_or(false)
+        {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            // New directories are entries of their parents: durable too.
+            for dir in parent.ancestors().skip(1) {
+                sync_dir(dir)
+                    .await
+                    .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+                if dir == self.root {
+                    break;
+                }
+            }
         }
         let tmp = self.root.join(".tmp").join(format!(
             "{}-{}",
             std::process::id(),
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
-        tokio::fs::write(&tmp, &value)
-            .await
-            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        // Durable before it is acknowledged: the file's bytes reach the disk
+        // before the rename makes them the value, and the directory's entry
+        // after it (a power loss then leaves the old value or the new one, never
+        // an empty or partial file, and never loses an acknowledged put).
+        let written = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            f.write_all(&value).await?;
+            f.sync_all().await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        }
         if let Err(e) = tokio::fs::rename(&tmp, &path).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(Error::io(format!("renaming into {}", path.display()), e));
+        }
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)
+                .await
+                .map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
         }
         Ok(PutOutcome::Stored)
     }
@@ -239,7 +271,15 @@ impl Tier for LocalDirTier {
     async fn delete(&self, key: &Key) -> Result<bool> {
         let path = self.path_of(key)?;
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // As durable as a put: the entry's removal reaches the disk first.
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent)
+                        .await
+                        .map_err(|e| Error::io(format!("syncing {}", parent.display()), e))?;
+                }
+                Ok(true)
+            }
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
         }

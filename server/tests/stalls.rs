@@ -1,0 +1,128 @@
+//! gRPC clients that stall or pile up: a put that sends its header and then
+//! nothing gives its share of the upload budget back after the stall timeout
+//! (before, it held it forever and every other put answered RESOURCE_EXHAUSTED);
+//! connections past `server.max_connections` wait to be accepted until one
+//! closes; the server raised its file-descriptor limit.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_proto::v1 as proto;
+use strata_proto::v1::cache_client::CacheClient;
+use strata_server::Server;
+use strata_server::config::{ByteSize, Config};
+use strata_server::testing::{self, k, pattern};
+use strata_transport::{Client, ClientOptions, key_to_proto};
+use tokio::net::TcpStream;
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = testing::config(dir);
+    c.dram.capacity = 64 << 20;
+    c.requests.max_upload_bytes = ByteSize(4 << 20);
+    c.requests.stall_timeout_ms = 600;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_stream_that_stalls_gives_its_upload_budget_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path())).await.unwrap();
+    let c = testing::client(&r, ClientOptions::default()).await;
+    let full = r.data.ops().upload_budget_free();
+
+    // A put of the whole budget that sends its header, then nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(proto::PutRequest {
+        msg: Some(proto::put_request::Msg::Header(proto::PutHeader {
+            key: Some(key_to_proto(&k("kv/stall/held"))),
+            length: 4 << 20,
+            crc32c: None,
+            pin: false,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut raw = CacheClient::new(c.channel().clone());
+    let started = Instant::now();
+    let stalled = tokio::spawn(async move {
+        raw.put(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    testing::within_5s("the stalled put to hold the budget", || {
+        r.data.ops().upload_budget_free() == 0
+    })
+    .await;
+
+    // The stalled stream ends, and says why; the budget comes back.
+    let status = stalled.await.unwrap().expect_err("a stalled put fails");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("stall"), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    testing::within_5s("the budget to come back", || {
+        r.data.ops().upload_budget_free() == full
+    })
+    .await;
+    drop(tx);
+    let v = pattern(1 << 20, 3);
+    c.put(&k("kv/stall/next"), v.clone()).await.unwrap();
+    assert_eq!(c.get(&k("kv/stall/next")).await.unwrap().unwrap(), v);
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.server.max_connections = 2;
+    let r = Server::start(cfg).await.unwrap();
+    // Two connections that never speak hold both places.
+    let a = TcpStream::connect(r.addr).await.unwrap();
+    let b = TcpStream::connect(r.addr).await.unwrap();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_millis(800),
+        timeout: Duration::from_millis(800),
+        attempts: 1,
+        ..ClientOptions::default()
+    };
+    let third = Client::connect(&r.addr.to_string(), options.clone()).await;
+    let served = match &third {
+        Ok(c) => c.get(&k("kv/cap/x")).await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !served,
+        "a third connection was served past max_connections = 2"
+    );
+    drop((a, b));
+    let c = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(c) = Client::connect(&r.addr.to_string(), options.clone()).await
+                && c.put(&k("kv/cap/x"), Bytes::from_static(b"v"))
+                    .await
+                    .is_ok()
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("served once a place is free");
+    assert_eq!(&c.get(&k("kv/cap/x")).await.unwrap().unwrap()[..], b"v");
+    drop(third);
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_raises_its_file_descriptor_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path())).await.unwrap();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert_eq!(lim.rlim_cur, lim.rlim_max, "the soft limit is the hard one");
+    r.shutdown().await.unwrap();
+}
