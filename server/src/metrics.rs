@@ -267,7 +267,7 @@ const DATA_GAUGES: [(&str, &str); 6] = [
 ];
 
 /// Counters of the data path, one value each: name, help.
-const DATA_COUNTERS: [(&str, &str); 8] = [
+const DATA_COUNTERS: [(&str, &str); 9] = [
     (
         "strata_data_bytes_in_total",
         "Value bytes of committed data-path PUTs",
@@ -292,6 +292,10 @@ const DATA_COUNTERS: [(&str, &str); 8] = [
     (
         "strata_data_poll_hits_total",
         "Polls that found the next request waiting (wake-ups saved)",
+    ),
+    (
+        "strata_data_connections_idle_closed_total",
+        "Connections closed after data.idle_timeout_ms with nothing to do",
     ),
     (
         "strata_request_commits_in_flight",
@@ -510,6 +514,7 @@ fn record_data(data: &DataServer) {
         leases.refused(),
         s.reservations_expired(),
         s.poll_hits(),
+        s.idle_closed(),
         ops.commits_in_flight() as u64,
     ];
     for ((name, _), v) in DATA_COUNTERS.iter().zip(counters) {

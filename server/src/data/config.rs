@@ -40,6 +40,10 @@ pub struct DataConfig {
     /// Data connections served at once, per listener (TCP, Unix socket); past it new
     /// ones are closed. Default: 4096.
     pub max_connections: usize,
+    /// Milliseconds a data connection may sit idle (nothing in flight, no open
+    /// reservation, no partial frame) before the server closes it and its place
+    /// comes back; clients reconnect when they next need one. Default: 300000.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for DataConfig {
@@ -54,6 +58,7 @@ impl Default for DataConfig {
             poll_us: 0,
             poll_connections: 1,
             max_connections: 4096,
+            idle_timeout_ms: 300_000,
         }
     }
 }
@@ -63,6 +68,11 @@ impl DataConfig {
     /// arena memory.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// How long an idle connection is kept ([`Self::idle_timeout_ms`]).
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.max(1))
     }
 
     /// The frame limits requests are decoded with.

@@ -41,6 +41,7 @@ pub struct DataStats {
     pub(crate) stalled: AtomicU64,
     pub(crate) reservations_expired: AtomicU64,
     pub(crate) poll_hits: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
 }
 
 impl Default for DataStats {
@@ -54,6 +55,7 @@ impl Default for DataStats {
             stalled: AtomicU64::new(0),
             reservations_expired: AtomicU64::new(0),
             poll_hits: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
         }
     }
 }
@@ -111,6 +113,11 @@ impl DataStats {
     /// lifetime.
     pub fn reservations_expired(&self) -> u64 {
         get(&self.reservations_expired)
+    }
+
+    /// Connections the server closed after `data.idle_timeout_ms` idle.
+    pub fn idle_closed(&self) -> u64 {
+        get(&self.idle_closed)
     }
 
     /// Polls that found the next request waiting, each a wake-up saved.

@@ -209,6 +209,59 @@ async fn connections_past_the_cap_are_closed() {
     r.shutdown().await.unwrap();
 }
 
+/// A connection that sits idle past `data.idle_timeout_ms` is closed and its
+/// place comes back (before, idle connections held their places forever, so a
+/// client that opened many and forgot them filled `max_connections`); a busy
+/// one is not, and the real client reconnects after its pooled one was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_their_places_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.data.max_connections = 2;
+    cfg.data.idle_timeout_ms = 400;
+    let r = Server::start(cfg).await.unwrap();
+    let addr = r.data_addr.unwrap();
+    let hello = request_frame(
+        1,
+        0,
+        &Request::Hello {
+            host_id: "test".into(),
+        },
+        0,
+    );
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(raw_call(&mut idle, &hello, b"").await.0.status, Status::Ok);
+    let started = std::time::Instant::now();
+    // The busy one asks something every 100 ms; the idle one says nothing.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(raw_call(&mut busy, &hello, b"").await.0.status, Status::Ok);
+    }
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut byte))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(r.data.stats().idle_closed() >= 1);
+    // Its place is free again: a new connection is served.
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(raw_call(&mut again, &hello, b"").await.0.status, Status::Ok);
+    drop((busy, again));
+    // The real client's pooled connection is closed under it while idle: it
+    // reconnects.
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    c.put(&k("kv/idle/v"), pattern(1000, 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        c.get(&k("kv/idle/v")).await.unwrap().unwrap(),
+        pattern(1000, 1)
+    );
+    r.shutdown().await.unwrap();
+}
+
 /// An MGET answers at most `data.max_frame_data` bytes, leased or inline: a range
 /// that would go past what is left answers `TooLarge` (and is not read), and a
 /// later one that still fits is served.

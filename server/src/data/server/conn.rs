@@ -217,11 +217,20 @@ impl DataServer {
             // At the in-flight cap, frames wait unread in the buffer (a COMMIT among
             // them, perhaps): reservations do not expire until they are read.
             let at_cap = inflight.len() >= MAX_INFLIGHT;
+            // Idle: nothing in flight, none reserved, no frame begun. Such a
+            // connection is closed after the idle timeout (its place comes back).
+            let idle_at = (inflight.is_empty()
+                && sink.is_none()
+                && reservations.is_empty()
+                && buf.is_empty()
+                && !eof)
+                .then(|| progress + self.config.idle_timeout());
             let expiry = reservations
                 .values()
                 .filter(|_| !at_cap)
                 .map(|o| o.expires(ttl))
                 .chain(stalled_at)
+                .chain(idle_at)
                 .min();
             tokio::select! {
                 biased;
@@ -247,6 +256,10 @@ impl DataServer {
                         None => std::future::pending().await,
                     }
                 }, if expiry.is_some() => {
+                    if idle_at.is_some_and(|t| Instant::now() >= t) {
+                        add(&self.stats.idle_closed, 1);
+                        return Ok(());
+                    }
                     if stalled_at.is_some_and(|t| Instant::now() >= t) {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
