@@ -65,11 +65,14 @@ impl Leases {
         self.ttl
     }
 
-    /// Grants a lease on `values`; `None` when it would put the table over its byte
-    /// budget (the caller answers inline instead). The id is random and never 0.
-    pub fn grant(&self, values: Vec<Bytes>) -> Option<u64> {
+    /// Grants a lease on `values`, charged `pinned` bytes: what holding them keeps
+    /// from the arena (the whole records they are slices of: a 1-byte range of a
+    /// page pins the page), at least their length. `None` when it would put the
+    /// table over its byte budget (the caller answers inline instead). The id is
+    /// random and never 0.
+    pub fn grant(&self, values: Vec<Bytes>, pinned: u64) -> Option<u64> {
         let len: u64 = values.iter().map(|v| v.len() as u64).sum();
-        let bytes = len.max(MIN_CHARGE);
+        let bytes = len.max(pinned).max(MIN_CHARGE);
         let now = Instant::now();
         let mut expired = Vec::new();
         let granted = {
@@ -180,11 +183,11 @@ mod tests {
     fn budget_release_and_expiry() {
         let page = MIN_CHARGE as usize;
         let l = Leases::new(Duration::from_millis(30), 2 * MIN_CHARGE);
-        let a = l.grant(vec![Bytes::from(vec![1; page + 1])]).unwrap();
-        assert!(l.grant(vec![Bytes::from(vec![1; page])]).is_none());
+        let a = l.grant(vec![Bytes::from(vec![1; page + 1])], 0).unwrap();
+        assert!(l.grant(vec![Bytes::from(vec![1; page])], 0).is_none());
         assert!(l.release(a));
         assert!(!l.release(a));
-        let _b = l.grant(vec![Bytes::from(vec![1; 2 * page])]).unwrap();
+        let _b = l.grant(vec![Bytes::from(vec![1; 2 * page])], 0).unwrap();
         assert_eq!(l.usage(), (1, 2 * MIN_CHARGE));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(l.sweep(), 1);
@@ -197,9 +200,9 @@ mod tests {
     fn tiny_leases_count_a_page_each() {
         let l = Leases::new(Duration::from_secs(60), 8 * MIN_CHARGE);
         let ids: Vec<u64> = (0..8)
-            .map(|_| l.grant(vec![Bytes::from_static(b"x")]).unwrap())
+            .map(|_| l.grant(vec![Bytes::from_static(b"x")], 0).unwrap())
             .collect();
-        assert!(l.grant(vec![Bytes::from_static(b"x")]).is_none());
+        assert!(l.grant(vec![Bytes::from_static(b"x")], 0).is_none());
         assert_eq!(l.usage(), (8, 8 * MIN_CHARGE));
         // Ids are random: not a count another client could walk.
         assert!(ids.iter().all(|&id| id != 0));

@@ -212,7 +212,7 @@ impl Ops {
     fn answer(&self, total: u64, start: u64, slices: Vec<Bytes>, opts: &Options) -> Read {
         let len = slices.iter().map(|s| s.len() as u64).sum();
         let lease = if opts.lease && len > 0 {
-            self.lease(&slices)
+            self.lease(total, start, &slices)
         } else {
             None
         };
@@ -226,8 +226,10 @@ impl Ops {
         }
     }
 
-    /// Leases `slices` if they all lie in the arena and the lease budget allows.
-    fn lease(&self, slices: &[Bytes]) -> Option<Lease> {
+    /// Leases `slices` (one per page, from `start`, of a value of `total` bytes)
+    /// if they all lie in the arena and the lease budget allows, charged the
+    /// whole pages they keep in the arena.
+    fn lease(&self, total: u64, start: u64, slices: &[Bytes]) -> Option<Lease> {
         let arena = self.store.dram().arena();
         let extents = slices
             .iter()
@@ -238,7 +240,15 @@ impl Ops {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        let id = self.leases.grant(slices.to_vec())?;
+        let ps = u64::from(self.store.page_size()).max(1);
+        let mut pos = start;
+        let mut pinned = 0;
+        for s in slices {
+            let page = pos / ps;
+            pinned += ps.min(total.saturating_sub(page * ps));
+            pos += s.len() as u64;
+        }
+        let id = self.leases.grant(slices.to_vec(), pinned)?;
         Some(Lease {
             id,
             ttl_ms: self.leases.ttl().as_millis() as u32,

@@ -217,3 +217,40 @@ async fn an_aborted_in_place_reservation_waits_in_quarantine() {
     assert!(started.elapsed() >= Duration::from_millis(1000));
     r.shutdown().await.unwrap();
 }
+
+/// A lease is charged what it keeps from the arena: a 1-byte leased read of a
+/// page pins the whole page (before, it was charged 4 KiB, so the lease budget
+/// let a client pin up to 1,000 times more arena than it says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_charged_the_pages_it_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Server::start(config(dir.path(), 5000)).await.unwrap();
+    let tcp = client(&r, CarrierChoice::Tcp, 1).await;
+    let page = 1u64 << 20; // the harness's page size
+    tcp.put(&k("kv/h/paged"), pattern(3 * page as usize, 4))
+        .await
+        .unwrap();
+    let (mut s, _fd) = raw_shm(&r).await;
+    let ranged = |id: u64, offset: u64, length: u64| {
+        request_frame(
+            id,
+            FLAG_LEASE,
+            &Request::Get {
+                key: k("kv/h/paged"),
+                offset,
+                length: Some(length),
+            },
+            0,
+        )
+    };
+    // One byte of the first page.
+    let (h, _, data) = raw_call(&mut s, &ranged(1, 5, 1), b"").await;
+    assert_eq!(h.status, Status::Ok);
+    assert!(data.is_empty(), "answered by lease");
+    assert_eq!(r.data.leases().usage(), (1, page));
+    // Two bytes across the first two pages' boundary.
+    let (h, _, _) = raw_call(&mut s, &ranged(2, page - 1, 2), b"").await;
+    assert_eq!(h.status, Status::Ok);
+    assert_eq!(r.data.leases().usage(), (2, 3 * page));
+    r.shutdown().await.unwrap();
+}

@@ -15,7 +15,7 @@ async fn leases_expire_with_shared_memory_off() {
     let id = r
         .data
         .leases()
-        .grant(vec![bytes::Bytes::from(vec![1u8; 4096])]);
+        .grant(vec![bytes::Bytes::from(vec![1u8; 4096])], 0);
     assert!(id.is_some());
     assert_eq!(r.data.leases().usage(), (1, 4096));
     within_5s("a 100 ms lease to expire", || {
