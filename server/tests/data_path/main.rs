@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 mod carriers;
 mod faults;
 mod frames;
+mod fuzz_conn;
 mod hostile;
 mod leases;
 mod limits;
