@@ -703,3 +703,41 @@ async fn a_slow_fill_never_overwrites_a_newer_write_or_a_delete() {
     }
     store.close().await.expect("close");
 }
+
+/// An origin that answers a byte at a time (a read timeout that restarts on
+/// every byte never fires) is given up on: each ranged GET gets its grace plus
+/// its length at `min_read_rate`, then it is retried and fails, instead of
+/// holding its reader (and a place of `max_concurrency`) for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_trickles_bytes_is_given_up_on() {
+    let az = Azurite::start();
+    let k = key("trickled");
+    put(&az.tier("trickle").await, &k, pattern(64 << 10)).await;
+    let proxy = FaultProxy::start(az.port, 0, "").await;
+    let mut config = proxy.config(&az, "trickle");
+    config.read_grace_ms = 300;
+    config.min_read_rate = 1 << 20;
+    config.max_retries = 1;
+    config.retry_base_delay_ms = 10;
+    let t = BlobTier::open(config).await.expect("request");
+    proxy.trickle_gets(Duration::from_millis(50));
+    let started = Instant::now();
+    let got = t.get(&k, &GetOptions::default()).await;
+    let took = started.elapsed();
+    assert!(
+        got.is_err(),
+        "a trickled answer of 64 KiB came through: {got:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "gave up after {took:?} (two attempts of ~0.36 s each)"
+    );
+    let e = got.unwrap_err().to_string();
+    assert!(e.contains("min_read_rate"), "{e}");
+    // Untrickled, the same tier reads it.
+    proxy.trickle_gets(Duration::ZERO);
+    assert_eq!(
+        t.get(&k, &GetOptions::default()).await.expect("request"),
+        Some(pattern(64 << 10))
+    );
+}

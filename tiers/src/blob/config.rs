@@ -90,6 +90,15 @@ pub struct BlobConfig {
     /// `2025-11-05` for Azurite 3.35 unless it runs with `--skipApiVersionCheck`.
     /// Default: none.
     pub api_version: Option<String>,
+    /// The slowest a ranged GET may deliver, in bytes per second: byte `n` of
+    /// an answer must come within `read_grace_ms` plus `n` at this rate of the
+    /// request, or the attempt is given up (and retried), so an origin that
+    /// trickles bytes cannot hold a reader, or one of `max_concurrency` places,
+    /// for ever. Default: 1 MiB/s.
+    pub min_read_rate: u64,
+    /// What a ranged GET may take on top of its length at `min_read_rate`, in
+    /// milliseconds (connecting, the first byte). Default: 30000.
+    pub read_grace_ms: u64,
 }
 
 impl Default for BlobConfig {
@@ -106,6 +115,8 @@ impl Default for BlobConfig {
             retry_base_delay_ms: 100,
             retry_max_delay_ms: 5000,
             api_version: None,
+            min_read_rate: 1 << 20,
+            read_grace_ms: 30_000,
         }
     }
 }

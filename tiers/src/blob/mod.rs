@@ -360,35 +360,90 @@ impl BlobTier {
         // a failed attempt took it).
         let dest = parking_lot::Mutex::new(Some(dest));
         let dest = &dest;
+        // Each attempt at the minimum rate: by `grace` plus `n / rate` after it
+        // began, byte `n` has come, or the attempt is given up (and retried): a
+        // body that trickles is not waited for byte by byte.
+        let (grace, rate) = (
+            std::time::Duration::from_millis(self.core.config.read_grace_ms),
+            self.core.config.min_read_rate.max(1) as f64,
+        );
+        let too_slow = move |got: usize| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Io,
+                format!(
+                    "a ranged GET of {len} bytes delivered {got} in {grace:?} plus {got} bytes \
+                     at {rate} bytes/s: too slow (origin.blob.min_read_rate, origin.blob.read_grace_ms)"
+                ),
+            )
+        };
         self.core
             .call("get", target, deadline, move || async move {
-                let rsp = blob.download(Some(options.clone())).await?;
-                let etag = rsp.properties.etag.clone();
-                let range = rsp
-                    .headers
-                    .get_optional_str(&HeaderName::from_static("content-range"))
-                    .and_then(parse_content_range);
-                let mut bytes = dest.lock().take().unwrap_or_default();
-                bytes.clear();
-                let mut body = rsp.body;
-                while let Some(frame) = body.next().await {
-                    bytes.extend_from_slice(&frame?);
-                }
-                Ok(match range {
-                    Some(total) => Chunk { bytes, total, etag },
-                    // A whole-blob answer (the SDK re-asks without a range for an empty blob).
-                    None => {
-                        let total = bytes.len() as u64;
-                        let start = offset.min(total) as usize;
-                        let end = offset.saturating_add(len).min(total) as usize;
-                        bytes.truncate(end);
-                        Chunk {
-                            bytes: bytes.split_off(start),
-                            total,
-                            etag,
+                let began = tokio::time::Instant::now();
+                let by = move |n: usize| {
+                    began + grace + std::time::Duration::from_secs_f64(n as f64 / rate)
+                };
+                let attempt = async {
+                    let rsp = tokio::time::timeout_at(by(0), blob.download(Some(options.clone())))
+                        .await
+                        .map_err(|_| too_slow(0))??;
+                    let etag = rsp.properties.etag.clone();
+                    let range = rsp
+                        .headers
+                        .get_optional_str(&HeaderName::from_static("content-range"))
+                        .and_then(parse_content_range);
+                    // A whole-blob answer's length is the blob's.
+                    let whole = rsp
+                        .headers
+                        .get_optional_str(&HeaderName::from_static("content-length"))
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let mut bytes = dest.lock().take().unwrap_or_default();
+                    bytes.clear();
+                    let mut body = rsp.body;
+                    // A body is never read past what was asked: a whole-blob answer
+                    // (no Content-Range: the range was ignored) stops at the range's end.
+                    let cap = match range {
+                        Some(_) => len,
+                        None => offset.saturating_add(len),
+                    };
+                    loop {
+                        let next = tokio::time::timeout_at(by(bytes.len() + 1), body.next())
+                            .await
+                            .map_err(|_| too_slow(bytes.len()))?;
+                        let Some(frame) = next else { break };
+                        let frame = frame?;
+                        let room = cap.saturating_sub(bytes.len() as u64);
+                        bytes.extend_from_slice(&frame[..frame.len().min(room as usize)]);
+                        if bytes.len() as u64 >= cap {
+                            if range.is_none() && whole.is_none() {
+                                // Cut short with no length said: the blob's length
+                                // is unknown, so the answer is not used.
+                                return Err(azure_core::Error::with_message(
+                                    azure_core::error::ErrorKind::DataConversion,
+                                    "an answer that ignored the Range header and gave no Content-Length",
+                                ));
+                            }
+                            break;
                         }
                     }
-                })
+                    Ok(match range {
+                        Some(total) => Chunk { bytes, total, etag },
+                        // A whole-blob answer (the SDK re-asks without a range for an empty blob).
+                        None => {
+                            // (Read only up to the range's end: the blob's length is
+                            // the answer's, when it says.)
+                            let total = whole.unwrap_or(bytes.len() as u64).max(bytes.len() as u64);
+                            let start = offset.min(total) as usize;
+                            let end = offset.saturating_add(len).min(total) as usize;
+                            bytes.truncate(end);
+                            Chunk {
+                                bytes: bytes.split_off(start),
+                                total,
+                                etag,
+                            }
+                        }
+                    })
+                };
+                attempt.await
             })
             .await
     }

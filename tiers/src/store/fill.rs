@@ -38,8 +38,16 @@ impl Inner {
         };
         let payload = if size <= u64::from(self.page_size) {
             Counters::inc(&ostats.origin_reads);
-            let Some((v, version)) = origin.get_versioned(key, &GetOptions::default()).await?
-            else {
+            // At most one byte past a page: a value that grew since its size was
+            // asked is not downloaded whole to find out.
+            let opts = GetOptions {
+                range: Some(ByteRange {
+                    offset: 0,
+                    length: Some(u64::from(self.page_size) + 1),
+                }),
+                deadline: None,
+            };
+            let Some((v, version)) = origin.get_versioned(key, &opts).await? else {
                 return Ok(None);
             };
             if v.len() as u64 > u64::from(self.page_size) {

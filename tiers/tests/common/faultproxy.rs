@@ -30,6 +30,8 @@ pub struct FaultProxy {
     delay_ms: Arc<AtomicU64>,
     /// Milliseconds a GET's answer is held back, read whole from upstream first.
     hold_gets_ms: Arc<AtomicU64>,
+    /// Milliseconds between the bytes of a GET's answer (0: sent at once).
+    trickle_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,25 +54,27 @@ impl FaultProxy {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let hold_gets_ms = Arc::new(AtomicU64::new(0));
+        let trickle_ms = Arc::new(AtomicU64::new(0));
         let counters = (
             seen.clone(),
             in_flight,
             max_in_flight.clone(),
             log.clone(),
-            (delay_ms.clone(), hold_gets_ms.clone()),
+            (delay_ms.clone(), hold_gets_ms.clone(), trickle_ms.clone()),
         );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, in_flight, max_in_flight, log, (delay_ms, hold_ms)) = counters.clone();
+                let (seen, in_flight, max_in_flight, log, (delay_ms, hold_ms, trickle_ms)) =
+                    counters.clone();
                 tokio::spawn(async move {
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     max_in_flight.fetch_max(now, Ordering::SeqCst);
                     let ms =
                         |a: &AtomicU64| std::time::Duration::from_millis(a.load(Ordering::SeqCst));
-                    let delays = (ms(&delay_ms), ms(&hold_ms));
+                    let delays = (ms(&delay_ms), ms(&hold_ms), ms(&trickle_ms));
                     let _ = serve(client, upstream, &seen, &log, faults, hint, delays).await;
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -83,8 +87,16 @@ impl FaultProxy {
             max_in_flight,
             delay_ms,
             hold_gets_ms,
+            trickle_ms,
             task,
         }
+    }
+
+    /// Makes each GET from now on be answered one byte every `every` (an origin
+    /// that trickles: a read timeout that restarts on every byte never fires).
+    pub fn trickle_gets(&self, every: std::time::Duration) {
+        self.trickle_ms
+            .store(every.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Makes each GET from now on be answered `hold` late: forwarded at once (so
@@ -137,7 +149,11 @@ async fn serve(
     log: &std::sync::Mutex<Vec<String>>,
     faults: usize,
     hint: &str,
-    (delay, hold): (std::time::Duration, std::time::Duration),
+    (delay, hold, trickle): (
+        std::time::Duration,
+        std::time::Duration,
+        std::time::Duration,
+    ),
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -179,12 +195,20 @@ async fn serve(
     out.extend_from_slice(&buf[line_end..]);
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).await?;
     up.write_all(&out).await?;
-    if !hold.is_zero() && buf.starts_with(b"GET ") {
-        // (A GET has no body to upload.) Its whole answer, then the hold.
+    if (!hold.is_zero() || !trickle.is_zero()) && buf.starts_with(b"GET ") {
+        // (A GET has no body to upload.) Its whole answer, then the hold, then
+        // the answer, at once or a byte at a time.
         let mut answer = Vec::new();
         up.read_to_end(&mut answer).await?;
         tokio::time::sleep(hold).await;
-        client.write_all(&answer).await?;
+        if trickle.is_zero() {
+            client.write_all(&answer).await?;
+        } else {
+            for b in answer {
+                client.write_all(&[b]).await?;
+                tokio::time::sleep(trickle).await;
+            }
+        }
         return client.shutdown().await;
     }
     // The exchange is over once the whole response (by its Content-Length) is
