@@ -219,6 +219,11 @@ impl ServerProcess {
         }
     }
 
+    /// Its exit status, if it has exited (it has not been waited for yet).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
