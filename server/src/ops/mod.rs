@@ -53,6 +53,9 @@ const BUDGET_UNIT: u64 = 1024;
 /// opened by the million.
 const MIN_UPLOAD_CHARGE: u64 = 4096;
 
+/// The unit of the read budget ([`Config::max_read_bytes`]).
+const READ_UNIT: u64 = 64 << 10;
+
 /// The request layer's settings (`[requests]` in the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +72,13 @@ pub struct Config {
     /// budget, pages) comes back. (The data path drops a stalled connection after
     /// a lease lifetime.) Default: 30000.
     pub stall_timeout_ms: u64,
+    /// Bytes of data-path GET answers held at once, at most, from every client:
+    /// a GET is admitted by its length before it is read from NVMe or the
+    /// origin, and holds its share until its answer is written (or dropped), so
+    /// pipelined reads of large values cannot read more than this into memory.
+    /// A read past it waits (within the caller's deadline); one larger than it
+    /// is charged all of it. Default: 1 GiB.
+    pub max_read_bytes: ByteSize,
 }
 
 impl Default for Config {
@@ -76,6 +86,7 @@ impl Default for Config {
         Self {
             max_upload_bytes: ByteSize(1 << 30),
             stall_timeout_ms: 30_000,
+            max_read_bytes: ByteSize(1 << 30),
         }
     }
 }
@@ -202,6 +213,10 @@ pub trait Replicate: Send + Sync + std::fmt::Debug {
 pub struct Ops {
     store: TieredStore,
     config: Config,
+    /// The budget of read answers held at once, in [`READ_UNIT`]s
+    /// ([`Config::max_read_bytes`]).
+    reads: Arc<Semaphore>,
+    read_units: u32,
     /// The upload budget, in [`BUDGET_UNIT`]s.
     uploads: Arc<Semaphore>,
     /// Its size in units.
@@ -244,10 +259,15 @@ impl Ops {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let units = (config.max_upload_bytes.0 / BUDGET_UNIT).min(Semaphore::MAX_PERMITS as u64);
+        let read_units = (config.max_read_bytes.0 / READ_UNIT)
+            .clamp(1, u64::from(u32::MAX).min(Semaphore::MAX_PERMITS as u64))
+            as u32;
         Arc::new(Self {
             store,
             uploads: Arc::new(Semaphore::new(units as usize)),
             budget_units: units,
+            reads: Arc::new(Semaphore::new(read_units as usize)),
+            read_units,
             leases: Leases::new(lease_ttl, max_leased_bytes),
             commits: TaskTracker::new(),
             config,
@@ -352,6 +372,23 @@ impl Ops {
             });
         }
         Ok(Some((total, start, vec![bytes])))
+    }
+
+    /// Admits a read answer of `len` bytes against [`Config::max_read_bytes`],
+    /// waiting for room: the share is held until the returned permit is dropped
+    /// (with the answer, once written).
+    pub async fn admit_read(&self, len: u64) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let units = len.div_ceil(READ_UNIT).clamp(1, u64::from(self.read_units)) as u32;
+        self.reads
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Bytes of the read budget free now.
+    pub fn read_budget_free(&self) -> u64 {
+        self.reads.available_permits() as u64 * READ_UNIT
     }
 
     /// How long a gRPC stream may go without progress ([`Config::stall_timeout_ms`]).

@@ -27,6 +27,9 @@ pub struct Read {
     pub slices: Vec<Bytes>,
     /// The lease on the bytes, if they were leased.
     pub lease: Option<Lease>,
+    /// The read's share of the read budget ([`Ops::admit_read`]): hold it until
+    /// the answer is written.
+    pub held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ops {
@@ -55,8 +58,21 @@ impl Ops {
                     }),
                 };
             }
-            match self.store.get_slices(key, Some(range)).await? {
-                Some((entry, start, slices)) => Ok(self.answer(entry.len(), start, slices, opts)),
+            // Admitted by its length before its bytes are read (from NVMe or
+            // the origin, into memory).
+            let Some(entry) = self.store.lookup(key).await? else {
+                return Err(Error::NotFound {
+                    key: key.display_path(),
+                });
+            };
+            let (start, end) = range.resolve(entry.len())?;
+            let held = self.admit_read(end - start).await?;
+            match self.store.slices_of(entry, Some(range)).await? {
+                Some((entry, start, slices)) => {
+                    let mut read = self.answer(entry.len(), start, slices, opts);
+                    read.held = Some(held);
+                    Ok(read)
+                }
                 None => Err(Error::NotFound {
                     key: key.display_path(),
                 }),
@@ -136,6 +152,9 @@ impl Ops {
                 admitted_all.push(admitted);
             }
             drop(heads);
+            // What was admitted is admitted against the read budget too, before
+            // it is read (carried by the first answer, dropped with the batch's).
+            let mut held = Some(self.admit_read(max_inline - left).await?);
             let reads = join_all(ranges.iter().zip(admitted_all).zip(&forwarded).map(
                 |(((key, r), admitted), &forwarded)| {
                     async move {
@@ -172,7 +191,8 @@ impl Ops {
                 .into_iter()
                 .map(|r| {
                     let (total, start, slices) = r?;
-                    let read = self.answer(total, start, slices, opts);
+                    let mut read = self.answer(total, start, slices, opts);
+                    read.held = held.take();
                     if read.lease.is_none() {
                         if inline + read.len > max_inline {
                             return Err(too_large(read.len, max_inline - inline));
@@ -242,6 +262,7 @@ impl Ops {
             len,
             slices,
             lease,
+            held: None,
         }
     }
 

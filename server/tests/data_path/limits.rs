@@ -402,3 +402,54 @@ async fn a_put_that_dribbles_is_dropped_and_gives_its_budget_back() {
     assert_eq!(r.data.ops().upload_budget_free(), 1 << 30);
     r.shutdown().await.unwrap();
 }
+
+/// GET answers are admitted by their length against `requests.max_read_bytes`
+/// before they are read, and hold it until written: a client that pipelines
+/// reads of a large value and takes none of the answers holds one answer's
+/// worth, not every answer's (before, each of up to 1,024 GETs in flight read
+/// its whole range into memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_gets_are_admitted_by_bytes_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.requests.max_read_bytes = ByteSize(8 << 20);
+    let r = Server::start(cfg).await.unwrap();
+    let value = pattern(6 << 20, 3);
+    let c = client(&r, CarrierChoice::Tcp, 1).await;
+    c.put(&k("kv/rb/big"), value.clone()).await.unwrap();
+    let full = r.data.ops().read_budget_free();
+    assert_eq!(full, 8 << 20);
+
+    let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    for id in 1..=4u64 {
+        let get = request_frame(
+            id,
+            0,
+            &Request::Get {
+                key: k("kv/rb/big"),
+                offset: 0,
+                length: None,
+            },
+            0,
+        );
+        s.write_all(&get).await.unwrap();
+    }
+    // Nothing read yet: one answer is admitted (and stuck writing), the others
+    // wait for room.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        r.data.ops().read_budget_free(),
+        full - (6 << 20),
+        "more than one 6 MiB answer admitted within 8 MiB"
+    );
+    for _ in 1..=4 {
+        let (h, _, data) = raw_read(&mut s).await;
+        assert_eq!(h.status, Status::Ok);
+        assert_eq!(data, value);
+    }
+    within_5s("the read budget to come back", || {
+        r.data.ops().read_budget_free() == full
+    })
+    .await;
+    r.shutdown().await.unwrap();
+}

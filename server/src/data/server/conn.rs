@@ -13,6 +13,8 @@ pub(super) struct Out {
     pub(super) header: [u8; HEADER_LEN],
     pub(super) meta: Bytes,
     pub(super) data: Vec<Bytes>,
+    /// The answer's share of the read budget, let go once it is written.
+    pub(super) held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Out {
@@ -25,6 +27,7 @@ impl Out {
             header: Header::response(op, id, Status::Ok, meta.len(), len).encode(),
             meta: meta.freeze(),
             data,
+            held: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl Out {
             header: Header::response(op, id, status, meta.len(), 0).encode(),
             meta,
             data: Vec::new(),
+            held: None,
         }
     }
 

@@ -24,7 +24,9 @@ impl DataServer {
                 lease: read.lease,
             },
         );
-        Out::ok(Op::Get, id, m, read.slices)
+        let mut out = Out::ok(Op::Get, id, m, read.slices);
+        out.held = read.held;
+        out
     }
 
     /// Answers an MGET or MGET_RANGE: one item per range, leased or inline in
@@ -46,10 +48,12 @@ impl DataServer {
         };
         let mut items = Vec::with_capacity(reads.len());
         let mut data = Vec::new();
+        let mut held = None;
         for r in reads {
             items.push(match r {
-                Ok(read) => {
+                Ok(mut read) => {
                     self.count(&read);
+                    held = held.or(read.held.take());
                     data.extend(read.slices);
                     MGetItem {
                         status: Status::Ok,
@@ -66,6 +70,8 @@ impl DataServer {
         }
         let mut m = BytesMut::with_capacity(16 + items.len() * 16);
         response::encode_mget(&mut m, &items);
-        Out::ok(op, id, m, data)
+        let mut out = Out::ok(op, id, m, data);
+        out.held = held;
+        out
     }
 }
