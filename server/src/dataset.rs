@@ -312,7 +312,7 @@ impl Datasets {
     /// Opens the registry: loads the stored index and the manifests of every
     /// recorded version, and becomes the `shard` namespace's origin.
     pub async fn open(store: TieredStore, origin: OriginSpec) -> Result<Arc<Self>> {
-        let index = Self::read_index(&store).await?.unwrap_or_default();
+        let index = Self::read_index(&store, true).await?.unwrap_or_default();
         let me = Arc::new(Self {
             store: store.clone(),
             origin,
@@ -335,42 +335,60 @@ impl Datasets {
         Ok(me)
     }
 
-    /// The stored index of datasets, `None` if there is none. One that does not
-    /// decode (damaged on disk, or written by something else) never stops the
-    /// server: its bytes are set aside under `datasets/index.json.corrupt-<ms>`,
-    /// the error is logged, and it is deleted, so the registry goes on with none
-    /// (add the datasets again: an unchanged listing gets back the same version,
-    /// and the shards cached under it). An origin that cannot be read is still an
-    /// error: going on with none then would overwrite a good index at the next add.
-    async fn read_index(store: &TieredStore) -> Result<Option<Index>> {
+    /// The stored index of datasets, `None` if there is none. A cached copy that
+    /// fails its checksum is dropped and the origin's read instead. At start-up
+    /// (`at_open`), one that does not decode (damaged, or written by something
+    /// else) never stops the server: its bytes are set aside under
+    /// `datasets/index.json.corrupt-<ms>`, the error is logged, and once the copy
+    /// is kept the index is deleted, so the registry goes on with none (add the
+    /// datasets again: an unchanged listing gets back the same version, and the
+    /// shards cached under it). Later (`current_or_reload`, an add) such an index
+    /// is an error and is left alone: a node that cannot read what another wrote
+    /// (a newer version, in a rolling upgrade) must not delete it for everyone.
+    /// An origin that cannot be read is an error too: going on with none would
+    /// overwrite a good index at the next add.
+    async fn read_index(store: &TieredStore, at_open: bool) -> Result<Option<Index>> {
         let key = meta_key("index.json");
         let bytes = match store.get(&key, None).await {
-            Ok(Some((_, b))) => b,
-            Ok(None) => return Ok(None),
+            Ok(found) => found,
             Err(e @ Error::Corrupt { .. }) => {
-                tracing::error!(error = %e, "the stored dataset index is damaged: going on with none");
-                store.delete(&key).await?;
-                return Ok(None);
+                tracing::error!(error = %e, "the cached dataset index is damaged: dropped, reading the origin's");
+                store.evict(&key).await?;
+                store.get(&key, None).await?
             }
             Err(e) => return Err(e),
         };
+        let Some((_, bytes)) = bytes else {
+            return Ok(None);
+        };
         match serde_json::from_slice::<Index>(&bytes) {
             Ok(index) => Ok(Some(index)),
-            Err(e) => {
+            Err(e) if at_open => {
                 let ms = std::time::SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let aside = meta_key(&format!("index.json.corrupt-{ms}"));
-                let kept = store.put(&aside, &bytes).await;
-                tracing::error!(
-                    error = %e,
-                    set_aside = %aside.display_path(),
-                    kept = kept.is_ok(),
-                    "the stored dataset index does not decode: set aside, going on with none"
-                );
-                store.delete(&key).await?;
+                match store.put(&aside, &bytes).await {
+                    Ok(_) => {
+                        tracing::error!(
+                            error = %e,
+                            set_aside = %aside.display_path(),
+                            "the stored dataset index does not decode: set aside, going on with none"
+                        );
+                        store.delete(&key).await?;
+                    }
+                    Err(kept) => tracing::error!(
+                        error = %e,
+                        set_aside_failed = %kept,
+                        "the stored dataset index does not decode and could not be set aside: left as it is, going on with none"
+                    ),
+                }
                 Ok(None)
             }
+            Err(e) => Err(Error::Corrupt {
+                tier: "manifest",
+                reason: format!("dataset index: {e}"),
+            }),
         }
     }
 
@@ -563,7 +581,7 @@ impl Datasets {
     async fn shared_index(&self) -> Result<Option<Index>> {
         let key = meta_key("index.json");
         self.store.evict(&key).await?;
-        Self::read_index(&self.store).await
+        Self::read_index(&self.store, false).await
     }
 
     /// [`Self::current`], and for a name this node does not know, the index as

@@ -316,8 +316,11 @@ impl Cache for CacheService {
         let (tx, rx) = mpsc::channel(4);
         let ops = self.ops.clone();
         // A client that stops taking the stream lets go of its pages after the
-        // stall timeout.
+        // stall timeout; the stream then ends DEADLINE_EXCEEDED, never OK (a
+        // truncated value must not pass for a whole one).
         let stall = self.ops.stall_timeout();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled_tail = stalled.clone();
         let bytes_out = self.metrics.clone();
         self.ops.clone().spawn(async move {
             let mut info = Some(info);
@@ -350,6 +353,7 @@ impl Cache for CacheService {
                         Err(mpsc::error::SendTimeoutError::Closed(_)) => return, // gone
                         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                             tracing::debug!(key = ?entry.key, "get stream stalled; ended");
+                            stalled.store(true, std::sync::atomic::Ordering::SeqCst);
                             return;
                         }
                     }
@@ -357,7 +361,20 @@ impl Cache for CacheService {
                 pos = page_end;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // (Polled once the channel has ended, so after the task set the flag.)
+        let tail = futures::stream::once(async move {
+            stalled_tail
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| {
+                    Status::deadline_exceeded(format!(
+                        "the get stream stalled: its next message was not taken for {} ms \
+                         (requests.stall_timeout_ms)",
+                        stall.as_millis()
+                    ))
+                })
+        })
+        .filter_map(|e| async move { e.map(Err) });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(tail))))
     }
 
     async fn match_prefix(

@@ -346,3 +346,64 @@ async fn a_put_pins_over_every_carrier() {
     }
     r.shutdown().await.unwrap();
 }
+
+/// A client that closes its side with a request still waiting on a hung origin
+/// does not keep its connection (and the place it holds) for ever: its requests
+/// get a lease lifetime more, then the connection goes and the read under it
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_clients_hung_requests_do_not_hold_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.data.lease_ttl_ms = 400;
+    let r = Server::start(cfg).await.unwrap();
+    let inner = LocalDirTier::open(dir.path().join("slow-origin")).unwrap();
+    inner
+        .put(
+            &k("obj/hung"),
+            Bytes::from(vec![7u8; 4096]),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let slow = Arc::new(SlowOrigin {
+        inner,
+        delay: Duration::from_secs(3600),
+        started: AtomicU64::new(0),
+        abandoned: AtomicU64::new(0),
+    });
+    r.store.set_namespace_origin("obj", slow.clone());
+    let s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let get = request_frame(
+        1,
+        0,
+        &Request::Get {
+            key: k("obj/hung"),
+            offset: 0,
+            length: None,
+        },
+        0,
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    wr.write_all(&get).await.unwrap();
+    testing::within_5s("the origin read to start", || {
+        slow.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let closed = Instant::now();
+    wr.shutdown().await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut byte))
+        .await
+        .expect("the server lets the connection go")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "an answer came from a read that cannot end");
+    assert!(closed.elapsed() >= Duration::from_millis(400));
+    testing::within_5s("the hung read to be dropped", || {
+        slow.abandoned.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(r.data.stats().stalled_connections() >= 1);
+    r.shutdown().await.unwrap();
+}

@@ -126,3 +126,46 @@ async fn the_server_raises_its_file_descriptor_limit() {
     assert_eq!(lim.rlim_cur, lim.rlim_max, "the soft limit is the hard one");
     r.shutdown().await.unwrap();
 }
+
+/// A streamed get whose client stops taking it past the stall timeout ends
+/// DEADLINE_EXCEEDED, not OK: a client reading on later must not take the
+/// truncated value for a whole one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_stream_left_unread_ends_with_an_error_not_a_short_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dram.capacity = 128 << 20;
+    cfg.requests.max_upload_bytes = ByteSize(64 << 20);
+    let r = Server::start(cfg).await.unwrap();
+    let c = testing::client(&r, ClientOptions::default()).await;
+    // Past the stream's HTTP/2 window (16 MiB), so the sender has to wait.
+    let v = pattern(40 << 20, 6);
+    c.put(&k("kv/stall/big"), v.clone()).await.unwrap();
+    let mut raw = CacheClient::new(c.channel().clone());
+    let mut stream = raw
+        .get(proto::GetRequest {
+            key: Some(key_to_proto(&k("kv/stall/big"))),
+            offset: 0,
+            length: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a first message");
+    let mut got = first.chunk.len();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(m)) => got += m.chunk.len(),
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+        }
+    };
+    let status = end.expect_err(&format!(
+        "the stream ended OK after {got} of {} bytes",
+        v.len()
+    ));
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(got < v.len());
+    r.shutdown().await.unwrap();
+}

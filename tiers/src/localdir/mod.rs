@@ -249,6 +249,9 @@ impl Tier for LocalDirTier {
         let written = async {
             let mut f = tokio::fs::File::create(&tmp).await?;
             f.write_all(&value).await?;
+            // (tokio's File hands the last chunk to a blocking task: flush waits
+            // for it and returns its error, which sync_all would not.)
+            f.flush().await?;
             f.sync_all().await
         }
         .await;

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Fills of a large value's head tried again when a write or delete of a key of
+/// the same change-count stripe landed while the head was read.
+const HEAD_FILL_TRIES: usize = 4;
+
 impl Inner {
     /// Reads a value's head from the origin and caches it: small values whole (one
     /// read), large ones as a payload-less head whose pages are fetched on demand.
@@ -12,8 +16,29 @@ impl Inner {
         key: &Key,
         policy: &NamespacePolicy,
     ) -> Result<Option<Head>> {
+        for _ in 0..HEAD_FILL_TRIES {
+            if let Some(filled) = self.fill_head_once(key, policy).await? {
+                return Ok(filled);
+            }
+        }
+        Err(Error::Changed {
+            target: key.display_path(),
+            detail: format!(
+                "written or deleted while its head was read from the origin, {HEAD_FILL_TRIES} times in a row"
+            ),
+        })
+    }
+
+    /// One try of [`Self::fill_head`]; `None` when a write or delete (of this
+    /// key, or of another of its change-count stripe) landed meanwhile and the
+    /// large value's head was neither stored nor found cached: try again.
+    async fn fill_head_once(
+        self: &Arc<Self>,
+        key: &Key,
+        policy: &NamespacePolicy,
+    ) -> Result<Option<Option<Head>>> {
         let Some(origin) = self.source(key, policy) else {
-            return Ok(None);
+            return Ok(Some(None));
         };
         let ostats = origin.stats().ns(key.namespace());
         // Noted before the origin is read: a write or delete of the key from now
@@ -21,7 +46,7 @@ impl Inner {
         let seen = self.change_count(key).await;
         let Some((size, version)) = origin.stat(key).await? else {
             Counters::inc(&ostats.misses);
-            return Ok(None);
+            return Ok(Some(None));
         };
         // The value's pages are bound to the version the head is read at: a page
         // read later at another version is refused (`read_origin_pages`), and the
@@ -80,7 +105,7 @@ impl Inner {
                     self.bypass(key, rec, policy).await;
                 }
                 head.inline = payload;
-                return Ok(Some(head));
+                return Ok(Some(Some(head)));
             };
             write_head_record(&mut rec, &head, payload.as_deref());
             rec
@@ -106,13 +131,14 @@ impl Inner {
             // none).
             if !unchanged {
                 drop(count);
-                return Ok(self.cached_head(key).await);
+                // (The stripe is shared: the change may be another key's.)
+                return Ok(self.cached_head(key).await.map(Some));
             }
             let stored = self.store_record(key, rec, policy).await?;
             drop(count);
             self.fill_nvme(key, stored, policy).await;
         }
-        Ok(Some(head))
+        Ok(Some(Some(head)))
     }
 
     pub(super) fn encode_head(
@@ -397,6 +423,7 @@ impl Inner {
             && let Some(v) = version
             && Source::generation_of(&v) != head.generation
         {
+            self.drop_stale_head(entry).await;
             return Err(Error::Changed {
                 target: entry.key.display_path(),
                 detail: format!(
@@ -406,6 +433,9 @@ impl Inner {
         }
         if data.len() as u64 != len {
             if !origin.immutable() {
+                // Every reader of the head, not only the one that retries, must
+                // stop using it.
+                self.drop_stale_head(entry).await;
                 return Err(Error::Changed {
                     target: entry.key.display_path(),
                     detail: format!(

@@ -169,6 +169,10 @@ pub(crate) struct Inner {
 /// Stripes of [`Inner::key_locks`].
 const KEY_LOCKS: usize = 1024;
 
+/// Stripes of [`Inner::changes`] (more than the key locks: a false sharing
+/// there costs a fill its caching, or a retry).
+const CHANGE_STRIPES: usize = 4096;
+
 /// A write-through's mark on its key ([`Inner::writing_through`]), ended when
 /// dropped (the value stored, failed or cancelled).
 pub(crate) struct WritingThrough<'a> {
@@ -253,7 +257,9 @@ impl TieredStore {
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            changes: (0..KEY_LOCKS).map(|_| tokio::sync::Mutex::new(0)).collect(),
+            changes: (0..CHANGE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(0))
+                .collect(),
             writing: parking_lot::Mutex::default(),
         });
         // Without NVMe an evicted entry has nowhere to go: its memory returns as
@@ -677,8 +683,12 @@ impl TieredStore {
             && policy.write != crate::WritePolicy::ReadOnly
             && let Some(o) = &self.inner.origin
         {
-            found |= o.delete(key).await?;
+            // (The second eviction whatever the origin answered: a delete that
+            // took effect and then failed, e.g. at its sync, must not leave a
+            // fill of the deleted value cached.)
+            let deleted = o.delete(key).await;
             found |= self.inner.remove_changed(key).await;
+            found |= deleted?;
         }
         Ok(found)
     }

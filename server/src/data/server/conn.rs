@@ -96,6 +96,10 @@ impl DataServer {
         let reservations = &mut open.map;
         let mut sink: Option<Sink> = None;
         let mut eof = false;
+        // When the client stopped sending (EOF): its requests in flight get a
+        // lease lifetime more to be answered, then the connection, and its place,
+        // goes (a closed client's hung requests do not hold it for ever).
+        let mut eof_at: Option<Instant> = None;
         // When bytes last came in or went out.
         let mut progress = Instant::now();
         loop {
@@ -197,6 +201,7 @@ impl DataServer {
                 match self.poll_read(stream.as_fd(), &mut buf) {
                     Ok(Some(0)) => {
                         eof = true;
+                        eof_at.get_or_insert_with(Instant::now);
                         continue;
                     }
                     Ok(Some(_)) => {
@@ -235,6 +240,7 @@ impl DataServer {
                 .map(|o| o.expires(ttl))
                 .chain(stalled_at)
                 .chain(idle_at)
+                .chain(eof_at.map(|t| t + ttl))
                 .min();
             tokio::select! {
                 biased;
@@ -246,6 +252,7 @@ impl DataServer {
                 r = stream.read_buf(&mut buf), if !eof && inflight.len() < MAX_INFLIGHT => {
                     if r? == 0 {
                         eof = true;
+                        eof_at.get_or_insert_with(Instant::now);
                         if inflight.is_empty() {
                             return Ok(());
                         }
@@ -263,6 +270,17 @@ impl DataServer {
                     if idle_at.is_some_and(|t| Instant::now() >= t) {
                         add(&self.stats.idle_closed, 1);
                         return Ok(());
+                    }
+                    if eof_at.is_some_and(|t| Instant::now() >= t + ttl) {
+                        // (Counted as stalled where the connection ends.)
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "the client closed its side {ttl:?} ago and {} requests are \
+                                 still unanswered",
+                                inflight.len()
+                            ),
+                        ));
                     }
                     if stalled_at.is_some_and(|t| Instant::now() >= t) {
                         return Err(std::io::Error::new(
