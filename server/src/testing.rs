@@ -136,6 +136,8 @@ pub struct ServerProcess {
     pub grpc: String,
     /// The `/metrics` address it printed.
     pub metrics: std::net::SocketAddr,
+    /// The data path's TCP address it printed, if that is on.
+    pub data: Option<String>,
 }
 
 impl ServerProcess {
@@ -177,7 +179,7 @@ impl ServerProcess {
             .spawn()
             .expect("spawn strata-server");
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (grpc, metrics) = loop {
+        let (grpc, metrics, data) = loop {
             let line = match lines.next() {
                 Some(Ok(l)) => l,
                 other => {
@@ -198,7 +200,13 @@ impl ServerProcess {
                     .and_then(|r| r.split('/').next())
                     .and_then(|a| a.parse().ok())
                     .expect("metrics address");
-                break (grpc, metrics);
+                let data = rest
+                    .split("data path tcp ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .filter(|a| *a != "off")
+                    .map(str::to_owned);
+                break (grpc, metrics, data);
             }
         };
         // Its later output goes on to the log file.
@@ -216,6 +224,7 @@ impl ServerProcess {
             child,
             grpc,
             metrics,
+            data,
         }
     }
 

@@ -33,8 +33,13 @@ fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_strata-server")))
 }
 
+/// The server on `dir` with `args` (64 MiB of DRAM and 256 MiB of NVMe unless
+/// they say otherwise).
 fn start(dir: &Path, args: &[&str]) -> ServerProcess {
-    let mut all = vec!["--dram-capacity", "64MiB", "--nvme-capacity", "256MiB"];
+    let mut all = Vec::new();
+    if !args.contains(&"--dram-capacity") {
+        all.extend(["--dram-capacity", "64MiB", "--nvme-capacity", "256MiB"]);
+    }
     all.extend_from_slice(args);
     ServerProcess::start(&bin(), dir, &dir.join("server.log"), &all, &[])
 }
@@ -180,5 +185,83 @@ async fn a_put_that_stalls_after_its_header_does_not_block_the_others() {
     let status = stalled.await.unwrap().expect_err("the stalled put ends");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     drop(tx);
+    assert!(p.terminate(Duration::from_secs(15)).success());
+}
+
+/// The server's resident memory, from /proc.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+/// Pipelined GETs of values on NVMe that nobody takes stay within the read
+/// budget: the server's resident memory grows by about `requests.max_read_bytes`
+/// (64 MiB here), not by what the requests in flight ask for (100 GETs of as many
+/// 4 MiB values: 400 MiB, which the server used to read into memory before
+/// answering; with a budget of 4 GiB the same load grows it by ~300 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_nobody_takes_stay_within_the_read_budget() {
+    use strata_transport::wire::{Request, request_frame};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "[requests]\nmax_read_bytes = \"64MiB\"\n").unwrap();
+    let mut p = start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--dram-capacity",
+            "32MiB",
+            "--nvme-capacity",
+            "1GiB",
+        ],
+    );
+    let c = client(&p, Some(CarrierChoice::Tcp)).await;
+    const VALUES: usize = 100;
+    for i in 0..VALUES {
+        c.put(&k(&format!("kv/rss/v{i}")), pattern(4 << 20, i as u8))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss(p.pid());
+    let addr = p.data.clone().expect("the data path is on");
+    let mut conns = Vec::new();
+    for n in 0..4u64 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        for j in 0..25u64 {
+            let frame = request_frame(
+                n * 100 + j + 1,
+                0,
+                &Request::Get {
+                    key: k(&format!("kv/rss/v{}", (n * 25 + j) as usize % VALUES)),
+                    offset: 0,
+                    length: None,
+                },
+                0,
+            );
+            s.write_all(&frame).await.unwrap();
+        }
+        conns.push(s);
+    }
+    let mut peak = base;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss(p.pid()));
+    }
+    assert!(alive(&mut p));
+    let grew = peak.saturating_sub(base);
+    assert!(
+        grew < (64 + 96) << 20,
+        "resident memory grew by {} MiB with 100 unread 4 MiB GETs (read budget 64 MiB)",
+        grew >> 20
+    );
+    println!("RSS {} MiB -> peak {} MiB", base >> 20, peak >> 20);
+    drop(conns);
     assert!(p.terminate(Duration::from_secs(15)).success());
 }

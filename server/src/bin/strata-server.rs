@@ -109,6 +109,11 @@ async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()
     let running = Server::start(config.clone()).await?;
     // One server in this process: what any crate counts shows on its /metrics.
     running.metrics.install_global();
+    // SIGTERM is caught from before the "listening" line: a supervisor (or a
+    // test) that stops the server as soon as it says it listens gets a drain,
+    // not the signal's default death.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("listening for SIGTERM: {e}"))?;
     println!(
         "strata-server listening: grpc {} (metrics http://{}/metrics), data path tcp {} shm {} rdma {}; \
          data dir {}, dram {}, nvme {}",
@@ -148,14 +153,6 @@ async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()
     }
     let token = running.shutdown_token();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

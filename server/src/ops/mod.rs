@@ -386,6 +386,32 @@ impl Ops {
             .map_err(|_| Error::ShuttingDown)
     }
 
+    /// Makes `held` hold `len` bytes' worth of the read budget: lets go of what
+    /// it holds past that, or, when it needs more, lets go of all of it and
+    /// waits for the whole (never holding some while waiting for more: reads
+    /// that each held a part would wait for each other for ever).
+    pub async fn resize_read(
+        &self,
+        held: &mut tokio::sync::OwnedSemaphorePermit,
+        len: u64,
+    ) -> Result<(), Error> {
+        let want = len.div_ceil(READ_UNIT).clamp(1, u64::from(self.read_units)) as usize;
+        let have = held.num_permits();
+        if want > have {
+            drop(held.split(have));
+            let all = self
+                .reads
+                .clone()
+                .acquire_many_owned(want as u32)
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            held.merge(all);
+        } else if want < have {
+            drop(held.split(have - want));
+        }
+        Ok(())
+    }
+
     /// Bytes of the read budget free now.
     pub fn read_budget_free(&self) -> u64 {
         self.reads.available_permits() as u64 * READ_UNIT

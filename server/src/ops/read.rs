@@ -59,14 +59,18 @@ impl Ops {
                 };
             }
             // Admitted by its length before its bytes are read (from NVMe or
-            // the origin, into memory).
+            // the origin, into memory). The lookup itself may read a whole
+            // value of up to a page (a head holds the value that fits in one):
+            // a page's worth first, then what the range needs.
+            let page = u64::from(self.store.page_size());
+            let mut held = self.admit_read(page).await?;
             let Some(entry) = self.store.lookup(key).await? else {
                 return Err(Error::NotFound {
                     key: key.display_path(),
                 });
             };
             let (start, end) = range.resolve(entry.len())?;
-            let held = self.admit_read(end - start).await?;
+            self.resize_read(&mut held, end - start).await?;
             match self.store.slices_of(entry, Some(range)).await? {
                 Some((entry, start, slices)) => {
                     let mut read = self.answer(entry.len(), start, slices, opts);
@@ -128,6 +132,12 @@ impl Ops {
                     },
                 )
                 .collect();
+            // The lookups under way may each read a value of up to a page:
+            // charged to the read budget as that, then as what was admitted.
+            let page = u64::from(self.store.page_size());
+            let mut held = self
+                .admit_read(page * ranges.len().min(MGET_LOOKUPS) as u64)
+                .await?;
             let mut heads = futures::stream::iter(lookups).buffered(MGET_LOOKUPS);
             let mut admitted_all = Vec::with_capacity(ranges.len());
             for ((key, r), &forwarded) in ranges.iter().zip(&forwarded) {
@@ -154,7 +164,8 @@ impl Ops {
             drop(heads);
             // What was admitted is admitted against the read budget too, before
             // it is read (carried by the first answer, dropped with the batch's).
-            let mut held = Some(self.admit_read(max_inline - left).await?);
+            self.resize_read(&mut held, max_inline - left).await?;
+            let mut held = Some(held);
             let reads = join_all(ranges.iter().zip(admitted_all).zip(&forwarded).map(
                 |(((key, r), admitted), &forwarded)| {
                     async move {
