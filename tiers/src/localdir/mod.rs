@@ -30,6 +30,9 @@ pub struct LocalDirTier {
     root: PathBuf,
     stats: Arc<TierStats>,
     tmp_seq: AtomicU64,
+    /// Directories whose entry, and every ancestor's up to the root, is known
+    /// to be on disk: a put into one of them fsyncs only the directory itself.
+    durable_dirs: parking_lot::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl LocalDirTier {
@@ -42,6 +45,7 @@ impl LocalDirTier {
             root,
             stats: Arc::default(),
             tmp_seq: AtomicU64::new(0),
+            durable_dirs: parking_lot::Mutex::default(),
         })
     }
 
@@ -221,21 +225,25 @@ impl Tier for LocalDirTier {
 
     async fn put(&self, key: &Key, value: Bytes, _opts: &PutOptions) -> Result<PutOutcome> {
         let path = self.path_of(key)?;
-        if let Some(parent) = path.parent()
-            && !tokio::fs::try_exists(parent).await.unwrap_or(false)
-        {
+        if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            // New directories are entries of their parents: durable too.
+        }
+        if let Some(parent) = path.parent()
+            && !self.durable_dirs.lock().contains(parent)
+        {
+            // Directories are entries of their parents: durable too, whoever
+            // made them (another put may have, and not synced them yet).
             for dir in parent.ancestors().skip(1) {
                 sync_dir(dir)
                     .await
                     .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
-                if dir == self.root {
+                if dir == self.root || !dir.starts_with(&self.root) {
                     break;
                 }
             }
+            self.durable_dirs.lock().insert(parent.to_path_buf());
         }
         let tmp = self.root.join(".tmp").join(format!(
             "{}-{}",

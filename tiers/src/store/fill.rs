@@ -24,14 +24,15 @@ impl Inner {
         Err(Error::Changed {
             target: key.display_path(),
             detail: format!(
-                "written or deleted while its head was read from the origin, {HEAD_FILL_TRIES} times in a row"
+                "written, deleted or grown while its head was read from the origin, {HEAD_FILL_TRIES} times in a row"
             ),
         })
     }
 
     /// One try of [`Self::fill_head`]; `None` when a write or delete (of this
     /// key, or of another of its change-count stripe) landed meanwhile and the
-    /// large value's head was neither stored nor found cached: try again.
+    /// large value's head was neither stored nor found cached, or when a small
+    /// value grew past a page while it was read: try again.
     async fn fill_head_once(
         self: &Arc<Self>,
         key: &Key,
@@ -76,13 +77,9 @@ impl Inner {
                 return Ok(None);
             };
             if v.len() as u64 > u64::from(self.page_size) {
-                return Err(Error::Changed {
-                    target: key.display_path(),
-                    detail: format!(
-                        "the origin's value grew from {size} to {} bytes while read",
-                        v.len()
-                    ),
-                });
+                // Grew past a page since its size was asked: read as a large
+                // value, from its size again (the next try).
+                return Ok(None);
             }
             // (What was read is one version: the head says which.)
             head.generation = generation_of(version.as_deref());
