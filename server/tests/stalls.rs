@@ -169,3 +169,51 @@ async fn a_get_stream_left_unread_ends_with_an_error_not_a_short_value() {
     assert!(got < v.len());
     r.shutdown().await.unwrap();
 }
+
+/// `server.max_concurrent_streams` caps the requests of one gRPC connection: with
+/// one allowed, a second request on a connection whose get stream is open waits
+/// for it to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_cap_wait_for_one_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dram.capacity = 128 << 20;
+    cfg.requests.max_upload_bytes = ByteSize(64 << 20);
+    cfg.server.max_concurrent_streams = 1;
+    let r = Server::start(cfg).await.unwrap();
+    let c = testing::client(&r, ClientOptions::default()).await;
+    c.put(&k("kv/streams/big"), pattern(40 << 20, 8))
+        .await
+        .unwrap();
+    let mut raw = CacheClient::new(c.channel().clone());
+    let mut open = raw
+        .get(proto::GetRequest {
+            key: Some(key_to_proto(&k("kv/streams/big"))),
+            offset: 0,
+            length: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    open.message().await.unwrap().expect("a first message");
+    // Past the 16 MiB window, the stream stays open while it is not read.
+    let ask = |mut raw: CacheClient<tonic::transport::Channel>| async move {
+        raw.contains(proto::ContainsRequest {
+            keys: vec![key_to_proto(&k("kv/streams/big"))],
+        })
+        .await
+    };
+    let waited = tokio::time::timeout(Duration::from_millis(700), ask(raw.clone())).await;
+    assert!(
+        waited.is_err(),
+        "a second stream ran beside the first: {waited:?}"
+    );
+    drop(open);
+    let answered = tokio::time::timeout(Duration::from_secs(5), ask(raw.clone()))
+        .await
+        .expect("answered once the first stream ended")
+        .unwrap()
+        .into_inner();
+    assert_eq!(answered.present, vec![true]);
+    r.shutdown().await.unwrap();
+}
