@@ -46,6 +46,37 @@ struct SlowOrigin {
     abandoned: AtomicU64,
 }
 
+impl SlowOrigin {
+    /// Makes a local directory under `dir` holding 4 KiB values `obj/<name>` for
+    /// each of `names`, and installs it, `delay` slow, as `r`'s origin of `obj`.
+    async fn install(
+        r: &Running,
+        dir: &std::path::Path,
+        names: &[&str],
+        delay: Duration,
+    ) -> Arc<Self> {
+        let inner = LocalDirTier::open(dir.join("slow-origin")).unwrap();
+        for name in names {
+            inner
+                .put(
+                    &k(&format!("obj/{name}")),
+                    Bytes::from(vec![7u8; 4096]),
+                    &PutOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let slow = Arc::new(Self {
+            inner,
+            delay,
+            started: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+        });
+        r.store.set_namespace_origin("obj", slow.clone());
+        slow
+    }
+}
+
 /// Counts a read as abandoned unless it is disarmed first.
 struct Abandon<'a>(&'a AtomicU64, bool);
 
@@ -102,24 +133,13 @@ impl NamespaceOrigin for SlowOrigin {
 async fn the_callers_deadline_reaches_origin_reads() {
     let dir = tempfile::tempdir().unwrap();
     let r = Server::start(config(dir.path())).await.unwrap();
-    let inner = LocalDirTier::open(dir.path().join("slow-origin")).unwrap();
-    for name in ["a", "b", "c"] {
-        inner
-            .put(
-                &k(&format!("obj/{name}")),
-                Bytes::from(vec![7u8; 4096]),
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
-    let slow = Arc::new(SlowOrigin {
-        inner,
-        delay: Duration::from_millis(1500),
-        started: AtomicU64::new(0),
-        abandoned: AtomicU64::new(0),
-    });
-    r.store.set_namespace_origin("obj", slow.clone());
+    let slow = SlowOrigin::install(
+        &r,
+        dir.path(),
+        &["a", "b", "c"],
+        Duration::from_millis(1500),
+    )
+    .await;
 
     // The data path: a GET frame carrying a 150 ms budget.
     let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
@@ -357,22 +377,7 @@ async fn a_closed_clients_hung_requests_do_not_hold_its_connection() {
     let mut cfg = config(dir.path());
     cfg.data.lease_ttl_ms = 400;
     let r = Server::start(cfg).await.unwrap();
-    let inner = LocalDirTier::open(dir.path().join("slow-origin")).unwrap();
-    inner
-        .put(
-            &k("obj/hung"),
-            Bytes::from(vec![7u8; 4096]),
-            &PutOptions::default(),
-        )
-        .await
-        .unwrap();
-    let slow = Arc::new(SlowOrigin {
-        inner,
-        delay: Duration::from_secs(3600),
-        started: AtomicU64::new(0),
-        abandoned: AtomicU64::new(0),
-    });
-    r.store.set_namespace_origin("obj", slow.clone());
+    let slow = SlowOrigin::install(&r, dir.path(), &["hung"], Duration::from_secs(3600)).await;
     let s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let get = request_frame(

@@ -579,25 +579,10 @@ async fn exhausted_retries_surface_a_retryable_503() {
 /// of another ETag than the cached head's makes the whole value be read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_never_serves_a_mix_of_two_versions_of_a_rewritten_blob() {
-    use strata_tiers::{DramConfig, DramTier, Namespaces, Origin, StoreConfig, TieredStore};
     let az = Azurite::start();
     let writer = az.tier("rewritten").await;
     const PAGE: usize = 64 << 10;
-    let store = TieredStore::new(
-        &StoreConfig {
-            page_size: PAGE as u32,
-            origin_read_size: 4 * PAGE as u64,
-        },
-        Namespaces::default(),
-        DramTier::new(&DramConfig {
-            capacity: 64 << 20,
-            ..DramConfig::default()
-        })
-        .expect("DRAM tier"),
-        None,
-        Some(Origin::Blob(Box::new(az.tier("rewritten").await))),
-    )
-    .expect("store");
+    let store = store_over(az.tier("rewritten").await);
     let k = key("rewritten.bin");
     let len = 12 * PAGE;
     let old = pattern(len);
@@ -624,12 +609,10 @@ async fn a_store_never_serves_a_mix_of_two_versions_of_a_rewritten_blob() {
     store.close().await.expect("close");
 }
 
-/// A store over this tier, behind a proxy, with 64 KiB pages.
-async fn store_via(proxy: &FaultProxy, az: &Azurite, container: &str) -> strata_tiers::TieredStore {
+/// A store over `tier`: 64 KiB pages, origin reads of 4 pages, 64 MiB of DRAM,
+/// no NVMe.
+fn store_over(tier: BlobTier) -> strata_tiers::TieredStore {
     use strata_tiers::{DramConfig, DramTier, Namespaces, Origin, StoreConfig, TieredStore};
-    let tier = BlobTier::open(proxy.config(az, container))
-        .await
-        .expect("request");
     TieredStore::new(
         &StoreConfig {
             page_size: 64 << 10,
@@ -655,7 +638,11 @@ async fn store_via(proxy: &FaultProxy, az: &Azurite, container: &str) -> strata_
 async fn a_slow_fill_never_overwrites_a_newer_write_or_a_delete() {
     let az = Azurite::start();
     let proxy = FaultProxy::start(az.port, 0, "").await;
-    let store = store_via(&proxy, &az, "slowfill").await;
+    let store = store_over(
+        BlobTier::open(proxy.config(&az, "slowfill"))
+            .await
+            .expect("request"),
+    );
     let writer = az.tier("slowfill").await;
     for (i, then_delete) in [(0, false), (1, true), (2, false)] {
         // Small (one page, cached whole with its head) and multi-page values.
