@@ -3,7 +3,12 @@
 independently of the Rust encoders, plus near-misses:
 - `frame`: one valid frame per request op (docs/data-path.md);
 - `chunk`: a stored KV chunk header with its layers (docs/kv-keys.md, "Stored
-  chunk"), for the shape the target decodes against.
+  chunk"), for the shape the target decodes against;
+- `record`: a value's head (inline and paged) and a page record, and an NVMe
+  entry's key and value framing (tiers/src/store/record.rs, tiers/src/nvme/mod.rs);
+- `catalog`: an NVMe catalog snapshot and journal (tiers/src/nvme/catalog.rs);
+- `conn`: choices for the connection target's sessions (any bytes are a session;
+  these are a few of several lengths, so the first runs are long ones).
 Run from the repository root: python3 fuzz/seeds.py"""
 import os
 import struct
@@ -81,7 +86,73 @@ chunk_seeds = {
     "truncated": valid[:50],
 }
 
-for out, corpus in (("fuzz/corpus/frame", seeds), ("fuzz/corpus/chunk", chunk_seeds)):
+
+
+def head(generation=7, total_len=9, page_size=4096, created_ms=1_700_000_000_000, value_crc=None,
+         payload=b"123456789"):
+    flags = 1 if value_crc is not None else 0
+    h = b"STRH" + struct.pack("<BBH", 1, flags, 0) + struct.pack("<QQIQI", generation, total_len, page_size,
+                                                                  created_ms, value_crc or 0)
+    h += struct.pack("<II", len(payload), crc32c(payload))
+    return h + struct.pack("<I", crc32c(h)) + payload
+
+
+def page(generation=7, index=2, payload=bytes(range(100))):
+    h = b"STRP" + struct.pack("<BBH", 1, 0, 0) + struct.pack("<QII", generation, index, len(payload))
+    h += struct.pack("<I", crc32c(payload))
+    return h + struct.pack("<I", crc32c(h)) + payload
+
+
+record_seeds = {
+    "head-inline": head(value_crc=0xE3069283),
+    "head-paged": head(total_len=3 << 20, page_size=1 << 20, payload=b""),
+    "head-empty": head(total_len=0, payload=b""),
+    "head-too-many-pages": head(total_len=2**64 - 1, page_size=1, payload=b""),
+    "page": page(),
+    "page-empty": page(payload=b""),
+    "nvme-key": kfield(key()),
+    "nvme-value": struct.pack("<Q", 9) + b"123456789",
+    "nvme-value-length-lies": struct.pack("<Q", 2**32) + b"12",
+}
+
+
+def catalog_entry(k, length, tag):
+    return struct.pack("<I", len(k)) + k + struct.pack("<QI", length, tag)
+
+
+def journal_record(op, k, entry=None):
+    body = bytes([op]) + struct.pack("<I", len(k)) + k
+    if entry is not None:
+        body += struct.pack("<QI", *entry)
+    return struct.pack("<II", len(body), crc32c(body)) + body
+
+
+catalog_seeds = {
+    "snapshot": b"STRC\x02" + struct.pack("<Q", 2) + catalog_entry(key(body=b"a"), 10, 1)
+                + catalog_entry(key(body=b"b"), 1 << 20, 2),
+    "snapshot-count-lies": b"STRC\x02" + struct.pack("<Q", 2**40) + catalog_entry(key(body=b"a"), 10, 1),
+    "journal": b"STRJ\x01" + journal_record(1, key(body=b"a"), (10, 1)) + journal_record(2, key(body=b"a"))
+               + journal_record(1, key(body=b"b"), (5, 3)),
+    "journal-torn": (b"STRJ\x01" + journal_record(1, key(body=b"a"), (10, 1)) + journal_record(2, key(body=b"a")))[:-3],
+    # The target also reads its input as a journal body behind a good header.
+    "journal-body": journal_record(1, key(body=b"c"), (1, 1)) + journal_record(2, key(body=b"c")),
+}
+
+# Fixed pseudo-random choices (xorshift, as the Rust generator), 64 B to 4 KiB.
+conn_seeds = {}
+state = 0x9E3779B97F4A7C15
+for n in (64, 256, 1024, 4096):
+    out = bytearray()
+    while len(out) < n:
+        state ^= (state >> 12)
+        state ^= (state << 25) & 0xFFFFFFFFFFFFFFFF
+        state ^= (state >> 27)
+        out += struct.pack("<Q", (state * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF)
+    conn_seeds[f"session-{n}"] = bytes(out[:n])
+
+for out, corpus in (("fuzz/corpus/frame", seeds), ("fuzz/corpus/chunk", chunk_seeds),
+                    ("fuzz/corpus/record", record_seeds), ("fuzz/corpus/catalog", catalog_seeds),
+                    ("fuzz/corpus/conn", conn_seeds)):
     os.makedirs(out, exist_ok=True)
     for name, b in corpus.items():
         with open(os.path.join(out, name), "wb") as f:

@@ -6,8 +6,10 @@
 # for the KV-key and placement vectors), Azurite (npm azurite@3.35.0, into
 # ./.tools) — the test harness starts Azurite and etcd itself on free ports.
 # Then fmt, clippy and `cargo test`, then the data path's frame decoder under
-# cargo-fuzz for FUZZ_SECONDS (default 60) and the KV chunk header decoder for
-# FUZZ_CHUNK_SECONDS (default 30) on nightly
+# cargo-fuzz for FUZZ_SECONDS (default 60), the KV chunk header decoder for
+# FUZZ_CHUNK_SECONDS (default 30), the NVMe record and catalog decoders for
+# FUZZ_RECORD_SECONDS each (default 20), and one data connection of an in-process
+# server for FUZZ_CONN_SECONDS (default 60), on nightly
 # (cargo-fuzz is installed into ./.tools if missing), and the RDMA carrier's tests
 # on this host and in the Soft-RoCE VM of scripts/rdma-vm.sh (scripts/rdma-vm-test.sh).
 set -euo pipefail
@@ -77,11 +79,23 @@ fi
 corpus="$(mktemp -d)"
 trap 'rm -rf "$corpus"' EXIT
 # New inputs go to scratch corpora; the committed seeds are only read.
-mkdir -p "$corpus/frame" "$corpus/chunk"
+mkdir -p "$corpus/frame" "$corpus/chunk" "$corpus/record" "$corpus/catalog" "$corpus/conn"
 (cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
   cargo +nightly fuzz run frame "$corpus/frame" corpus/frame -- -max_total_time="$FUZZ_SECONDS")
 FUZZ_CHUNK_SECONDS="${FUZZ_CHUNK_SECONDS:-30}"
 echo "==> cargo fuzz run chunk (${FUZZ_CHUNK_SECONDS} s)"
 (cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
   cargo +nightly fuzz run chunk "$corpus/chunk" corpus/chunk -- -max_total_time="$FUZZ_CHUNK_SECONDS")
+FUZZ_RECORD_SECONDS="${FUZZ_RECORD_SECONDS:-20}"
+echo "==> cargo fuzz run record (${FUZZ_RECORD_SECONDS} s): NVMe value records"
+(cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
+  cargo +nightly fuzz run record "$corpus/record" corpus/record -- -max_total_time="$FUZZ_RECORD_SECONDS")
+echo "==> cargo fuzz run catalog (${FUZZ_RECORD_SECONDS} s): NVMe catalog snapshot and journal"
+(cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
+  cargo +nightly fuzz run catalog "$corpus/catalog" corpus/catalog -- -max_total_time="$FUZZ_RECORD_SECONDS")
+FUZZ_CONN_SECONDS="${FUZZ_CONN_SECONDS:-60}"
+echo "==> cargo fuzz run conn (${FUZZ_CONN_SECONDS} s): a data connection of an in-process server"
+# The server lives for the whole run: no leak check.
+(cd fuzz && PATH="$PWD/../.tools/cargo-fuzz/bin:$PATH" \
+  cargo +nightly fuzz run conn "$corpus/conn" corpus/conn -- -max_total_time="$FUZZ_CONN_SECONDS" -detect_leaks=0)
 disk

@@ -412,3 +412,75 @@ async fn a_closed_clients_hung_requests_do_not_hold_its_connection() {
     assert!(r.data.stats().stalled_connections() >= 1);
     r.shutdown().await.unwrap();
 }
+
+/// A data connection with its 1,024 requests in flight all hung on an origin
+/// that does not answer still answers a DRAM hit sent behind them (a hung fill
+/// never blocks a hit); the reads past the cap that would wait are answered
+/// `Busy`, for the client to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_behind_a_full_pipeline_of_hung_reads_are_answered() {
+    use strata_server::data::MAX_INFLIGHT;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // A hung GET holds a page of the read budget: small pages, so 1,024 of them
+    // do not take it all.
+    cfg.store.page_size = 64 << 10;
+    cfg.data.lease_ttl_ms = 400;
+    let r = Server::start(cfg).await.unwrap();
+    let slow = SlowOrigin::install(&r, dir.path(), &["hung"], Duration::from_secs(3600)).await;
+    let c = client(&r, true, CarrierChoice::Tcp).await;
+    let hot = testing::pattern(3000, 9);
+    c.put(&k("kv/t/hot"), hot.clone()).await.unwrap();
+    let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let mut frames = Vec::new();
+    for id in 1..=MAX_INFLIGHT as u64 + 8 {
+        frames.extend_from_slice(&request_frame(
+            id,
+            0,
+            &Request::Get {
+                key: k("obj/hung"),
+                offset: 0,
+                length: None,
+            },
+            0,
+        ));
+    }
+    s.write_all(&frames).await.unwrap();
+    testing::within_5s("the origin read to start", || {
+        slow.started.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let hit = request_frame(
+        99_999,
+        0,
+        &Request::Get {
+            key: k("kv/t/hot"),
+            offset: 0,
+            length: None,
+        },
+        0,
+    );
+    s.write_all(&hit).await.unwrap();
+    // The reads past the cap that would wait are answered `Busy`; then the hit.
+    let mut busy = Vec::new();
+    let data = loop {
+        let (h, _, data) = tokio::time::timeout(Duration::from_secs(5), testing::raw_read(&mut s))
+            .await
+            .expect("a DRAM hit behind 1,032 hung reads is answered");
+        if h.id == 99_999 {
+            assert_eq!(h.status, Status::Ok);
+            break data;
+        }
+        assert_eq!(h.status, Status::Busy, "request {}", h.id);
+        busy.push(h.id);
+    };
+    assert_eq!(data, hot);
+    assert_eq!(
+        busy,
+        (MAX_INFLIGHT as u64 + 1..=MAX_INFLIGHT as u64 + 8).collect::<Vec<_>>()
+    );
+    drop(s);
+    drop(c);
+    r.shutdown().await.unwrap();
+}

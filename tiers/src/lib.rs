@@ -13,6 +13,9 @@
 pub mod blob;
 pub mod dram;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod localdir;
 pub mod nvme;
 mod policy;

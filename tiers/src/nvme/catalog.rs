@@ -24,7 +24,12 @@
 //! journal over a snapshot that already holds it (a crash between a compaction's
 //! rename and its truncation) gives the same catalog. Each record is one `write`
 //! to a file opened for appending: it survives the death of the process (the
-//! kernel holds it), not a loss of power (no `fsync`; see docs/storage.md).
+//! kernel holds it). A loss of power keeps what was synced: snapshots and fresh
+//! journals are fsynced (file, then directory) before they replace the old ones,
+//! and the NVMe tier syncs the journal ([`Catalog::sync_handle`]) before a removal
+//! of a value's head is acknowledged, since a lost removal would bring an older
+//! or deleted value back. Puts are not synced: a lost put loses a cached value,
+//! which a cache may do (docs/guarantees.md, section 1).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -74,6 +79,10 @@ pub(super) struct Catalog {
     dir: PathBuf,
     journal: File,
     journal_len: u64,
+    /// How much of the journal is known to be on disk (synced).
+    durable_len: u64,
+    /// Which journal file `journal` is: a compaction starts a new one.
+    journal_epoch: u64,
     snapshot_len: u64,
 }
 
@@ -124,6 +133,8 @@ impl Catalog {
                 dir: dir.to_path_buf(),
                 journal,
                 journal_len: 5,
+                durable_len: 5,
+                journal_epoch: 0,
                 snapshot_len,
             },
             rec,
@@ -178,12 +189,49 @@ impl Catalog {
         gone
     }
 
-    /// Folds the journal into a new snapshot (on close, and when it grows).
+    /// Folds the journal into a new snapshot (on close, and when it grows). Both
+    /// files are synced before they replace the old ones.
     pub(super) fn compact(&mut self) -> Result<()> {
         self.snapshot_len = save_snapshot(&self.dir.join(SNAPSHOT_FILE), &self.map)?;
         self.journal = new_journal(&self.dir.join(JOURNAL_FILE))?;
         self.journal_len = 5;
+        self.durable_len = 5;
+        self.journal_epoch += 1;
         Ok(())
+    }
+
+    /// What a sync of the journal needs, outside the catalog's lock: a handle of
+    /// the journal file, and the mark to give [`Catalog::synced`] after it; `None`
+    /// when every record appended so far is already on disk.
+    pub(super) fn sync_handle(&self) -> Result<Option<(File, JournalMark)>> {
+        if self.durable_len >= self.journal_len {
+            return Ok(None);
+        }
+        let file = self
+            .journal
+            .try_clone()
+            .map_err(|e| Error::io("opening the NVMe catalog journal to sync it", e))?;
+        Ok(Some((
+            file,
+            JournalMark {
+                epoch: self.journal_epoch,
+                len: self.journal_len,
+            },
+        )))
+    }
+
+    /// Notes that the journal was synced up to `mark` (nothing, if a compaction
+    /// has replaced it since: the compaction synced all of it).
+    pub(super) fn synced(&mut self, mark: JournalMark) {
+        if mark.epoch == self.journal_epoch {
+            self.durable_len = self.durable_len.max(mark.len);
+        }
+    }
+
+    /// How many bytes of the journal file are on disk for sure (tests cut a copy of
+    /// the journal there to play a loss of power).
+    pub(super) fn durable_len(&self) -> u64 {
+        self.durable_len
     }
 
     fn append(&mut self, op: u8, key: &Key, entry: Option<Entry>) -> Result<()> {
@@ -214,12 +262,10 @@ impl Catalog {
 
 /// A fresh journal (header only) replacing any previous one.
 fn new_journal(path: &Path) -> Result<File> {
-    let tmp = path.with_extension("journal.tmp");
     let mut head = Vec::with_capacity(5);
     head.extend_from_slice(JOURNAL_MAGIC);
     head.push(JOURNAL_VERSION);
-    std::fs::write(&tmp, &head).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+    write_durably(path, &path.with_extension("journal.tmp"), &head)?;
     OpenOptions::new()
         .append(true)
         .open(path)
@@ -277,6 +323,36 @@ fn decode_record(bytes: &[u8]) -> Option<((Key, Option<Entry>), usize)> {
     b.is_empty().then_some(((key, len), 8 + body_len))
 }
 
+/// A point of the journal, to note once a sync has reached it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JournalMark {
+    epoch: u64,
+    len: u64,
+}
+
+impl JournalMark {
+    /// Whether a sync up to `self` covers `other` too (a later journal file
+    /// does not: the compaction that started it synced the earlier one).
+    pub(super) fn covers(self, other: JournalMark) -> bool {
+        self.epoch == other.epoch && self.len >= other.len
+    }
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, synced, renamed over
+/// `path`, then the directory synced.
+fn write_durably(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f =
+        File::create(tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}
+
 /// Loads a snapshot; a missing or malformed file yields an empty catalog (logged).
 fn load_snapshot(path: &Path) -> HashMap<Key, Entry> {
     match std::fs::read(path) {
@@ -293,6 +369,13 @@ fn load_snapshot(path: &Path) -> HashMap<Key, Entry> {
 
 /// Saves a snapshot atomically; returns its length.
 fn save_snapshot(path: &Path, catalog: &HashMap<Key, Entry>) -> Result<u64> {
+    let out = encode(catalog);
+    write_durably(path, &path.with_extension("tmp"), &out)?;
+    Ok(out.len() as u64)
+}
+
+/// A snapshot's bytes.
+pub(crate) fn encode(catalog: &HashMap<Key, Entry>) -> Vec<u8> {
     let mut out = Vec::with_capacity(13 + catalog.len() * 72);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
@@ -303,10 +386,7 @@ fn save_snapshot(path: &Path, catalog: &HashMap<Key, Entry>) -> Result<u64> {
         out.extend_from_slice(&e.len.to_le_bytes());
         out.extend_from_slice(&e.tag.to_le_bytes());
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &out).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
-    Ok(out.len() as u64)
+    out
 }
 
 /// Decodes a snapshot, bounds-checking every field.

@@ -22,7 +22,7 @@
 //! reclaim not yet noticed) — it is counted in `checksum_failures` and dropped from
 //! the catalog.
 
-mod catalog;
+pub(crate) mod catalog;
 mod config;
 
 use std::sync::Arc;
@@ -75,7 +75,7 @@ impl Code for DiskKey {
         if len > crate::MAX_BODY_LEN + 1024 {
             return Err(code_err("key length out of bounds"));
         }
-        let mut v = vec![0u8; len];
+        let mut v = vec![0u8; len]; // at most a key's length
         r.read_exact(&mut v).map_err(foyer::Error::io_error)?;
         // Page keys are internal and legal here.
         Key::decode_any(&v)
@@ -102,8 +102,17 @@ impl Code for DiskValue {
         if len > 1 << 32 {
             return Err(code_err("value length out of bounds"));
         }
-        let mut v = vec![0u8; len as usize];
-        r.read_exact(&mut v).map_err(foyer::Error::io_error)?;
+        // Never allocated from the length field alone past a page's worth: a
+        // corrupt length costs what is there to read, not 4 GiB. (A value up to
+        // that is read into exactly its length: no doubling as it grows.)
+        use std::io::Read as _;
+        let mut v = Vec::with_capacity(len.min(MAX_PREALLOC) as usize);
+        r.take(len)
+            .read_to_end(&mut v)
+            .map_err(foyer::Error::io_error)?;
+        if v.len() as u64 != len {
+            return Err(code_err("value shorter than its length"));
+        }
         Ok(DiskValue(Bytes::from(v)))
     }
 
@@ -112,11 +121,43 @@ impl Code for DiskValue {
     }
 }
 
+/// The most an NVMe value's length field makes [`DiskValue::decode`] allocate
+/// before bytes arrive (a page, 4 MiB by default, is well under it).
+const MAX_PREALLOC: u64 = 64 << 20;
+
+/// Decodes `bytes` as the key and as the value of an NVMe entry, as the engine
+/// reads them back; what decodes must encode to the bytes it came from (the
+/// fuzz target's entry point, `crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_entry(bytes: &[u8]) {
+    if let Ok(k) = DiskKey::decode(&mut &bytes[..]) {
+        let mut again = Vec::new();
+        k.encode(&mut again).expect("encoding into a Vec");
+        assert_eq!(
+            again[..],
+            bytes[..again.len()],
+            "a key re-encodes to its bytes"
+        );
+    }
+    if let Ok(v) = DiskValue::decode(&mut &bytes[..]) {
+        let mut again = Vec::new();
+        v.encode(&mut again).expect("encoding into a Vec");
+        assert_eq!(
+            again[..],
+            bytes[..again.len()],
+            "a value re-encodes to its bytes"
+        );
+    }
+}
+
 /// The NVMe tier.
 pub struct NvmeTier {
     cache: HybridCache<DiskKey, DiskValue>,
     config: NvmeConfig,
     catalog: Mutex<Catalog>,
+    /// One journal sync at a time; a removal that finds its record synced by
+    /// another's sync does not sync again (group commit).
+    journal_sync: tokio::sync::Mutex<()>,
     faults: NvmeFaults,
     stats: Arc<TierStats>,
     closed: AtomicBool,
@@ -198,6 +239,7 @@ impl NvmeTier {
             cache,
             config: config.clone(),
             catalog: Mutex::new(catalog),
+            journal_sync: tokio::sync::Mutex::new(()),
             faults: NvmeFaults::default(),
             stats,
             closed: AtomicBool::new(false),
@@ -295,7 +337,50 @@ impl NvmeTier {
             self.stats.sub_resident(k.namespace(), e.len);
             self.cache.remove(&DiskKey(k.clone()));
         }
+        // On disk before the node serves: a power cut must not bring them back.
+        let synced = self.catalog.lock().sync_handle().and_then(|h| {
+            let Some((file, mark)) = h else { return Ok(()) };
+            file.sync_data()
+                .map_err(|e| Error::io("syncing the NVMe catalog journal", e))?;
+            self.catalog.lock().synced(mark);
+            Ok(())
+        });
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "NVMe catalog journal sync failed; a power cut may bring forgotten values back");
+        }
         gone.len()
+    }
+
+    /// Syncs the catalog journal up to what was appended before the call (a
+    /// removal's record), unless a sync since has covered it. The sync runs
+    /// outside the catalog's lock, so reads go on meanwhile.
+    async fn sync_journal(&self) -> Result<()> {
+        let wanted = self.catalog.lock().sync_handle()?;
+        let Some((_, wanted)) = wanted else {
+            return Ok(());
+        };
+        let _one = self.journal_sync.lock().await;
+        let Some((file, mark)) = self.catalog.lock().sync_handle()? else {
+            return Ok(());
+        };
+        if !mark.covers(wanted) {
+            // (A compaction came between: it synced everything.)
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| Error::io("syncing the NVMe catalog journal", std::io::Error::other(e)))?
+            .map_err(|e| Error::io("syncing the NVMe catalog journal", e))?;
+        self.catalog.lock().synced(mark);
+        Ok(())
+    }
+
+    /// How many bytes of the catalog journal (`strata-catalog.journal` in the
+    /// tier's directory) are synced: what a loss of power would keep of it. For
+    /// tests that play one.
+    #[doc(hidden)]
+    pub fn journal_durable_len(&self) -> u64 {
+        self.catalog.lock().durable_len()
     }
 
     /// Whether the tier holds `key` now (no I/O: the catalog and the engine's
@@ -403,9 +488,24 @@ pub struct NvmeFaults {
     tear_every: AtomicU64,
     puts: AtomicU64,
     torn: AtomicU64,
+    /// Milliseconds every put waits before it writes (a disk that hangs).
+    stall_ms: AtomicU64,
 }
 
 impl NvmeFaults {
+    /// Makes every put from now on wait `d` before it writes, as on a disk that
+    /// hangs (zero: none).
+    pub fn stall_puts(&self, d: std::time::Duration) {
+        self.stall_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn stall(&self) {
+        let ms = self.stall_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+
     /// Tears every `n`th put from now on (0: none): the engine receives the value
     /// with its second half zeroed, as a write that died midway leaves it, and the
     /// put fails with an I/O error.
@@ -535,15 +635,19 @@ impl Tier for NvmeTier {
         // this process nor a restart serves it in place of this write) and from the
         // engine, which indexes entries by hash: if this write is dropped,
         // `may_contains` must not find the previous one and report the drop as
-        // stored.
-        self.forget(key);
+        // stored. A previous head's removal is synced, as a delete's is.
+        let replaced = self.forget(key).is_some();
         if self.cache.storage().may_contains(&dk) {
             self.cache.remove(&dk);
+        }
+        if replaced && !key.is_page() {
+            self.sync_journal().await?;
         }
         if len > self.max_value_size() {
             Counters::inc(&self.stats.ns(key.namespace()).dropped_writes);
             return Ok(PutOutcome::Dropped);
         }
+        self.faults.stall().await;
         if self.faults.tears_next() {
             let mut torn = value.to_vec();
             let half = torn.len() / 2;
@@ -576,6 +680,12 @@ impl Tier for NvmeTier {
         // the engine gets to its removal.
         let found = self.forget(key).is_some();
         self.cache.remove(&DiskKey(key.clone()));
+        // A value's head leaves for good before the delete (or the overwrite that
+        // made it) is answered: a removal lost to a power cut would serve an older
+        // or deleted value after it. (Pages need no sync: no head names them.)
+        if found && !key.is_page() {
+            self.sync_journal().await?;
+        }
         Ok(found)
     }
 

@@ -295,20 +295,40 @@ impl Inner {
 
     /// Writes a record just filled from the origin (and stored in DRAM) to NVMe as
     /// well, when the namespace may live there: a fill lands in both tiers, so
-    /// leaving DRAM costs no write and never a second origin read. Best effort: a
-    /// dropped or failed write leaves the DRAM copy (demotion will try again).
+    /// leaving DRAM costs no write and never a second origin read. The write runs
+    /// in a task of its own, so the fill's readers do not wait for the disk (a
+    /// slow or hung NVMe never slows a miss); at most [`NVME_FILLS`] at once.
+    /// Best effort: a write dropped, failed or given no place leaves the DRAM
+    /// copy (demotion will write it when it leaves DRAM).
+    ///
+    /// [`NVME_FILLS`]: super::NVME_FILLS
     pub(super) async fn fill_nvme(
         &self,
         key: &Key,
         stored: Option<Bytes>,
         policy: &NamespacePolicy,
     ) {
-        let (Some(rec), Some(nvme)) = (stored, &self.nvme) else {
+        let (Some(rec), Some(_)) = (stored, &self.nvme) else {
             return;
         };
         if !policy.tiers.nvme {
             return;
         }
+        let Ok(slot) = self.nvme_fill_slots.clone().try_acquire_owned() else {
+            tracing::debug!(?key, "NVMe copy of a fill skipped: the disk is behind");
+            return;
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        let key = key.clone();
+        self.nvme_fills.spawn(async move {
+            let _slot = slot;
+            me.fill_nvme_now(&key, rec).await;
+        });
+    }
+
+    /// [`Inner::fill_nvme`]'s write.
+    async fn fill_nvme_now(&self, key: &Key, rec: Bytes) {
+        let Some(nvme) = &self.nvme else { return };
         let _g = self.key_lock(key).lock().await;
         // Replaced in DRAM since the fill (a write-through of the key stored a newer
         // value, or is under way): the filled record is the older value's.

@@ -21,7 +21,7 @@ mod demote;
 mod fill;
 mod origin;
 mod read;
-mod record;
+pub(crate) mod record;
 mod reservation;
 mod singleflight;
 
@@ -164,7 +164,18 @@ pub(crate) struct Inner {
     /// Keys whose write-through to the origin is under way (with how many): their
     /// older records are not demoted to NVMe meanwhile (see [`Inner::writing_through`]).
     writing: parking_lot::Mutex<HashMap<Key, u32>>,
+    /// The NVMe copies of fills, written after the fill's readers are answered
+    /// ([`Inner::fill_nvme`]); `close` waits for them.
+    nvme_fills: tokio_util::task::TaskTracker,
+    /// Their places: with none free (a slow or hung disk), a fill keeps only its
+    /// DRAM copy, which demotion writes later.
+    nvme_fill_slots: Arc<tokio::sync::Semaphore>,
+    /// This store, for the tasks it spawns.
+    me: std::sync::Weak<Inner>,
 }
+
+/// NVMe copies of fills written at once ([`Inner::nvme_fill_slots`]).
+const NVME_FILLS: usize = 64;
 
 /// Stripes of [`Inner::key_locks`].
 const KEY_LOCKS: usize = 1024;
@@ -243,7 +254,7 @@ impl TieredStore {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let has_nvme = nvme.is_some();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             namespaces,
             dram,
             nvme,
@@ -261,6 +272,9 @@ impl TieredStore {
                 .map(|_| tokio::sync::Mutex::new(0))
                 .collect(),
             writing: parking_lot::Mutex::default(),
+            nvme_fills: tokio_util::task::TaskTracker::new(),
+            nvme_fill_slots: Arc::new(tokio::sync::Semaphore::new(NVME_FILLS)),
+            me: me.clone(),
         });
         // Without NVMe an evicted entry has nowhere to go: its memory returns as
         // soon as its readers are done, not after a pass through the demoter. An
@@ -811,6 +825,9 @@ impl TieredStore {
     /// allow), and closes the tiers, flushing NVMe so a restart finds the demoted
     /// values (warm restart).
     pub async fn close(&self) -> Result<()> {
+        // The NVMe copies of fills under way land (or give up) first.
+        self.inner.nvme_fills.close();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.inner.nvme_fills.wait()).await;
         self.inner.dram.close().await?;
         let demoter = self.demoter.lock().take();
         if let Some(d) = demoter {

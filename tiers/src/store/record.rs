@@ -169,6 +169,11 @@ pub(crate) fn decode_head(rec: &Bytes, payload: Payload) -> Result<Head, RecordE
     if page_size == 0 {
         return Err(RecordError::Malformed("page size 0".into()));
     }
+    if total_len.div_ceil(u64::from(page_size)) > u64::from(u32::MAX) {
+        return Err(RecordError::Malformed(format!(
+            "a value of {total_len} bytes in pages of {page_size} has more than 2^32 pages"
+        )));
+    }
     if r.remaining() != payload_len {
         return Err(RecordError::Malformed(format!(
             "payload is {} bytes, header says {payload_len}",

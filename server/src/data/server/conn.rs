@@ -1,6 +1,8 @@
 //! One connection: frames read into a buffer (cancel-safe), requests run
 //! concurrently, answers written as soon as each is ready.
 
+use std::task::Poll;
+
 use super::upload::{OpenReservations, Sink};
 use super::*;
 
@@ -102,7 +104,12 @@ impl DataServer {
         let mut eof_at: Option<Instant> = None;
         // When bytes last came in or went out.
         let mut progress = Instant::now();
+        // At the in-flight cap, a frame that has to wait for room (one with data,
+        // or one that was not answered at once) is left in the buffer, and reading
+        // stops until answers have gone out.
+        let mut parked: bool;
         loop {
+            parked = false;
             // Take every whole frame (and every data byte) the buffer holds.
             loop {
                 if let Some(s) = sink.as_mut() {
@@ -130,11 +137,15 @@ impl DataServer {
                     }
                     continue;
                 }
-                // At the in-flight cap, leave the next frame in the buffer (reading
-                // stops too) until answers have gone out.
-                if buf.len() < HEADER_LEN || inflight.len() >= MAX_INFLIGHT {
+                // At the in-flight cap, a read is still taken: answered if it can
+                // be at once (a DRAM hit, say), `Busy` if it would wait (the client
+                // retries it); so requests that hang on a slow origin or disk do
+                // not hold up the hits sent behind them. Any other request is left
+                // in the buffer, and reading stops, until answers have gone out.
+                if buf.len() < HEADER_LEN {
                     break;
                 }
+                let at_cap = inflight.len() >= MAX_INFLIGHT;
                 let h = match Header::decode(&buf[..HEADER_LEN], &self.config.limits())
                     .and_then(|h| h.check_request().map(|()| h))
                 {
@@ -150,6 +161,10 @@ impl DataServer {
                         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
                     }
                 };
+                if at_cap && !matches!(h.op, Op::Get | Op::MGet | Op::MGetRange | Op::MatchPrefix) {
+                    parked = true;
+                    break;
+                }
                 let need = HEADER_LEN + h.meta_len as usize;
                 if buf.len() < need {
                     buf.reserve(need - buf.len());
@@ -184,8 +199,31 @@ impl DataServer {
                             cached_only: h.flags & FLAG_CACHED_ONLY != 0,
                             caller: caller.clone(),
                         };
-                        if let Some(f) = self.dispatch(&h, req, opts, &mut sink, reservations) {
-                            inflight.push(f);
+                        if let Some(mut f) = self.dispatch(&h, req, opts, &mut sink, reservations) {
+                            if !at_cap {
+                                inflight.push(f);
+                            } else {
+                                // Polled once, outside the task's cooperative
+                                // budget (a hit is never `Busy` for want of it).
+                                let out = match futures::poll!(tokio::task::unconstrained(&mut f)) {
+                                    Poll::Ready(out) => out,
+                                    Poll::Pending => {
+                                        drop(f);
+                                        Out::err(
+                                            h.op,
+                                            h.id,
+                                            Status::Busy,
+                                            format!(
+                                                "{MAX_INFLIGHT} requests are in flight on this \
+                                                 connection and this one would wait: retry it"
+                                            ),
+                                        )
+                                    }
+                                };
+                                write_out(&mut stream, &out, self.config.lease_ttl()).await?;
+                                self.sent(&out);
+                                progress = Instant::now();
+                            }
                         }
                         if let Some(done) = self.finish_sink(&mut sink, reservations) {
                             inflight.push(done);
@@ -249,7 +287,7 @@ impl DataServer {
                     self.sent(&out);
                     progress = Instant::now();
                 }
-                r = stream.read_buf(&mut buf), if !eof && inflight.len() < MAX_INFLIGHT => {
+                r = stream.read_buf(&mut buf), if !eof && !parked => {
                     if r? == 0 {
                         eof = true;
                         eof_at.get_or_insert_with(Instant::now);

@@ -14,6 +14,8 @@ use strata_transport::{Client, ClientOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::Config;
+
+pub mod conn_fuzz;
 use crate::{Running, Server};
 
 /// A server for a test: every listener on 127.0.0.1 with a port of the kernel's
