@@ -12,6 +12,7 @@ use strata_proto::v1::cache_client::CacheClient;
 use strata_server::Server;
 use strata_server::config::{ByteSize, Config};
 use strata_server::testing::{self, k, pattern};
+use strata_tiers::Tier;
 use strata_transport::{Client, ClientOptions, key_to_proto};
 use tokio::net::TcpStream;
 
@@ -215,5 +216,105 @@ async fn streams_past_the_cap_wait_for_one_to_end() {
         .unwrap()
         .into_inner();
     assert_eq!(answered.present, vec![true]);
+    r.shutdown().await.unwrap();
+}
+
+/// A request that carries no deadline, on a disk that hangs, ends
+/// DEADLINE_EXCEEDED after `requests.stall_timeout_ms` (over the data path and
+/// gRPC) instead of waiting as long as the disk does; a DRAM hit meanwhile is
+/// answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_deadline_does_not_wait_for_ever_on_a_hung_disk() {
+    use strata_transport::wire::{Request, Status, request_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dram.capacity = 16 << 20;
+    let r = Server::start(cfg).await.unwrap();
+    let c = testing::client(&r, ClientOptions::default()).await;
+    // Forty 1 MiB values through 16 MiB of DRAM: the first ones live on NVMe.
+    for i in 0..40 {
+        c.put(&k(&format!("kv/hung/v{i}")), pattern(1 << 20, i as u8))
+            .await
+            .unwrap();
+    }
+    let nvme = r.store.nvme().expect("an NVMe tier");
+    let cold = k("kv/hung/v0");
+    let t = Instant::now();
+    while r.store.dram().contains(&cold).await.unwrap() || !nvme.holds(&cold) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "v0 never left DRAM for NVMe"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nvme.faults().stall_gets(Duration::from_secs(3600));
+    let get = |id: u64, key: &str| {
+        request_frame(
+            id,
+            0,
+            &Request::Get {
+                key: k(key),
+                offset: 0,
+                length: None,
+            },
+            0,
+        )
+    };
+    // The data path: a GET frame without the DEADLINE flag.
+    let mut s = TcpStream::connect(r.data_addr.unwrap()).await.unwrap();
+    let t = Instant::now();
+    let (h, meta, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        testing::raw_call(&mut s, &get(1, "kv/hung/v0"), &[]),
+    )
+    .await
+    .expect("answered before the disk comes back");
+    assert_eq!(
+        h.status,
+        Status::DeadlineExceeded,
+        "{}",
+        String::from_utf8_lossy(&meta)
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    // gRPC: no grpc-timeout.
+    let mut raw = CacheClient::new(c.channel().clone());
+    let t = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut stream = raw
+            .get(proto::GetRequest {
+                key: Some(key_to_proto(&cold)),
+                offset: 0,
+                length: None,
+            })
+            .await?
+            .into_inner();
+        while stream.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
+    })
+    .await
+    .expect("answered before the disk comes back");
+    let status = got.expect_err("a value read from a hung disk");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    // A hit, meanwhile, at once.
+    let t = Instant::now();
+    let (h, _, data) = testing::raw_call(&mut s, &get(2, "kv/hung/v39"), &[]).await;
+    assert_eq!(h.status, Status::Ok);
+    assert_eq!(data, pattern(1 << 20, 39));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    nvme.faults().stall_gets(Duration::ZERO);
+    drop(s);
     r.shutdown().await.unwrap();
 }

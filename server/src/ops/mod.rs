@@ -70,7 +70,9 @@ pub struct Config {
     /// message does not come, a get whose next message the client does not take.
     /// Past it the stream ends (`DEADLINE_EXCEEDED`) and what it held (upload
     /// budget, pages) comes back. (The data path drops a stalled connection after
-    /// a lease lifetime.) Default: 30000.
+    /// a lease lifetime.) Also the deadline of a request that carries none (an
+    /// operation, or each page of a streamed get): `DEADLINE_EXCEEDED` past it.
+    /// Default: 30000.
     pub stall_timeout_ms: u64,
     /// Bytes of data-path GET answers held at once, at most, from every client:
     /// a GET is admitted by its length before it is read from NVMe or the

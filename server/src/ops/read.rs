@@ -235,26 +235,24 @@ impl Ops {
             .await
     }
 
-    /// Waits for `f`, a step of a read streamed to `opts`'s caller, within its
-    /// deadline (`op` names the read in the error).
+    /// Waits for `f`, an operation of `opts`'s caller or a step of a read
+    /// streamed to it, within its deadline (`op` names it in the error). A caller
+    /// that gave no deadline gets `requests.stall_timeout_ms` for it: no wait (on
+    /// a hung disk, say) lasts for ever.
     pub async fn step<T>(
         &self,
         op: &'static str,
         opts: &Options,
         f: impl std::future::Future<Output = T>,
     ) -> Result<T, Error> {
-        match opts.deadline {
-            None => Ok(f.await),
-            Some(at) => {
-                let start = tokio::time::Instant::now();
-                tokio::time::timeout_at(at, f)
-                    .await
-                    .map_err(|_| Error::DeadlineExceeded {
-                        op,
-                        elapsed: start.elapsed(),
-                    })
-            }
-        }
+        let start = tokio::time::Instant::now();
+        let at = opts.deadline.unwrap_or(start + self.stall_timeout());
+        tokio::time::timeout_at(at, f)
+            .await
+            .map_err(|_| Error::DeadlineExceeded {
+                op,
+                elapsed: start.elapsed(),
+            })
     }
 
     /// The answer to a read of `slices`: leased if the options ask for it, the

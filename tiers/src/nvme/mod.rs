@@ -490,6 +490,8 @@ pub struct NvmeFaults {
     torn: AtomicU64,
     /// Milliseconds every put waits before it writes (a disk that hangs).
     stall_ms: AtomicU64,
+    /// Milliseconds every get waits before it reads.
+    stall_get_ms: AtomicU64,
 }
 
 impl NvmeFaults {
@@ -499,8 +501,22 @@ impl NvmeFaults {
         self.stall_ms.store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Makes every get from now on wait `d` before it reads (zero: none).
+    pub fn stall_gets(&self, d: std::time::Duration) {
+        self.stall_get_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
     async fn stall(&self) {
-        let ms = self.stall_ms.load(Ordering::Relaxed);
+        Self::sleep(&self.stall_ms).await;
+    }
+
+    async fn stall_get(&self) {
+        Self::sleep(&self.stall_get_ms).await;
+    }
+
+    async fn sleep(ms: &AtomicU64) {
+        let ms = ms.load(Ordering::Relaxed);
         if ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
@@ -572,6 +588,7 @@ impl Tier for NvmeTier {
         let Some(catalogued) = self.catalog.lock().get(key) else {
             return Ok(None);
         };
+        self.faults.stall_get().await;
         let dk = DiskKey(key.clone());
         match self.cache.get(&dk).await {
             Ok(Some(entry)) => {
