@@ -265,3 +265,60 @@ async fn pipelined_reads_nobody_takes_stay_within_the_read_budget() {
     drop(conns);
     assert!(p.terminate(Duration::from_secs(15)).success());
 }
+
+/// MGETs of many small values on NVMe that nobody takes hold no more than the
+/// read budget lets them, plus one answer (an answer larger than the budget is
+/// charged all of it): +~195 MiB here; before, each MGET looked up and kept
+/// every head (each holding its value) before it waited for the budget: +~370 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mgets_waiting_for_the_read_budget_hold_no_values() {
+    use strata_transport::wire::{Request, request_frame};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "[requests]\nmax_read_bytes = \"128MiB\"\n").unwrap();
+    let mut p = start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--dram-capacity",
+            "32MiB",
+            "--nvme-capacity",
+            "1GiB",
+        ],
+    );
+    let c = client(&p, Some(CarrierChoice::Tcp)).await;
+    const VALUES: usize = 160;
+    for i in 0..VALUES {
+        c.put(&k(&format!("kv/mg/v{i}")), pattern(1 << 20, i as u8))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss(p.pid());
+    let addr = p.data.clone().expect("the data path is on");
+    let keys: Vec<_> = (0..VALUES).map(|i| k(&format!("kv/mg/v{i}"))).collect();
+    let mut conns = Vec::new();
+    for n in 0..4u64 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let frame = request_frame(n + 1, 0, &Request::MGet { keys: keys.clone() }, 0);
+        s.write_all(&frame).await.unwrap();
+        conns.push(s);
+    }
+    let mut peak = base;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss(p.pid()));
+    }
+    assert!(alive(&mut p));
+    let grew = peak.saturating_sub(base);
+    println!("RSS {} MiB -> peak {} MiB", base >> 20, peak >> 20);
+    assert!(
+        grew < (128 + 160) << 20,
+        "resident memory grew by {} MiB with four unread MGETs of 160 MiB (read budget 128 MiB)",
+        grew >> 20
+    );
+    drop(conns);
+    assert!(p.terminate(Duration::from_secs(15)).success());
+}

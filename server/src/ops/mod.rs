@@ -414,6 +414,26 @@ impl Ops {
         Ok(())
     }
 
+    /// Makes `held` hold `len` bytes' worth of the read budget if that needs no
+    /// wait (less always does); `false`, `held` as it was, when there is no room.
+    pub fn try_resize_read(&self, held: &mut tokio::sync::OwnedSemaphorePermit, len: u64) -> bool {
+        let want = len.div_ceil(READ_UNIT).clamp(1, u64::from(self.read_units)) as usize;
+        let have = held.num_permits();
+        if want > have {
+            match self
+                .reads
+                .clone()
+                .try_acquire_many_owned((want - have) as u32)
+            {
+                Ok(more) => held.merge(more),
+                Err(_) => return false,
+            }
+        } else if want < have {
+            drop(held.split(have - want));
+        }
+        true
+    }
+
     /// Bytes of the read budget free now.
     pub fn read_budget_free(&self) -> u64 {
         self.reads.available_permits() as u64 * READ_UNIT

@@ -133,14 +133,21 @@ impl Ops {
                 )
                 .collect();
             // The lookups under way may each read a value of up to a page:
-            // charged to the read budget as that, then as what was admitted.
+            // charged to the read budget as that. Each head admitted is charged
+            // as it comes, without waiting; once the budget has no room, the heads
+            // kept so far are let go (a head holds its value when the value fits
+            // in a page) and only lengths are kept, the whole is waited for while
+            // nothing is held, and those heads are looked up again. So an MGET
+            // never holds more than it is charged, whatever its size.
             let page = u64::from(self.store.page_size());
-            let mut held = self
-                .admit_read(page * ranges.len().min(MGET_LOOKUPS) as u64)
-                .await?;
+            let under_way = |i: usize| page * (ranges.len() - i).min(MGET_LOOKUPS) as u64;
+            let mut held = self.admit_read(under_way(0)).await?;
+            let mut charged = true;
             let mut heads = futures::stream::iter(lookups).buffered(MGET_LOOKUPS);
-            let mut admitted_all = Vec::with_capacity(ranges.len());
-            for ((key, r), &forwarded) in ranges.iter().zip(&forwarded) {
+            // `Ok(None)`: admitted, its head let go, to be looked up again.
+            let mut admitted_all: Vec<Result<Option<Entry>, Error>> =
+                Vec::with_capacity(ranges.len());
+            for (i, ((key, r), &forwarded)) in ranges.iter().zip(&forwarded).enumerate() {
                 let head = heads.next().await.unwrap_or(Ok(None));
                 let admitted = match head {
                     _ if forwarded => Err(Error::NotFound {
@@ -150,7 +157,7 @@ impl Ops {
                         Ok((start, end)) if end - start > left => Err(too_large(end - start, left)),
                         Ok((start, end)) => {
                             left -= end - start;
-                            Ok(e)
+                            Ok(Some(e))
                         }
                         Err(e) => Err(e),
                     },
@@ -159,11 +166,68 @@ impl Ops {
                     }),
                     Err(e) => Err(e),
                 };
-                admitted_all.push(admitted);
+                admitted_all.push(if charged {
+                    admitted
+                } else {
+                    admitted.map(|_| None)
+                });
+                if charged
+                    && !self.try_resize_read(&mut held, (max_inline - left) + under_way(i + 1))
+                {
+                    charged = false;
+                    for e in admitted_all.iter_mut().flatten() {
+                        *e = None;
+                    }
+                }
             }
             drop(heads);
-            // What was admitted is admitted against the read budget too, before
-            // it is read (carried by the first answer, dropped with the batch's).
+            if !charged {
+                let again = admitted_all
+                    .iter()
+                    .filter(|a| matches!(a, Ok(None)))
+                    .count();
+                self.resize_read(
+                    &mut held,
+                    (max_inline - left) + page * again.min(MGET_LOOKUPS) as u64,
+                )
+                .await?;
+                let lookups: Vec<BoxFuture<'_, Result<Option<Entry>, Error>>> = ranges
+                    .iter()
+                    .zip(&admitted_all)
+                    .map(
+                        |((k, _), a)| -> BoxFuture<'_, Result<Option<Entry>, Error>> {
+                            let again = matches!(a, Ok(None));
+                            Box::pin(async move {
+                                if again {
+                                    self.store.lookup(k).await
+                                } else {
+                                    Ok(None)
+                                }
+                            })
+                        },
+                    )
+                    .collect();
+                let mut heads = futures::stream::iter(lookups).buffered(MGET_LOOKUPS);
+                for (a, (key, _)) in admitted_all.iter_mut().zip(ranges) {
+                    let head = heads.next().await.unwrap_or(Ok(None));
+                    if matches!(a, Ok(None)) {
+                        // (Its length is checked again when it is answered.)
+                        *a = match head {
+                            Ok(Some(e)) => Ok(Some(e)),
+                            Ok(None) => Err(Error::NotFound {
+                                key: key.display_path(),
+                            }),
+                            Err(e) => Err(e),
+                        };
+                    }
+                }
+            }
+            let admitted_all: Vec<Result<Entry, Error>> = admitted_all
+                .into_iter()
+                .map(|a| a.map(|e| e.expect("every admitted head looked up")))
+                .collect();
+            // What was admitted is what stays charged (carried by the first
+            // answer, dropped with the batch's).
             self.resize_read(&mut held, max_inline - left).await?;
             let mut held = Some(held);
             let reads = join_all(ranges.iter().zip(admitted_all).zip(&forwarded).map(

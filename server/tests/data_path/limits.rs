@@ -453,3 +453,33 @@ async fn pipelined_gets_are_admitted_by_bytes_before_they_are_read() {
     .await;
     r.shutdown().await.unwrap();
 }
+
+/// MGETs that find the read budget taken by each other let their heads go, wait
+/// for the whole, look them up again, and answer every value right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mgets_that_wait_for_the_read_budget_answer_every_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 5000);
+    cfg.dram.capacity = 64 << 20;
+    cfg.requests.max_read_bytes = ByteSize(32 << 20);
+    let r = Server::start(cfg).await.unwrap();
+    let c = client(&r, CarrierChoice::Tcp, 4).await;
+    let keys: Vec<_> = (0..20).map(|i| k(&format!("kv/mgw/v{i}"))).collect();
+    for (i, key) in keys.iter().enumerate() {
+        c.put(key, pattern(1 << 20, i as u8)).await.unwrap();
+    }
+    for _ in 0..3 {
+        let got = futures::future::join_all((0..4).map(|_| c.mget(&keys))).await;
+        for answers in got {
+            let answers = answers.unwrap();
+            for (i, v) in answers.into_iter().enumerate() {
+                assert_eq!(v.expect("present"), pattern(1 << 20, i as u8), "value {i}");
+            }
+        }
+    }
+    within_5s("the read budget to come back", || {
+        r.data.ops().read_budget_free() == 32 << 20
+    })
+    .await;
+    r.shutdown().await.unwrap();
+}
