@@ -5,7 +5,8 @@
 # network namespace, python3-cbor2 and python3-xxhash
 # for the KV-key and placement vectors), Azurite (npm azurite@3.35.0, into
 # ./.tools) — the test harness starts Azurite and etcd itself on free ports.
-# Then fmt, clippy and `cargo test`, then the data path's frame decoder under
+# Then fmt, clippy and `cargo test`, the black-box robustness suite again against
+# the release build of strata-server, then the data path's frame decoder under
 # cargo-fuzz for FUZZ_SECONDS (default 60), the KV chunk header decoder for
 # FUZZ_CHUNK_SECONDS (default 30), the NVMe record and catalog decoders for
 # FUZZ_RECORD_SECONDS each (default 20), and one data connection of an in-process
@@ -54,6 +55,9 @@ cargo clippy -p strata-kv-connector -p strata-benches --all-targets --features s
 echo "==> cargo test"
 cargo test --workspace
 cargo test -p strata-kv-connector --features gpu --lib --test gpu
+echo "==> the robustness suite (server/tests/blackbox.rs) against the release binary"
+cargo build --release --bin strata-server
+STRATA_SERVER_BIN="$PWD/target/release/strata-server" cargo test -p strata-server --test blackbox
 echo "==> KV key vectors, recomputed in Python with cbor2 (as vLLM's sha256_cbor)"
 /usr/bin/python3 scripts/kv-keys-vectors.py
 echo "==> Epoch-plan vectors, recomputed in Python"

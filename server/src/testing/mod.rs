@@ -368,3 +368,56 @@ impl Drop for EtcdProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The length of the file behind `fd` (the arena a shared-memory client is given).
+pub fn fd_len(fd: &std::os::fd::OwnedFd) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain data, then a valid descriptor and out-pointer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    st.st_size as u64
+}
+
+/// A client's own shared, writable mapping of the arena (as the real client maps
+/// it), unmapped on drop.
+#[derive(Debug)]
+pub struct ArenaMap {
+    p: *mut u8,
+    len: usize,
+}
+
+impl ArenaMap {
+    /// Maps the whole file behind `fd`.
+    pub fn new(fd: &std::os::fd::OwnedFd) -> Self {
+        use std::os::fd::AsRawFd;
+        let len = fd_len(fd) as usize;
+        // SAFETY: mapping a descriptor we hold, for its length; checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mapping the arena");
+        Self { p: p.cast(), len }
+    }
+
+    /// The bytes of extent `e`.
+    pub fn slice(&mut self, e: &strata_transport::wire::Extent) -> &mut [u8] {
+        assert!(e.offset + e.len <= self.len as u64);
+        // SAFETY: inside the mapping; the test is its only user in this process.
+        unsafe { std::slice::from_raw_parts_mut(self.p.add(e.offset as usize), e.len as usize) }
+    }
+}
+
+impl Drop for ArenaMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.p.cast(), self.len) };
+    }
+}

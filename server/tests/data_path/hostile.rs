@@ -5,6 +5,8 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use strata_server::testing::{ArenaMap, fd_len};
+
 use super::*;
 
 /// A raw shared-memory connection and the arena's descriptor it was handed.
@@ -14,52 +16,6 @@ async fn raw_shm(r: &Running) -> (UnixStream, OwnedFd) {
         .unwrap();
     let fd = strata_transport::data::recv_fd(&s).await.unwrap();
     (s, fd)
-}
-
-fn file_len(fd: &OwnedFd) -> u64 {
-    // SAFETY: plain data, then a valid descriptor and out-pointer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
-    st.st_size as u64
-}
-
-/// The client's own shared, writable mapping of the arena (as the real client maps
-/// it), unmapped on drop.
-struct Map {
-    p: *mut u8,
-    len: usize,
-}
-
-impl Map {
-    fn new(fd: &OwnedFd) -> Self {
-        let len = file_len(fd) as usize;
-        // SAFETY: mapping a descriptor we hold, for its length; checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mapping the arena");
-        Self { p: p.cast(), len }
-    }
-
-    fn slice(&mut self, e: &strata_transport::wire::Extent) -> &mut [u8] {
-        assert!(e.offset + e.len <= self.len as u64);
-        // SAFETY: inside the mapping; the test is its only user in this process.
-        unsafe { std::slice::from_raw_parts_mut(self.p.add(e.offset as usize), e.len as usize) }
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`.
-        unsafe { libc::munmap(self.p.cast(), self.len) };
-    }
 }
 
 fn reserve(id: u64, key: &str, len: u64) -> Bytes {
@@ -78,7 +34,7 @@ async fn a_client_cannot_make_the_server_fault_through_the_arena_descriptor() {
     tcp.put(&k("kv/h/v"), value.clone()).await.unwrap();
 
     let (_s, fd) = raw_shm(&r).await;
-    let len = file_len(&fd);
+    let len = fd_len(&fd);
     let raw = fd.as_raw_fd();
     // SAFETY: a descriptor we hold; the calls only report errors.
     let shrink = unsafe { libc::ftruncate(raw, 0) };
@@ -94,7 +50,7 @@ async fn a_client_cannot_make_the_server_fault_through_the_arena_descriptor() {
         seal, -1,
         "a client could seal the arena against the server's writes"
     );
-    assert_eq!(file_len(&fd), len);
+    assert_eq!(fd_len(&fd), len);
     // Punching a hole zeroes pages (what a writable mapping allows anyway, until
     // mappings are per tenant): it does not shrink the file, so nothing faults.
     // SAFETY: as above.
@@ -129,7 +85,7 @@ async fn a_reservation_shows_nothing_the_arena_held_before() {
     let r = Server::start(config(dir.path(), 1000)).await.unwrap();
     let tcp = client(&r, CarrierChoice::Tcp, 1).await;
     let (mut s, fd) = raw_shm(&r).await;
-    let mut map = Map::new(&fd);
+    let mut map = ArenaMap::new(&fd);
     let len = 1u64 << 20;
     for round in 0..4u8 {
         // A value fills arena memory, then goes away: its memory is free again.
