@@ -806,6 +806,50 @@ async fn a_hung_disk_never_slows_a_miss() {
     store.close().await.expect("close");
 }
 
+/// A node that comes back forgets its NVMe copies of the namespaces whose origin
+/// takes writes, durably (the journal synced), and keeps the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn forgetting_the_writable_namespaces_keeps_the_others_and_is_synced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 64 * MIB).await;
+    for i in 0..3 {
+        store
+            .put(&key("obj", &format!("f{i}")), &pattern(40 + i, 1000))
+            .await
+            .expect("put");
+        store
+            .put(&key("kv", &format!("f{i}")), &pattern(50 + i, 1000))
+            .await
+            .expect("put");
+    }
+    store.close().await.expect("close");
+    drop(store);
+    let store = open(dir.path(), 64 * MIB).await;
+    let forgetting = store.clone();
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || forgetting.forget_writable()),
+    )
+    .await
+    .expect("forgetting does not hang (it once deadlocked on the catalog's lock)")
+    .expect("no panic");
+    assert!(gone.contains(&("obj".to_owned(), 3)), "{gone:?}");
+    let nvme = store.nvme().expect("an NVMe tier");
+    for i in 0..3 {
+        assert!(!nvme.holds(&key("obj", &format!("f{i}"))));
+        assert!(nvme.holds(&key("kv", &format!("f{i}"))));
+    }
+    let journal = std::fs::metadata(nvme_dir(dir.path()).join("strata-catalog.journal"))
+        .expect("the journal")
+        .len();
+    assert_eq!(
+        nvme.journal_durable_len(),
+        journal,
+        "the removals are synced"
+    );
+    store.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pins_hold_values_in_dram() {
     let dir = tempfile::tempdir().expect("tempdir");

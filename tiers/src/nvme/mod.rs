@@ -338,7 +338,10 @@ impl NvmeTier {
             self.cache.remove(&DiskKey(k.clone()));
         }
         // On disk before the node serves: a power cut must not bring them back.
-        let synced = self.catalog.lock().sync_handle().and_then(|h| {
+        // (The handle is taken, and the lock let go, before the sync: the lock
+        // is taken again to note it.)
+        let handle = self.catalog.lock().sync_handle();
+        let synced = handle.and_then(|h| {
             let Some((file, mark)) = h else { return Ok(()) };
             file.sync_data()
                 .map_err(|e| Error::io("syncing the NVMe catalog journal", e))?;
