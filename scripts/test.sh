@@ -5,7 +5,9 @@
 # network namespace, python3-cbor2 and python3-xxhash
 # for the KV-key and placement vectors), Azurite (npm azurite@3.35.0, into
 # ./.tools) — the test harness starts Azurite and etcd itself on free ports.
-# Then fmt, clippy and `cargo test`, the black-box robustness suite again against
+# Then fmt, clippy and `cargo test`, the Python package (python/, built with
+# maturin into a venv under .tools/py, its pytest suites against a real server:
+# scripts/python-test.sh), the black-box robustness suite again against
 # the release build of strata-server, then the data path's frame decoder under
 # cargo-fuzz for FUZZ_SECONDS (default 60), the KV chunk header decoder for
 # FUZZ_CHUNK_SECONDS (default 30), the NVMe record and catalog decoders for
@@ -31,6 +33,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 /usr/bin/python3 -c "import cbor2" >/dev/null 2>&1 || need_apt+=(python3-cbor2)
 /usr/bin/python3 -c "import xxhash" >/dev/null 2>&1 || need_apt+=(python3-xxhash)
+/usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]} (apt)"
   $SUDO apt-get update -qq
@@ -55,6 +58,8 @@ cargo clippy -p strata-kv-connector -p strata-benches --all-targets --features s
 echo "==> cargo test"
 cargo test --workspace
 cargo test -p strata-kv-connector --features gpu --lib --test gpu
+echo "==> the Python package (scripts/python-test.sh)"
+scripts/python-test.sh
 echo "==> the robustness suite (server/tests/blackbox.rs) against the release binary"
 cargo build --release --bin strata-server
 STRATA_SERVER_BIN="$PWD/target/release/strata-server" cargo test -p strata-server --test blackbox

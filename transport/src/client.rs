@@ -465,6 +465,11 @@ impl Client {
     /// Reads whole values of many keys (one request on the data path); `None` for
     /// each miss.
     pub async fn mget(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
+        // (The data path refuses an empty batch; gRPC would answer one: the
+        // answer is the same on every carrier.)
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         if self.routes().is_none() {
             return self.mget_here(keys).await;
         }
@@ -574,6 +579,9 @@ impl Client {
     /// leading keys of its share, all at once: the prefix ends at the first key
     /// any owner misses (one round trip of wall time).
     pub async fn match_prefix(&self, keys: &[Key]) -> Result<u32> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         if self.routes().is_none() {
             return self.match_prefix_here(keys).await;
         }
@@ -619,6 +627,9 @@ impl Client {
     /// Whether each key is cached (asked in batches of at most
     /// [`wire::MAX_BATCH`]).
     pub async fn contains(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         if self.routes().is_none() {
             return self.contains_here(keys).await;
         }
