@@ -35,6 +35,12 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
+        // libFuzzer's `main` is not Rust's: SIGPIPE is not ignored, and a write to
+        // a connection the server closed (as it does on garbage) would kill the
+        // run. Ignored, it is the EPIPE error the sessions expect.
+        // SAFETY: setting a signal's disposition to ignore, before any thread of
+        // ours starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
