@@ -292,20 +292,24 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb << 10)
 }
 
-/// Pipelined GETs of values on NVMe that nobody takes stay within the read
-/// budget: the server's resident memory grows by about `requests.max_read_bytes`
-/// (64 MiB here), not by what the requests in flight ask for (100 GETs of as many
-/// 4 MiB values: 400 MiB, which the server used to read into memory before
-/// answering; with a budget of 4 GiB the same load grows it by ~300 MiB).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_reads_nobody_takes_stay_within_the_read_budget() {
-    use strata_transport::wire::{Request, request_frame};
-    use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("strata.toml");
-    std::fs::write(&config, "[requests]\nmax_read_bytes = \"64MiB\"\n").unwrap();
-    let mut p = start(
-        dir.path(),
+/// A server with `requests.max_read_bytes = budget`, 32 MiB of DRAM and 1 GiB of
+/// NVMe, holding `n` values of `len` bytes under `kv/<prefix>/v<i>` (most on
+/// NVMe), and its resident memory once they are in.
+async fn with_values_on_nvme(
+    dir: &Path,
+    budget: &str,
+    prefix: &str,
+    n: usize,
+    len: usize,
+) -> (ServerProcess, u64) {
+    let config = dir.join("strata.toml");
+    std::fs::write(
+        &config,
+        format!("[requests]\nmax_read_bytes = \"{budget}\"\n"),
+    )
+    .unwrap();
+    let p = start(
+        dir,
         &[
             "--config",
             config.to_str().unwrap(),
@@ -316,14 +320,41 @@ async fn pipelined_reads_nobody_takes_stay_within_the_read_budget() {
         ],
     );
     let c = client(&p, Some(CarrierChoice::Tcp)).await;
-    const VALUES: usize = 100;
-    for i in 0..VALUES {
-        c.put(&k(&format!("kv/rss/v{i}")), pattern(4 << 20, i as u8))
+    for i in 0..n {
+        c.put(&k(&format!("kv/{prefix}/v{i}")), pattern(len, i as u8))
             .await
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = rss(p.pid());
+    (p, base)
+}
+
+/// How far `p`'s resident memory rose above `base`, sampled every 100 ms for
+/// `ticks` samples; the server must still be alive after.
+async fn peak_growth(p: &mut ServerProcess, base: u64, ticks: u32) -> u64 {
+    let mut peak = base;
+    for _ in 0..ticks {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss(p.pid()));
+    }
+    assert!(alive(p));
+    println!("RSS {} MiB -> peak {} MiB", base >> 20, peak >> 20);
+    peak.saturating_sub(base)
+}
+
+/// Pipelined GETs of values on NVMe that nobody takes stay within the read
+/// budget: the server's resident memory grows by about `requests.max_read_bytes`
+/// (64 MiB here), not by what the requests in flight ask for (100 GETs of as many
+/// 4 MiB values: 400 MiB, which the server used to read into memory before
+/// answering; with a budget of 4 GiB the same load grows it by ~300 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_nobody_takes_stay_within_the_read_budget() {
+    use strata_transport::wire::{Request, request_frame};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    const VALUES: usize = 100;
+    let (mut p, base) = with_values_on_nvme(dir.path(), "64MiB", "rss", VALUES, 4 << 20).await;
     let addr = p.data.clone().expect("the data path is on");
     let mut conns = Vec::new();
     for n in 0..4u64 {
@@ -343,19 +374,12 @@ async fn pipelined_reads_nobody_takes_stay_within_the_read_budget() {
         }
         conns.push(s);
     }
-    let mut peak = base;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss(p.pid()));
-    }
-    assert!(alive(&mut p));
-    let grew = peak.saturating_sub(base);
+    let grew = peak_growth(&mut p, base, 20).await;
     assert!(
         grew < (64 + 96) << 20,
         "resident memory grew by {} MiB with 100 unread 4 MiB GETs (read budget 64 MiB)",
         grew >> 20
     );
-    println!("RSS {} MiB -> peak {} MiB", base >> 20, peak >> 20);
     drop(conns);
     assert!(p.terminate(Duration::from_secs(15)).success());
 }
@@ -369,28 +393,8 @@ async fn mgets_waiting_for_the_read_budget_hold_no_values() {
     use strata_transport::wire::{Request, request_frame};
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("strata.toml");
-    std::fs::write(&config, "[requests]\nmax_read_bytes = \"128MiB\"\n").unwrap();
-    let mut p = start(
-        dir.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--dram-capacity",
-            "32MiB",
-            "--nvme-capacity",
-            "1GiB",
-        ],
-    );
-    let c = client(&p, Some(CarrierChoice::Tcp)).await;
     const VALUES: usize = 160;
-    for i in 0..VALUES {
-        c.put(&k(&format!("kv/mg/v{i}")), pattern(1 << 20, i as u8))
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = rss(p.pid());
+    let (mut p, base) = with_values_on_nvme(dir.path(), "128MiB", "mg", VALUES, 1 << 20).await;
     let addr = p.data.clone().expect("the data path is on");
     let keys: Vec<_> = (0..VALUES).map(|i| k(&format!("kv/mg/v{i}"))).collect();
     let mut conns = Vec::new();
@@ -400,14 +404,7 @@ async fn mgets_waiting_for_the_read_budget_hold_no_values() {
         s.write_all(&frame).await.unwrap();
         conns.push(s);
     }
-    let mut peak = base;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss(p.pid()));
-    }
-    assert!(alive(&mut p));
-    let grew = peak.saturating_sub(base);
-    println!("RSS {} MiB -> peak {} MiB", base >> 20, peak >> 20);
+    let grew = peak_growth(&mut p, base, 30).await;
     assert!(
         grew < (128 + 160) << 20,
         "resident memory grew by {} MiB with four unread MGETs of 160 MiB (read budget 128 MiB)",
